@@ -1,0 +1,257 @@
+//! The audit record and its hash chain.
+//!
+//! Every record carries `seq`, `prev` (the previous record's hash) and `hash`
+//! (SHA-256 over the record's canonical JSON without `hash`). Changing,
+//! removing, inserting or reordering a record breaks the chain at that point,
+//! and [`verify`] names the first broken record.
+
+use crate::canonical::{sha256_hex, to_canonical_string};
+use crate::json;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+/// `prev` of the first record in a chain.
+pub const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One event on the data path or in an approval's life, before it is chained.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditEvent {
+    /// RFC 3339 time the event happened.
+    pub time: String,
+    /// What happened: `message`, `approval.asked`, `approval.decided`, …
+    pub kind: String,
+    /// `namespace/name` of the McpServer.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub server: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<AuditPrincipal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Tool name, resource URI or prompt name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments_digest: Option<String>,
+    /// Arguments as the policy allows them to be recorded (redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<Value>,
+    /// `Allow`, `Deny`, `RequireApproval`, or a refusal before policy (`Invalid`, `Unauthenticated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    /// `policy/rule` that decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<AuditPrincipal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<u16>,
+    /// Time spent in the gateway, and held waiting for approval, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_micros: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_micros: Option<u64>,
+}
+
+/// Who an event is about: always tenant and object id, the rest for people reading.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditPrincipal {
+    pub tid: String,
+    pub oid: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub app_id: String,
+}
+
+impl From<&crate::entra::Principal> for AuditPrincipal {
+    fn from(p: &crate::entra::Principal) -> Self {
+        AuditPrincipal {
+            tid: p.tenant_id.clone(),
+            oid: p.object_id.clone(),
+            name: p.display_name.clone(),
+            app_id: p.app_id.clone(),
+        }
+    }
+}
+
+/// The state needed to append to a chain: the next `seq` and the last `hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub next_seq: u64,
+    pub last_hash: String,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Chain {
+            next_seq: 1,
+            last_hash: GENESIS.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ChainError {
+    #[error("audit event is not a JSON object")]
+    NotAnObject,
+    #[error("record {line}: {reason}")]
+    Broken { line: usize, reason: String },
+}
+
+fn record_hash(record: &Map<String, Value>) -> String {
+    let mut without = record.clone();
+    without.remove("hash");
+    sha256_hex(to_canonical_string(&Value::Object(without)).as_bytes())
+}
+
+impl Chain {
+    /// Seals `event` as the next record and returns its JSON line (no newline).
+    pub fn append(&mut self, event: &AuditEvent) -> Result<String, ChainError> {
+        let Ok(Value::Object(mut record)) = serde_json::to_value(event) else {
+            return Err(ChainError::NotAnObject);
+        };
+        record.insert("seq".into(), Value::from(self.next_seq));
+        record.insert("prev".into(), Value::from(self.last_hash.clone()));
+        let hash = record_hash(&record);
+        record.insert("hash".into(), Value::from(hash.clone()));
+        self.next_seq += 1;
+        self.last_hash = hash;
+        Ok(to_canonical_string(&Value::Object(record)))
+    }
+
+    /// The chain state after the given records, checking each; used to resume
+    /// appending to an existing file and by [`verify`].
+    pub fn resume<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Chain, ChainError> {
+        let mut chain = Chain::default();
+        for (index, line) in lines.into_iter().enumerate() {
+            let broken = |reason: String| ChainError::Broken {
+                line: index + 1,
+                reason,
+            };
+            let Ok(Value::Object(record)) = json::parse_default(line.as_bytes()) else {
+                return Err(broken("not a JSON object".into()));
+            };
+            let seq = record.get("seq").and_then(Value::as_u64);
+            if seq != Some(chain.next_seq) {
+                return Err(broken(format!(
+                    "expected seq {}, found {seq:?}",
+                    chain.next_seq
+                )));
+            }
+            if record.get("prev").and_then(Value::as_str) != Some(chain.last_hash.as_str()) {
+                return Err(broken(
+                    "prev does not match the previous record's hash".into(),
+                ));
+            }
+            let hash = record_hash(&record);
+            if record.get("hash").and_then(Value::as_str) != Some(hash.as_str()) {
+                return Err(broken("hash does not match the record's content".into()));
+            }
+            chain.next_seq += 1;
+            chain.last_hash = hash;
+        }
+        Ok(chain)
+    }
+}
+
+/// Verifies a JSON-lines audit log; returns the number of records.
+pub fn verify(log: &str) -> Result<u64, ChainError> {
+    let chain = Chain::resume(log.lines().filter(|l| !l.trim().is_empty()))?;
+    Ok(chain.next_seq - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: u32) -> AuditEvent {
+        AuditEvent {
+            time: format!("2026-11-25T10:00:{n:02}Z"),
+            kind: "message".into(),
+            server: "ml/model-server".into(),
+            principal: Some(AuditPrincipal {
+                tid: "t".into(),
+                oid: "o".into(),
+                name: "Ada".into(),
+                app_id: "app".into(),
+            }),
+            method: Some("tools/call".into()),
+            target: Some("deploy_model".into()),
+            decision: Some("Allow".into()),
+            ..Default::default()
+        }
+    }
+
+    fn log(n: u32) -> Vec<String> {
+        let mut chain = Chain::default();
+        (0..n).map(|i| chain.append(&event(i)).unwrap()).collect()
+    }
+
+    #[test]
+    fn an_intact_log_verifies() {
+        let lines = log(5);
+        assert_eq!(verify(&lines.join("\n")), Ok(5));
+        assert_eq!(verify(""), Ok(0));
+        let resumed = Chain::resume(lines.iter().map(String::as_str)).unwrap();
+        assert_eq!(resumed.next_seq, 6);
+        // Appending after resuming continues the same chain.
+        let mut chain = resumed;
+        let mut more = lines.clone();
+        more.push(chain.append(&event(9)).unwrap());
+        assert_eq!(verify(&more.join("\n")), Ok(6));
+    }
+
+    fn first_broken(lines: &[String]) -> usize {
+        match verify(&lines.join("\n")) {
+            Err(ChainError::Broken { line, .. }) => line,
+            other => panic!("expected a broken chain, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tampering_names_the_first_broken_record() {
+        let lines = log(5);
+
+        let mut edited = lines.clone();
+        edited[2] = edited[2].replace("Allow", "Deny");
+        assert_eq!(first_broken(&edited), 3);
+
+        let mut removed = lines.clone();
+        removed.remove(1);
+        assert_eq!(first_broken(&removed), 2);
+
+        let mut swapped = lines.clone();
+        swapped.swap(3, 4);
+        assert_eq!(first_broken(&swapped), 4);
+
+        let mut truncated_head = lines.clone();
+        truncated_head.remove(0);
+        assert_eq!(first_broken(&truncated_head), 1);
+
+        // Rewriting a record and its hash still breaks the next record's prev.
+        let mut rehashed = lines.clone();
+        let mut record: Map<String, Value> = serde_json::from_str(&rehashed[1]).unwrap();
+        record.insert("decision".into(), Value::from("Deny"));
+        let hash = record_hash(&record);
+        record.insert("hash".into(), Value::from(hash));
+        rehashed[1] = Value::Object(record).to_string();
+        assert_eq!(first_broken(&rehashed), 3);
+
+        let mut garbage = lines;
+        garbage[0] = "not json".into();
+        assert_eq!(first_broken(&garbage), 1);
+    }
+}
