@@ -11,6 +11,7 @@ use thiserror::Error;
 
 /// Which tokens a gateway accepts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrustConfig {
     /// Entra tenant ids whose v1 and v2 issuers are trusted.
@@ -34,6 +35,7 @@ fn default_skew() -> u64 {
 
 /// Handling of the groups-overage claim.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum OverageAction {
     /// Refuse the token: its group list is incomplete.
     #[default]

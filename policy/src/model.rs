@@ -44,9 +44,27 @@ pub enum Enforcement {
     DryRun,
 }
 
-/// The specification of an ApprovalPolicy.
+/// The specification of an ApprovalPolicy: which MCP servers it governs and
+/// the rules that decide each call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[cfg_attr(
+    feature = "crd",
+    derive(kube::CustomResource),
+    kube(
+        group = "mcp.airlock.dev",
+        version = "v1alpha1",
+        kind = "ApprovalPolicy",
+        namespaced,
+        status = "crate::model::ApprovalPolicyStatus",
+        shortname = "apol",
+        category = "airlock",
+        printcolumn = r#"{"name":"Enforcement","type":"string","jsonPath":".spec.enforcement"}"#,
+        printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type=='Accepted')].status"}"#,
+        printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.compiledVersion"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApprovalPolicySpec {
     /// Which MCP servers this policy governs; an empty selector selects every
@@ -329,6 +347,25 @@ pub fn any_json_list_schema(_: &mut schemars::SchemaGenerator) -> schemars::Sche
         "type": "array",
         "items": { "x-kubernetes-preserve-unknown-fields": true }
     })
+}
+
+/// What the operator reports about an ApprovalPolicy.
+#[cfg(feature = "crd")]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalPolicyStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Accepted` (True, or False with the exact reason in its message).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    /// The version filters report when this policy is in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compiled_version: Option<String>,
+    /// `namespace/name` of the McpServers this policy selects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matched_servers: Vec<String>,
 }
 
 /// A policy field that failed validation, with the path of the field.

