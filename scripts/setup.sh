@@ -66,18 +66,19 @@ fi
 link "$node_dir/node_modules" "$tools/node_modules"
 
 # --- Go: kube-apiserver, kube-controller-manager, kubectl and etcd from their modules ---
-# go_tools NAME BINARY=PACKAGE...: builds each package of tests/tools/NAME/go.mod.
+# go_tools NAME MODULE LDFLAGS BINARY=PACKAGE...: builds packages of MODULE, pinned
+# by tests/tools/NAME/go.mod.
 go_tools() {
-  local name="$1" dir="$root/tests/tools/$1"; shift
-  local out="$cache/$name-$(key_of "$dir/go.mod" "$dir/go.sum")"
+  local name="$1" dir="$root/tests/tools/$1" module="$2" ldflags="-s -w $3"; shift 3
+  local out="$cache/$name-$(echo "$ldflags" | key_of "$dir/go.mod" "$dir/go.sum" -)"
   if [ ! -f "$out/.complete" ]; then
-    say "building $name from $(grep -v indirect "$dir/go.mod" | awk '/^require/{f=1; next} f&&NF>=2{print $1"@"$2; exit}') (Go module); a cold build takes minutes"
+    say "building $name from $module@$(awk -v m="$module" '$1 == m {print $2}' "$dir/go.mod"); a cold build takes minutes"
     rm -rf "$out"
     mkdir -p "$out"
     local pair
     for pair in "$@"; do
       say "  go build ${pair#*=}"
-      (cd "$dir" && GOFLAGS=-mod=readonly go build -trimpath -ldflags='-s -w' -o "$out/${pair%%=*}" "${pair#*=}")
+      (cd "$dir" && GOFLAGS=-mod=readonly go build -trimpath -ldflags="$ldflags" -o "$out/${pair%%=*}" "${pair#*=}")
     done
     touch "$out/.complete"
   fi
@@ -85,10 +86,13 @@ go_tools() {
     link "$bin" "$tools/bin/$(basename "$bin")"
   done
 }
-go_tools kubernetes \
+k8s_version="$(awk '$1 == "k8s.io/kubernetes" {print $2}' "$root/tests/tools/kubernetes/go.mod")"
+k8s_minor="$(echo "$k8s_version" | cut -d. -f2)"
+go_tools kubernetes k8s.io/kubernetes \
+  "-X k8s.io/component-base/version.gitVersion=$k8s_version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$k8s_minor -X k8s.io/component-base/version.gitTreeState=clean" \
   kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
   kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
   kubectl=k8s.io/kubernetes/cmd/kubectl
-go_tools etcd etcd=go.etcd.io/etcd/server/v3
+go_tools etcd go.etcd.io/etcd/server/v3 "" etcd=go.etcd.io/etcd/server/v3
 
 say "ready: $(ls "$tools/bin" | tr '\n' ' ')"

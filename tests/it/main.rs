@@ -1,0 +1,5 @@
+//! Airlock's integration and end-to-end tests: one binary, one module per area.
+
+mod harness_cluster;
+mod harness_envoy;
+mod harness_issuer;

@@ -1,0 +1,35 @@
+//! The development token issuer, serving its key set over HTTP on 127.0.0.1.
+
+use airlock_operator::dev_issuer::DevIssuer;
+use std::sync::Arc;
+
+/// A test tenant id; only the development issuer uses it.
+pub const TENANT: &str = "5e1d0c0a-7e57-4e57-a11c-000000000001";
+/// The audience the test gateway accepts.
+pub const AUDIENCE: &str = "api://airlock-test";
+
+pub struct Issuer {
+    pub issuer: Arc<DevIssuer>,
+    /// Entra's JWKS path for the tenant, on this issuer.
+    pub jwks_url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Issuer {
+    pub async fn start() -> anyhow::Result<Issuer> {
+        let issuer = Arc::new(DevIssuer::new(TENANT)?);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let (addr, task) = issuer.serve(listener)?;
+        Ok(Issuer {
+            issuer,
+            jwks_url: format!("http://{addr}/{TENANT}/discovery/v2.0/keys"),
+            task,
+        })
+    }
+}
+
+impl Drop for Issuer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

