@@ -8,6 +8,7 @@ pub mod audit;
 pub mod canonical;
 pub mod entra;
 pub mod evaluate;
+pub mod gateway;
 pub mod json;
 pub mod jwt;
 pub mod mcp;

@@ -1,0 +1,318 @@
+//! Who is calling: bearer token → verified principal, with a bounded cache so
+//! the steady state never repeats the RSA verification.
+
+use super::config::FilterConfig;
+use super::reply::{Reply, insufficient_scope, unauthorized};
+use crate::entra::{ClaimsError, Principal, principal, trusted_issuer};
+use crate::jwt::{JwkSet, TokenError, decode};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use thiserror::Error;
+
+/// The signing keys known for each trusted tenant.
+#[derive(Debug, Default, Clone)]
+pub struct KeyRing {
+    sets: BTreeMap<String, JwkSet>,
+}
+
+impl KeyRing {
+    pub fn set(&mut self, tenant: &str, keys: JwkSet) {
+        self.sets.insert(tenant.to_string(), keys);
+    }
+
+    pub fn get(&self, tenant: &str) -> Option<&JwkSet> {
+        self.sets.get(tenant)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AuthError {
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    #[error("{0}")]
+    Claims(#[from] ClaimsError),
+    #[error("the signing keys of tenant {0} are not loaded yet; retry shortly")]
+    KeysNotLoaded(String),
+    #[error("the token's signing key {kid:?} is not among tenant {tenant}'s published keys")]
+    UnknownKey { tenant: String, kid: String },
+    #[error("client application {0:?} is not allowed to call this server")]
+    ClientAppNotAllowed(String),
+    #[error("the token carries none of the required scopes or app roles")]
+    InsufficientScope,
+}
+
+impl AuthError {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Token(TokenError::UnsupportedAlgorithm(_)) => "algorithm",
+            AuthError::Token(TokenError::BadSignature) => "signature",
+            AuthError::Token(_) => "malformed",
+            AuthError::Claims(c) => c.reason(),
+            AuthError::KeysNotLoaded(_) => "keys_not_loaded",
+            AuthError::UnknownKey { .. } => "unknown_key",
+            AuthError::ClientAppNotAllowed(_) => "client_app",
+            AuthError::InsufficientScope => "insufficient_scope",
+        }
+    }
+
+    /// The HTTP refusal for this failure.
+    pub fn reply(&self, config: &FilterConfig, resource_metadata: &str) -> Reply {
+        match self {
+            AuthError::InsufficientScope => {
+                let mut wanted = config.required_scopes.clone();
+                wanted.extend(config.required_roles.iter().cloned());
+                insufficient_scope(&self.to_string(), &wanted, resource_metadata)
+            }
+            AuthError::ClientAppNotAllowed(_) => {
+                insufficient_scope(&self.to_string(), &[], resource_metadata)
+            }
+            AuthError::KeysNotLoaded(_) => Reply::http_error(503, "unavailable", &self.to_string())
+                .with_header("retry-after", "1".into()),
+            _ => unauthorized(&self.to_string(), resource_metadata),
+        }
+    }
+}
+
+/// Verified principals by token digest, oldest evicted first.
+#[derive(Debug)]
+pub struct TokenCache {
+    capacity: usize,
+    entries: HashMap<[u8; 32], Principal>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl TokenCache {
+    pub fn new(capacity: usize) -> TokenCache {
+        TokenCache {
+            capacity: capacity.max(1),
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn key(token: &str) -> [u8; 32] {
+        Sha256::digest(token.as_bytes()).into()
+    }
+
+    fn get(&mut self, key: &[u8; 32], now: u64, skew: u64) -> Option<Principal> {
+        match self.entries.get(key) {
+            Some(p) if now <= p.expires_at.saturating_add(skew) => Some(p.clone()),
+            Some(_) => {
+                self.entries.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn insert(&mut self, key: [u8; 32], principal: Principal) {
+        while self.entries.len() >= self.capacity {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.entries.remove(&old);
+                }
+                None => break,
+            }
+        }
+        if self.entries.insert(key, principal).is_none() {
+            self.order.push_back(key);
+        }
+    }
+}
+
+/// Verifies `token` (or finds it verified in `cache`) and applies the
+/// gateway's caller requirements.
+pub fn authenticate(
+    config: &FilterConfig,
+    keys: &KeyRing,
+    cache: &mut TokenCache,
+    token: &str,
+    now: u64,
+) -> Result<Principal, AuthError> {
+    let key = TokenCache::key(token);
+    let principal = match cache.get(&key, now, config.auth.clock_skew_seconds) {
+        Some(principal) => principal,
+        None => {
+            let decoded = decode(token)?;
+            let issuer = decoded
+                .claims
+                .get("iss")
+                .and_then(|v| v.as_str())
+                .ok_or(ClaimsError::Missing("iss"))?;
+            let (tenant, _) = trusted_issuer(&config.auth, issuer)
+                .ok_or_else(|| ClaimsError::UntrustedIssuer(issuer.to_string()))?;
+            let key_set = keys
+                .get(tenant)
+                .ok_or_else(|| AuthError::KeysNotLoaded(tenant.to_string()))?;
+            match decoded.verify(key_set) {
+                Err(TokenError::UnknownKeyId(kid)) => {
+                    return Err(AuthError::UnknownKey {
+                        tenant: tenant.to_string(),
+                        kid,
+                    });
+                }
+                other => other?,
+            }
+            let principal = principal(&decoded.claims, &config.auth, now)?;
+            cache.insert(key, principal.clone());
+            principal
+        }
+    };
+    if !config.allowed_client_apps.is_empty()
+        && !config.allowed_client_apps.contains(&principal.app_id)
+    {
+        return Err(AuthError::ClientAppNotAllowed(principal.app_id));
+    }
+    let needs_grant = !config.required_scopes.is_empty() || !config.required_roles.is_empty();
+    let granted = principal
+        .scopes
+        .iter()
+        .any(|s| config.required_scopes.contains(s))
+        || principal
+            .roles
+            .iter()
+            .any(|r| config.required_roles.contains(r));
+    if needs_grant && !granted {
+        return Err(AuthError::InsufficientScope);
+    }
+    Ok(principal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entra::v2_issuer;
+    use crate::jwt::tests::{key_set, test_key};
+    use serde_json::json;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn config(extra: serde_json::Value) -> FilterConfig {
+        let mut value = json!({
+            "server": "ns/s",
+            "auth": {"tenants": ["t1"], "audiences": ["api://a"]},
+            "jwks": [{"tenant": "t1", "cluster": "c", "path": "/k", "authority": "h"}],
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            value[k] = v.clone();
+        }
+        FilterConfig::from_json(value.to_string().as_bytes()).unwrap()
+    }
+
+    fn claims() -> serde_json::Value {
+        json!({"iss": v2_issuer("t1"), "tid": "t1", "aud": "api://a", "exp": NOW + 600,
+               "oid": "o1", "azp": "app-1", "scp": "mcp.call", "ver": "2.0"})
+    }
+
+    fn keys() -> KeyRing {
+        let mut ring = KeyRing::default();
+        ring.set("t1", key_set(&[test_key("k1")]));
+        ring
+    }
+
+    #[test]
+    fn verifies_once_then_serves_from_the_cache() {
+        let c = config(json!({}));
+        let mut cache = TokenCache::new(2);
+        let token = test_key("k1").token(&claims());
+        assert_eq!(
+            authenticate(&c, &keys(), &mut cache, &token, NOW)
+                .unwrap()
+                .object_id,
+            "o1"
+        );
+        assert_eq!(cache.len(), 1);
+        // Served from the cache: no key set is needed any more.
+        assert!(authenticate(&c, &KeyRing::default(), &mut cache, &token, NOW).is_ok());
+        // Until it expires.
+        let later = NOW + 600 + 61;
+        assert!(matches!(
+            authenticate(&c, &keys(), &mut cache, &token, later),
+            Err(AuthError::Claims(ClaimsError::Expired))
+        ));
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let c = config(json!({}));
+        let mut cache = TokenCache::new(2);
+        for oid in ["a", "b", "c"] {
+            let mut claims = claims();
+            claims["oid"] = json!(oid);
+            authenticate(&c, &keys(), &mut cache, &test_key("k1").token(&claims), NOW).unwrap();
+        }
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let c = config(json!({}));
+        let mut cache = TokenCache::new(8);
+        let unknown = test_key("k2").token(&claims());
+        assert_eq!(
+            authenticate(&c, &keys(), &mut cache, &unknown, NOW),
+            Err(AuthError::UnknownKey {
+                tenant: "t1".into(),
+                kid: "k2".into()
+            })
+        );
+        assert_eq!(
+            authenticate(&c, &KeyRing::default(), &mut cache, &unknown, NOW),
+            Err(AuthError::KeysNotLoaded("t1".into()))
+        );
+        let mut other = claims();
+        other["iss"] = json!(v2_issuer("t2"));
+        other["tid"] = json!("t2");
+        let err =
+            authenticate(&c, &keys(), &mut cache, &test_key("k1").token(&other), NOW).unwrap_err();
+        assert_eq!(err.reason(), "untrusted_issuer");
+        let reply = err.reply(&c, "m");
+        assert_eq!(reply.status, 401);
+        assert!(
+            reply
+                .header("www-authenticate")
+                .unwrap()
+                .contains("not a trusted Entra ID tenant")
+        );
+        assert_eq!(
+            authenticate(&c, &keys(), &mut cache, "garbage", NOW)
+                .unwrap_err()
+                .reason(),
+            "malformed"
+        );
+    }
+
+    #[test]
+    fn client_apps_and_scopes_are_enforced() {
+        let token = test_key("k1").token(&claims());
+        let mut cache = TokenCache::new(8);
+        let apps = config(json!({"allowedClientApps": ["app-2"]}));
+        let err = authenticate(&apps, &keys(), &mut cache, &token, NOW).unwrap_err();
+        assert_eq!(err, AuthError::ClientAppNotAllowed("app-1".into()));
+        assert_eq!(err.reply(&apps, "m").status, 403);
+        let scopes =
+            config(json!({"requiredScopes": ["mcp.admin"], "requiredRoles": ["Mcp.Caller"]}));
+        let err = authenticate(&scopes, &keys(), &mut cache, &token, NOW).unwrap_err();
+        assert_eq!(err, AuthError::InsufficientScope);
+        let reply = err.reply(&scopes, "m");
+        assert_eq!(reply.status, 403);
+        assert!(
+            reply
+                .header("www-authenticate")
+                .unwrap()
+                .contains("scope=\"mcp.admin Mcp.Caller\"")
+        );
+        let ok = config(json!({"requiredScopes": ["mcp.call"]}));
+        assert!(authenticate(&ok, &keys(), &mut cache, &token, NOW).is_ok());
+    }
+}

@@ -1,0 +1,159 @@
+//! The gateway's decisions, free of any host: what the proxy-wasm filter does
+//! with a request, as plain functions the filter glue only translates.
+//!
+//! Flow for one request: [`request::route`] (path, method) → bearer token →
+//! [`auth::authenticate`] → body → [`crate::mcp::classify`] →
+//! [`judge::judge`] → forward with [`identity_headers`], refuse with a
+//! [`reply::Reply`], or hold for approval.
+
+pub mod auth;
+pub mod config;
+pub mod judge;
+pub mod reply;
+pub mod request;
+
+use crate::entra::Principal;
+use crate::model::Action;
+use reply::Reply;
+use serde_json::json;
+
+/// Request headers naming the MCP protocol revision and mirrored fields.
+pub const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
+pub const METHOD_HEADER: &str = "mcp-method";
+pub const NAME_HEADER: &str = "mcp-name";
+/// Response header carrying what dry-run policies would have done.
+pub const DRY_RUN_HEADER: &str = "x-airlock-dry-run";
+
+/// Makes a value safe for an HTTP header: printable ASCII stays, everything
+/// else (control characters, non-ASCII, `%`) is percent-encoded.
+pub fn header_safe(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The verified identity, for the MCP server: it can log or use it without
+/// parsing tokens. Clients' own `x-airlock-*` headers are removed first.
+pub fn identity_headers(
+    principal: &Principal,
+    action: Action,
+    approval: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        ("x-airlock-tid", header_safe(&principal.tenant_id)),
+        ("x-airlock-oid", header_safe(&principal.object_id)),
+        ("x-airlock-name", header_safe(&principal.display_name)),
+        ("x-airlock-groups", header_safe(&principal.groups.join(","))),
+        ("x-airlock-decision", action.to_string()),
+    ];
+    if let Some(id) = approval {
+        headers.push(("x-airlock-approval", header_safe(id)));
+    }
+    headers
+}
+
+/// RFC 9728 protected-resource metadata for this gateway.
+pub fn resource_metadata(config: &config::FilterConfig, authority: &str) -> Reply {
+    let mut metadata = json!({
+        "resource": config.resource_url(authority),
+        "authorization_servers": config.advertised_authorization_servers(),
+        "bearer_methods_supported": ["header"],
+    });
+    if !config.required_scopes.is_empty() {
+        metadata["scopes_supported"] = json!(config.required_scopes);
+    }
+    Reply::json(200, &metadata)
+}
+
+/// Where clients find the metadata, for `WWW-Authenticate`.
+pub fn resource_metadata_url(config: &config::FilterConfig, authority: &str) -> String {
+    let resource = config.resource_url(authority);
+    let origin_end = resource
+        .find("://")
+        .and_then(|scheme| resource[scheme + 3..].find('/').map(|p| p + scheme + 3))
+        .unwrap_or(resource.len());
+    format!(
+        "{}/.well-known/oauth-protected-resource{}",
+        &resource[..origin_end],
+        &resource[origin_end..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(public_url: Option<&str>) -> config::FilterConfig {
+        let mut value = json!({
+            "server": "ns/s",
+            "auth": {"tenants": ["t1"], "audiences": ["a"]},
+            "jwks": [{"tenant": "t1", "cluster": "c", "path": "/k", "authority": "h"}],
+            "requiredScopes": ["mcp.call"],
+        });
+        if let Some(url) = public_url {
+            value["publicUrl"] = json!(url);
+        }
+        config::FilterConfig::from_json(value.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn metadata_names_the_resource_and_its_issuers() {
+        let c = config(None);
+        let reply = resource_metadata(&c, "gw:8080");
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["resource"], "http://gw:8080/mcp");
+        assert_eq!(
+            body["authorization_servers"],
+            json!(["https://login.microsoftonline.com/t1/v2.0"])
+        );
+        assert_eq!(body["scopes_supported"], json!(["mcp.call"]));
+        assert_eq!(
+            resource_metadata_url(&c, "gw:8080"),
+            "http://gw:8080/.well-known/oauth-protected-resource/mcp"
+        );
+        let public = config(Some("https://mcp.example.com/ml/mcp"));
+        assert_eq!(
+            resource_metadata_url(&public, "ignored"),
+            "https://mcp.example.com/.well-known/oauth-protected-resource/ml/mcp"
+        );
+    }
+
+    #[test]
+    fn header_values_cannot_inject() {
+        assert_eq!(header_safe("Ada Lovelace"), "Ada Lovelace");
+        assert_eq!(
+            header_safe("a\r\nx-airlock-oid: evil"),
+            "a%0D%0Ax-airlock-oid: evil"
+        );
+        assert_eq!(header_safe("Zoë"), "Zo%C3%AB");
+        assert_eq!(header_safe("100%"), "100%25");
+    }
+
+    #[test]
+    fn config_is_checked() {
+        let bad = |value: serde_json::Value| {
+            config::FilterConfig::from_json(value.to_string().as_bytes()).is_err()
+        };
+        assert!(bad(
+            json!({"server": "s", "auth": {"tenants": ["t"], "audiences": ["a"]}, "jwks": []})
+        ));
+        assert!(bad(
+            json!({"server": "s", "auth": {"tenants": [], "audiences": ["a"]}, "jwks": []})
+        ));
+        assert!(bad(
+            json!({"server": "s", "auth": {"tenants": ["t"], "audiences": ["a"]},
+            "jwks": [{"tenant": "t", "cluster": "c", "path": "/k", "authority": "h"}], "unknown": 1})
+        ));
+        assert!(bad(
+            json!({"server": "s", "auth": {"tenants": ["t"], "audiences": ["a"]},
+            "jwks": [{"tenant": "t", "cluster": "c", "path": "/k", "authority": "h"}],
+            "policies": [{"name": "p", "version": "1", "spec": {"rules": [{"name": "r", "action": "RequireApproval"}]}}]})
+        ));
+    }
+}
