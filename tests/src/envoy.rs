@@ -20,6 +20,8 @@ pub struct EnvoyOptions {
     pub filter_config: Value,
     /// Worker threads; filter tests use 2 so that cross-worker behaviour is exercised.
     pub concurrency: u32,
+    /// More clusters (name, port on 127.0.0.1) the filter calls out to.
+    pub clusters: Vec<(String, u16)>,
 }
 
 impl EnvoyOptions {
@@ -29,6 +31,7 @@ impl EnvoyOptions {
             filter: None,
             filter_config: json!({}),
             concurrency: 2,
+            clusters: Vec::new(),
         }
     }
 
@@ -81,6 +84,24 @@ fn bootstrap(options: &EnvoyOptions) -> Value {
     }));
     let loopback =
         |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
+    let cluster = |name: &str, port: u16| {
+        json!({
+            "name": name,
+            "type": "STATIC",
+            "connect_timeout": "5s",
+            "load_assignment": {
+                "cluster_name": name,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": loopback(port)}}]}],
+            },
+        })
+    };
+    let mut clusters = vec![cluster("upstream", options.upstream_port)];
+    clusters.extend(
+        options
+            .clusters
+            .iter()
+            .map(|(name, port)| cluster(name, *port)),
+    );
     json!({
         "admin": {"address": loopback(0)},
         "static_resources": {
@@ -104,15 +125,7 @@ fn bootstrap(options: &EnvoyOptions) -> Value {
                     },
                 }]}],
             }],
-            "clusters": [{
-                "name": "upstream",
-                "type": "STATIC",
-                "connect_timeout": "5s",
-                "load_assignment": {
-                    "cluster_name": "upstream",
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": loopback(options.upstream_port)}}]}],
-                },
-            }],
+            "clusters": clusters,
         },
     })
 }

@@ -12,6 +12,9 @@ pub struct Issuer {
     pub issuer: Arc<DevIssuer>,
     /// Entra's JWKS path for the tenant, on this issuer.
     pub jwks_url: String,
+    /// Path of that URL, and the port the issuer listens on (127.0.0.1).
+    pub jwks_path: String,
+    pub port: u16,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -20,9 +23,12 @@ impl Issuer {
         let issuer = Arc::new(DevIssuer::new(TENANT)?);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let (addr, task) = issuer.serve(listener)?;
+        let jwks_path = format!("/{TENANT}/discovery/v2.0/keys");
         Ok(Issuer {
             issuer,
-            jwks_url: format!("http://{addr}/{TENANT}/discovery/v2.0/keys"),
+            jwks_url: format!("http://{addr}{jwks_path}"),
+            jwks_path,
+            port: addr.port(),
             task,
         })
     }

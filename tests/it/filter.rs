@@ -1,0 +1,467 @@
+//! The enforcement filter in real Envoy (`--concurrency 2`): token checks,
+//! strict MCP parsing and policy, with real peers on both sides.
+
+use airlock_operator::dev_issuer::{DevIssuer, TokenRequest};
+use airlock_policy::entra::TokenVersion;
+use airlock_tests::envoy::{Envoy, EnvoyOptions};
+use airlock_tests::issuer::{AUDIENCE, Issuer, TENANT};
+use airlock_tests::paths::filter_wasm;
+use airlock_tests::peers::{McpServer, Transport, python_client};
+use airlock_tests::recorder::Recorder;
+use airlock_tests::wait_for;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const ENGINEERS: &str = "9a1d1f4e-0000-4000-8000-000000000001";
+
+/// The policy of these tests: handshake for all, status for engineers,
+/// deploying to production needs approval, secrets never.
+fn policies() -> Value {
+    json!([{
+        "name": "test/model-ops",
+        "version": "1",
+        "spec": {
+            "defaultAction": "Deny",
+            "rules": [
+                {"name": "handshake", "match": {"methods": ["initialize", "ping", "notifications/*", "tools/list"]}, "action": "Allow"},
+                {"name": "read-status", "match": {"tools": ["get_status", "echo"]}, "principals": {"groups": [ENGINEERS]}, "action": "Allow"},
+                {"name": "deploy-to-prod", "match": {"tools": ["deploy_model"], "arguments": [{"pointer": "/environment", "in": ["prod"]}]},
+                 "action": "RequireApproval", "approval": {"approvers": {"groups": ["leads"]}}},
+                {"name": "no-secrets", "match": {"tools": ["read_secret"]}, "action": "Deny"}
+            ]
+        }
+    }])
+}
+
+struct Gateway {
+    envoy: Envoy,
+    issuer: Issuer,
+}
+
+impl Gateway {
+    async fn start(upstream_port: u16) -> anyhow::Result<Gateway> {
+        let issuer = Issuer::start().await?;
+        let config = json!({
+            "server": "test/mcp",
+            "auth": {"tenants": [TENANT], "audiences": [AUDIENCE]},
+            "jwks": [{"tenant": TENANT, "cluster": "jwks", "path": issuer.jwks_path, "authority": "issuer"}],
+            "legacySse": {"stream": "/sse", "messages": "/messages/"},
+            "maxBodyBytes": 65536,
+            "policies": policies(),
+        });
+        let mut options = EnvoyOptions::with_filter(upstream_port, filter_wasm()?, config);
+        options.clusters.push(("jwks".into(), issuer.port));
+        let envoy = Envoy::start(options).await?;
+        let gateway = Gateway { envoy, issuer };
+        // Keys load asynchronously after start: until then the gateway answers 503.
+        // The probe is a call the policy denies, so it never reaches the upstream.
+        let token = gateway.token(&[ENGINEERS])?;
+        let http = reqwest::Client::new();
+        wait_for(
+            "the gateway to load signing keys",
+            Duration::from_secs(30),
+            || {
+                let request = gateway
+                    .post(&http, &token, &call(0, "read_secret", json!({})))
+                    .send();
+                async move {
+                    Ok(match request.await {
+                        Ok(r) if r.status() == 200 => Some(()),
+                        _ => None,
+                    })
+                }
+            },
+        )
+        .await?;
+        Ok(gateway)
+    }
+
+    fn request(&self, groups: &[&str]) -> TokenRequest {
+        let mut request = TokenRequest::user("oid-ada", "ada@contoso.com", AUDIENCE);
+        request.groups = groups.iter().map(|g| g.to_string()).collect();
+        request
+    }
+
+    fn token(&self, groups: &[&str]) -> anyhow::Result<String> {
+        Ok(self.issuer.issuer.mint(&self.request(groups))?)
+    }
+
+    fn url(&self) -> String {
+        format!("{}/mcp", self.envoy.url)
+    }
+
+    fn post(&self, http: &reqwest::Client, token: &str, body: &Value) -> reqwest::RequestBuilder {
+        http.post(self.url())
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    }
+}
+
+fn ping(id: u32) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "ping"})
+}
+
+fn call(id: u32, tool: &str, arguments: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}})
+}
+
+#[tokio::test]
+async fn python_sdk_client_is_allowed_refused_and_told_why() -> anyhow::Result<()> {
+    let server = McpServer::python(Transport::StreamableJson).await?;
+    let gateway = Gateway::start(server.port).await?;
+    let token = gateway.token(&[ENGINEERS])?;
+    let run = |operation: Vec<&'static str>| {
+        let token = token.clone();
+        let url = gateway.envoy.url.clone();
+        async move { python_client(&url, Transport::StreamableJson, Some(&token), &operation).await }
+    };
+
+    let listed = run(vec!["list-tools"]).await?;
+    assert_eq!(
+        listed["tools"],
+        json!(["add", "deploy_model", "echo", "get_status"]),
+        "{listed}\n{}",
+        gateway.envoy.log()
+    );
+
+    let status = run(vec!["call", "get_status"]).await?;
+    assert_eq!(
+        status,
+        json!({"isError": false, "text": "ok", "meta": null})
+    );
+
+    let denied = run(vec!["call", "add", r#"{"a": 1, "b": 2}"#]).await?;
+    assert_eq!(denied["isError"], true, "{denied}");
+    assert!(
+        denied["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("test/model-ops/defaultAction"),
+        "{denied}"
+    );
+    assert_eq!(denied["meta"]["dev.airlock/decision"], "Deny");
+
+    let held = run(vec![
+        "call",
+        "deploy_model",
+        r#"{"model": "m", "environment": "prod"}"#,
+    ])
+    .await?;
+    assert_eq!(held["isError"], true, "{held}");
+    assert!(
+        held["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("approval"),
+        "{held}"
+    );
+    assert_eq!(
+        held["meta"]["dev.airlock/rule"],
+        "test/model-ops/deploy-to-prod"
+    );
+
+    // Someone outside the engineers group may shake hands but not read status.
+    let outsider = gateway.token(&[])?;
+    let refused = python_client(
+        &gateway.envoy.url,
+        Transport::StreamableJson,
+        Some(&outsider),
+        &["call", "get_status"],
+    )
+    .await?;
+    assert_eq!(refused["isError"], true, "{refused}");
+    Ok(())
+}
+
+fn forge(header: Value, claims: &Value, signature: &str) -> String {
+    format!(
+        "{}.{}.{signature}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    )
+}
+
+#[tokio::test]
+async fn bad_tokens_get_401_with_the_reason_and_never_reach_the_server() -> anyhow::Result<()> {
+    let upstream = Recorder::start().await?;
+    let gateway = Gateway::start(upstream.port).await?;
+    let http = reqwest::Client::new();
+    let good = gateway.issuer.issuer.claims(&gateway.request(&[ENGINEERS]));
+    let good = Value::Object(good);
+    let stranger = DevIssuer::new(TENANT)?; // same tenant and kid names, other keys
+    let other_tenant = DevIssuer::new("0b7e8c52-1111-4222-8333-000000000002")?;
+    let mint = |edit: &dyn Fn(&mut TokenRequest)| -> anyhow::Result<String> {
+        let mut request = gateway.request(&[ENGINEERS]);
+        edit(&mut request);
+        Ok(gateway.issuer.issuer.mint(&request)?)
+    };
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "forged signature",
+            stranger.mint(&gateway.request(&[ENGINEERS]))?,
+            "signature does not verify",
+        ),
+        (
+            "expired",
+            mint(&|r| {
+                r.overrides.insert("exp".into(), json!(1));
+            })?,
+            "expired",
+        ),
+        (
+            "not yet valid",
+            mint(&|r| {
+                r.overrides.insert("nbf".into(), json!(4_000_000_000u64));
+            })?,
+            "not valid yet",
+        ),
+        (
+            "other tenant",
+            other_tenant.mint(&gateway.request(&[ENGINEERS]))?,
+            "not a trusted Entra ID tenant",
+        ),
+        (
+            "tid disagrees with issuer",
+            mint(&|r| {
+                r.overrides
+                    .insert("tid".into(), json!("0b7e8c52-1111-4222-8333-000000000002"));
+            })?,
+            "does not match its issuer",
+        ),
+        (
+            "wrong audience",
+            mint(&|r| r.audience = "api://something-else".into())?,
+            "audience",
+        ),
+        (
+            "v1 with v2 version claim",
+            mint(&|r| {
+                r.version = TokenVersion::V1;
+                r.overrides.insert("ver".into(), json!("2.0"));
+            })?,
+            "version",
+        ),
+        (
+            "alg none",
+            forge(json!({"alg": "none", "kid": "dev-key-1"}), &good, "x"),
+            "only RS256",
+        ),
+        (
+            "HS256",
+            forge(
+                json!({"alg": "HS256", "kid": "dev-key-1"}),
+                &good,
+                "c2lnbmF0dXJl",
+            ),
+            "only RS256",
+        ),
+        (
+            "unknown kid",
+            forge(
+                json!({"alg": "RS256", "kid": "nope"}),
+                &good,
+                "c2lnbmF0dXJl",
+            ),
+            "not among tenant",
+        ),
+        ("garbage", "not-a-jwt".into(), "compact JWS"),
+        (
+            "groups overage",
+            mint(&|r| {
+                r.overrides
+                    .insert("_claim_names".into(), json!({"groups": "src1"}));
+            })?,
+            "groups overage",
+        ),
+    ];
+    for (name, token, reason) in &cases {
+        let response = gateway.post(&http, token, &ping(1)).send().await?;
+        assert_eq!(response.status(), 401, "{name}");
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            challenge.contains("resource_metadata=\"http://"),
+            "{name}: {challenge}"
+        );
+        let body: Value = response.json().await?;
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(reason),
+            "{name}: {body}"
+        );
+    }
+
+    let missing = http
+        .post(gateway.url())
+        .body(ping(1).to_string())
+        .send()
+        .await?;
+    assert_eq!(missing.status(), 401);
+    let token = gateway.token(&[ENGINEERS])?;
+    let in_query = http
+        .post(format!("{}?access_token={token}", gateway.url()))
+        .body(ping(1).to_string())
+        .send()
+        .await?;
+    assert_eq!(in_query.status(), 400);
+    let twice = http
+        .post(gateway.url())
+        .header("authorization", format!("Bearer {token}"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(ping(1).to_string())
+        .send()
+        .await?;
+    assert_eq!(twice.status(), 401);
+    assert!(
+        upstream.requests().is_empty(),
+        "refused requests reached the server"
+    );
+
+    // The protected-resource metadata is answered by the gateway itself.
+    let metadata: Value = http
+        .get(format!(
+            "{}/.well-known/oauth-protected-resource/mcp",
+            gateway.envoy.url
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        metadata["authorization_servers"],
+        json!([format!("https://login.microsoftonline.com/{TENANT}/v2.0")])
+    );
+    assert!(upstream.requests().is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn allowed_calls_carry_the_verified_identity_and_nothing_the_client_claims()
+-> anyhow::Result<()> {
+    let upstream = Recorder::start().await?;
+    let gateway = Gateway::start(upstream.port).await?;
+    let http = reqwest::Client::new();
+    let token = gateway.token(&[ENGINEERS])?;
+    let body = call(5, "get_status", json!({}));
+    let response = gateway
+        .post(&http, &token, &body)
+        .header("x-airlock-oid", "someone-else")
+        .header("X-Airlock-Decision", "Allow")
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response
+            .headers()
+            .get("x-airlock-filter")
+            .and_then(|v| v.to_str().ok()),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1);
+    let request = &seen[0];
+    assert_eq!(request.header("x-airlock-oid"), Some("oid-ada"));
+    assert_eq!(request.header("x-airlock-tid"), Some(TENANT));
+    assert_eq!(request.header("x-airlock-groups"), Some(ENGINEERS));
+    assert_eq!(request.header("x-airlock-decision"), Some("Allow"));
+    assert_eq!(
+        request.header("authorization"),
+        None,
+        "the token is not forwarded by default"
+    );
+    assert_eq!(
+        request
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "x-airlock-oid")
+            .count(),
+        1
+    );
+    assert_eq!(
+        request.body,
+        body.to_string().into_bytes(),
+        "forwarded byte for byte"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_and_ambiguous_bodies_are_refused_before_the_server() -> anyhow::Result<()> {
+    let upstream = Recorder::start().await?;
+    let gateway = Gateway::start(upstream.port).await?;
+    let http = reqwest::Client::new();
+    let token = gateway.token(&[ENGINEERS])?;
+    let raw = |body: &str| {
+        http.post(gateway.url())
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    };
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
+        ("not JSON", raw("{"), 400),
+        ("name given twice", raw(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_status","name":"read_secret"}}"#), 400),
+        ("null id", raw(r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#), 400),
+        ("batch under 2025-06-18", raw(&format!("[{}]", ping(1))).header("mcp-protocol-version", "2025-06-18"), 400),
+        ("Mcp-Name disagrees", raw(&call(1, "read_secret", json!({})).to_string())
+            .header("mcp-protocol-version", "2026-07-28").header("mcp-method", "tools/call").header("mcp-name", "get_status"), 400),
+        ("unknown protocol version", raw(&ping(1).to_string()).header("mcp-protocol-version", "1999-01-01"), 400),
+        ("compressed", raw(&ping(1).to_string()).header("content-encoding", "gzip"), 415),
+        ("too large", raw(&json!({"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad": "x".repeat(70_000)}}).to_string()), 413),
+        ("GET with a body", http.get(gateway.url()).bearer_auth(&token).body("{}"), 400),
+        ("other path", http.post(format!("{}/admin", gateway.envoy.url)).bearer_auth(&token).body(ping(1).to_string()), 404),
+        ("encoded slash", http.post(format!("{}/mcp%2Fx", gateway.envoy.url)).bearer_auth(&token).body(ping(1).to_string()), 400),
+        ("PUT", http.put(gateway.url()).bearer_auth(&token).body(ping(1).to_string()), 405),
+    ];
+    for (name, request, status) in cases {
+        let response = request.send().await?;
+        assert_eq!(
+            response.status(),
+            status,
+            "{name}: {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+
+    // Escapes decode before judging: `tools\/call` is tools/call.
+    let escaped =
+        raw(r#"{"jsonrpc":"2.0","id":7,"method":"tools\/call","params":{"name":"read_secret"}}"#)
+            .send()
+            .await?;
+    let answer: Value = escaped.json().await?;
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+
+    // A batch hiding a denied call is refused whole.
+    let batch = json!([
+        call(1, "get_status", json!({})),
+        call(2, "read_secret", json!({}))
+    ]);
+    let answer: Value = raw(&batch.to_string()).send().await?.json().await?;
+    assert_eq!(answer.as_array().map(Vec::len), Some(2), "{answer}");
+    assert!(
+        upstream.requests().is_empty(),
+        "a refused request reached the server: {:?}",
+        upstream.requests()
+    );
+
+    // The normalized path is what goes upstream.
+    let ok = http
+        .post(format!("{}//mcp/", gateway.envoy.url))
+        .bearer_auth(&token)
+        .body(ping(9).to_string())
+        .send()
+        .await?;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(upstream.requests()[0].path, "/mcp");
+    Ok(())
+}
