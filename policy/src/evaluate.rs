@@ -131,6 +131,22 @@ fn policy_verdict(policy: &CompiledPolicy, principal: &Principal, call: &Call<'_
     }
 }
 
+/// Whether `rule`'s method, target and principal criteria hold, leaving its
+/// argument matchers aside (for listing tools, when arguments are unknown).
+pub fn rule_applies_without_arguments(
+    rule: &Rule,
+    principal: &Principal,
+    method: &str,
+    target: &Target,
+) -> bool {
+    let call = Call {
+        method,
+        target,
+        arguments: None,
+    };
+    rule_matches(rule, &call) && principals_hold(&rule.principals, principal)
+}
+
 /// `*` matches any run of characters (including none); everything else is literal.
 pub fn glob_matches(pattern: &str, text: &str) -> bool {
     let (p, t) = (pattern.as_bytes(), text.as_bytes());

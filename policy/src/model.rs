@@ -419,6 +419,17 @@ pub struct CompiledPolicy {
     pub(crate) rules: Vec<CompiledRule>,
 }
 
+impl CompiledPolicy {
+    /// Each rule, with whether it has argument matchers.
+    pub fn rules_with_argument_flags(&self) -> impl Iterator<Item = (&Rule, bool)> {
+        self.spec
+            .rules
+            .iter()
+            .zip(&self.rules)
+            .map(|(rule, compiled)| (rule, !compiled.arguments.is_empty()))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledRule {
     pub(crate) arguments: Vec<CompiledMatcher>,

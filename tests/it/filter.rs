@@ -123,7 +123,7 @@ async fn python_sdk_client_is_allowed_refused_and_told_why() -> anyhow::Result<(
     let listed = run(vec!["list-tools"]).await?;
     assert_eq!(
         listed["tools"],
-        json!(["add", "deploy_model", "echo", "get_status"]),
+        json!(["deploy_model", "echo", "get_status"]),
         "{listed}\n{}",
         gateway.envoy.log()
     );
@@ -174,6 +174,158 @@ async fn python_sdk_client_is_allowed_refused_and_told_why() -> anyhow::Result<(
     )
     .await?;
     assert_eq!(refused["isError"], true, "{refused}");
+    let listed = python_client(
+        &gateway.envoy.url,
+        Transport::StreamableJson,
+        Some(&outsider),
+        &["list-tools"],
+    )
+    .await?;
+    assert_eq!(listed["tools"], json!(["deploy_model"]), "{listed}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sse_and_legacy_transports_are_judged_and_filtered_too() -> anyhow::Result<()> {
+    for transport in [Transport::StreamableSse, Transport::LegacySse] {
+        let server = McpServer::python(transport).await?;
+        let gateway = Gateway::start(server.port).await?;
+        let token = gateway.token(&[ENGINEERS])?;
+        let url = gateway.envoy.url.clone();
+        let listed = python_client(&url, transport, Some(&token), &["list-tools"]).await?;
+        assert_eq!(
+            listed["tools"],
+            json!(["deploy_model", "echo", "get_status"]),
+            "{transport:?}: {listed}\n{}",
+            gateway.envoy.log()
+        );
+        let status = python_client(&url, transport, Some(&token), &["call", "get_status"]).await?;
+        assert_eq!(status["text"], "ok", "{transport:?}: {status}");
+        if transport == Transport::StreamableSse {
+            let denied = python_client(
+                &url,
+                transport,
+                Some(&token),
+                &["call", "add", r#"{"a": 1, "b": 2}"#],
+            )
+            .await?;
+            assert_eq!(denied["isError"], true, "{denied}");
+        }
+    }
+    Ok(())
+}
+
+/// Opens a legacy SSE stream through the gateway and returns it with the
+/// message endpoint its first event announces.
+async fn legacy_stream(
+    gateway: &Gateway,
+    token: &str,
+) -> anyhow::Result<(reqwest::Response, String)> {
+    let mut stream = reqwest::Client::new()
+        .get(format!("{}/sse", gateway.envoy.url))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    let mut start = String::new();
+    while !start.contains("\r\n\r\n") && !start.contains("\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("stream ended before its endpoint event"))?;
+        start.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let endpoint = start
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .ok_or_else(|| anyhow::anyhow!("no endpoint event: {start}"))?
+        .trim()
+        .to_string();
+    Ok((stream, endpoint))
+}
+
+#[tokio::test]
+async fn legacy_posts_are_judged_and_their_session_is_bound() -> anyhow::Result<()> {
+    let server = McpServer::python(Transport::LegacySse).await?;
+    let gateway = Gateway::start(server.port).await?;
+    let http = reqwest::Client::new();
+    let ada = gateway.token(&[ENGINEERS])?;
+    let (_stream, endpoint) = legacy_stream(&gateway, &ada).await?;
+    let post = |token: &str, body: Value| {
+        http.post(format!("{}{endpoint}", gateway.envoy.url))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    };
+    // Legacy responses travel on the stream, so a refused POST is an HTTP error.
+    let denied = post(&ada, call(1, "read_secret", json!({}))).send().await?;
+    assert_eq!(denied.status(), 403);
+    let answer: Value = denied.json().await?;
+    assert_eq!(answer["error"]["code"], -31001, "{answer}");
+    let batch = post(&ada, json!([ping(1)])).send().await?;
+    assert_eq!(batch.status(), 400, "batches did not exist in 2024-11-05");
+    // The session belongs to whoever opened the stream.
+    let mut bob = gateway.request(&[ENGINEERS]);
+    bob.oid = "oid-bob".into();
+    let bob = gateway.issuer.issuer.mint(&bob)?;
+    assert_eq!(post(&bob, ping(2)).send().await?.status(), 404);
+    assert_eq!(post(&ada, ping(3)).send().await?.status(), 202);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_session_belongs_to_the_principal_that_opened_it() -> anyhow::Result<()> {
+    let server = McpServer::python(Transport::StreamableJson).await?;
+    let gateway = Gateway::start(server.port).await?;
+    let http = reqwest::Client::new();
+    let ada = gateway.token(&[ENGINEERS])?;
+    let mut bob_request = gateway.request(&[ENGINEERS]);
+    bob_request.oid = "oid-bob".into();
+    let bob = gateway.issuer.issuer.mint(&bob_request)?;
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let opened = gateway.post(&http, &ada, &initialize).send().await?;
+    assert_eq!(opened.status(), 200);
+    let session = opened
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no session id"))?;
+    let in_session = |token: &str, body: &Value| {
+        gateway
+            .post(&http, token, body)
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-06-18")
+    };
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert_eq!(in_session(&ada, &initialized).send().await?.status(), 202);
+    let stolen = in_session(&bob, &call(2, "get_status", json!({})))
+        .send()
+        .await?;
+    assert_eq!(
+        stolen.status(),
+        404,
+        "another principal presented the session"
+    );
+    let owner = in_session(&ada, &call(3, "get_status", json!({})))
+        .send()
+        .await?;
+    assert_eq!(owner.status(), 200);
+    let invented = gateway
+        .post(&http, &ada, &ping(4))
+        .header("mcp-session-id", "invented")
+        .send()
+        .await?;
+    assert_eq!(invented.status(), 404);
+    // Ending the session forgets the binding.
+    let ended = http
+        .delete(gateway.url())
+        .bearer_auth(&ada)
+        .header("mcp-session-id", &session)
+        .send()
+        .await?;
+    assert!(ended.status().is_success(), "{}", ended.status());
+    let after = in_session(&ada, &ping(5)).send().await?;
+    assert_eq!(after.status(), 404);
     Ok(())
 }
 
@@ -392,6 +544,17 @@ async fn allowed_calls_carry_the_verified_identity_and_nothing_the_client_claims
         request.body,
         body.to_string().into_bytes(),
         "forwarded byte for byte"
+    );
+
+    // tools/list answers are filtered, hence private to the caller.
+    let list = json!({"jsonrpc": "2.0", "id": 6, "method": "tools/list"});
+    let listed = gateway.post(&http, &token, &list).send().await?;
+    assert_eq!(
+        listed
+            .headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok()),
+        Some("private, no-store")
     );
     Ok(())
 }

@@ -12,10 +12,6 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn define() -> Metrics {
-        Metrics::default()
-    }
-
     fn increment(&self, name: String) {
         let id = {
             let mut ids = self.ids.borrow_mut();

@@ -11,6 +11,9 @@ pub mod config;
 pub mod judge;
 pub mod reply;
 pub mod request;
+pub mod session;
+pub mod sse;
+pub mod tools_list;
 
 use crate::entra::Principal;
 use crate::model::Action;

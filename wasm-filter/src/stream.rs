@@ -1,0 +1,488 @@
+//! One HTTP stream through the gateway.
+
+use crate::{FILTER_HEADER, Gateway, now_seconds, sessions};
+use airlock_policy::entra::Principal;
+use airlock_policy::gateway::auth::{AuthError, authenticate};
+use airlock_policy::gateway::judge::{Answering, Outcome, judge, refuse};
+use airlock_policy::gateway::reply::{
+    Refusal, Reply, codes, credentials_required, error_object, error_response, unauthorized,
+};
+use airlock_policy::gateway::request::{Route, bearer_token, is_gateway_header, route};
+use airlock_policy::gateway::session::{Ownership, legacy_endpoint_session, legacy_query_session};
+use airlock_policy::gateway::sse::EventSplitter;
+use airlock_policy::gateway::tools_list::{filter_event, filter_response};
+use airlock_policy::gateway::{
+    DRY_RUN_HEADER, METHOD_HEADER, NAME_HEADER, PROTOCOL_VERSION_HEADER, identity_headers,
+    resource_metadata, resource_metadata_url,
+};
+use airlock_policy::json::Limits;
+use airlock_policy::mcp::{
+    INVALID_REQUEST, MessageKind, ProtocolVersion, RequestContext, RequestId, classify,
+};
+use airlock_policy::model::Action;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action as Flow;
+use std::rc::Rc;
+
+/// Longest unfinished event held back from a legacy stream before the gateway
+/// gives up on it (and ends the stream rather than pass it unread).
+const LEGACY_EVENT_LIMIT: usize = 1024 * 1024;
+
+/// What the gateway does with the upstream's response.
+enum ResponseWork {
+    /// Stream it through untouched.
+    Pass,
+    /// An initialize response: bind the session it creates to the caller.
+    BindSession,
+    /// A `tools/list` response: buffer and filter it for the caller.
+    FilterToolsList { id: RequestId, event_stream: bool },
+    /// A legacy SSE stream: bind the session its `endpoint` event names, and
+    /// filter the tool lists that travel on it, event by event.
+    LegacyStream { events: EventSplitter, bound: bool },
+    /// A session termination: forget the binding once the server confirms.
+    Unbind { session: String },
+}
+
+pub struct AirlockStream {
+    gateway: Option<Rc<Gateway>>,
+    principal: Option<Principal>,
+    route: Route,
+    /// Headers were paused so the body is judged before it goes upstream.
+    judge_body: bool,
+    dry_run: Option<String>,
+    replied: bool,
+    response: ResponseWork,
+}
+
+impl Context for AirlockStream {}
+
+fn too_large(limit: usize) -> Reply {
+    Reply::http_error(
+        413,
+        "payload_too_large",
+        &format!("request body is over the gateway's limit of {limit} bytes"),
+    )
+}
+
+impl AirlockStream {
+    pub fn new(gateway: Option<Rc<Gateway>>) -> AirlockStream {
+        AirlockStream {
+            gateway,
+            principal: None,
+            route: Route::Mcp,
+            judge_body: false,
+            dry_run: None,
+            replied: false,
+            response: ResponseWork::Pass,
+        }
+    }
+
+    /// Answers locally. Never twice for a stream, never followed by a resume.
+    fn reply(&mut self, reply: &Reply) -> Flow {
+        if !self.replied {
+            self.replied = true;
+            let mut headers: Vec<(&str, &str)> = reply
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            headers.push((FILTER_HEADER, env!("CARGO_PKG_VERSION")));
+            self.send_http_response(u32::from(reply.status), headers, Some(&reply.body));
+        }
+        Flow::Pause
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.get_http_request_header(name)
+    }
+
+    fn verify(
+        &self,
+        gateway: &Gateway,
+        token: &str,
+        metadata_url: &str,
+    ) -> Result<Principal, Reply> {
+        let now = now_seconds(self);
+        let attempt = || {
+            authenticate(
+                &gateway.config,
+                gateway.keys.borrow().ring(),
+                &mut gateway.tokens.borrow_mut(),
+                token,
+                now,
+            )
+        };
+        match attempt() {
+            // Another VM may have published keys since this one last looked.
+            Err(AuthError::KeysNotLoaded(_) | AuthError::UnknownKey { .. }) => {
+                gateway.keys.borrow_mut().sync();
+                attempt()
+            }
+            result => result,
+        }
+        .map_err(|e| {
+            gateway.metrics.token_failure(e.reason());
+            if let AuthError::UnknownKey { tenant, .. } = &e {
+                crate::keys::request_refresh(tenant, now);
+            }
+            e.reply(&gateway.config, metadata_url)
+        })
+    }
+
+    fn on_headers(&mut self, gateway: &Gateway, end_of_stream: bool) -> Result<Flow, Reply> {
+        let method = self.header(":method").unwrap_or_default();
+        let path = self.header(":path").unwrap_or_default();
+        let authority = self.header(":authority").unwrap_or_default();
+        let routed = route(&gateway.config, &method, &path)?;
+        self.route = routed.route;
+        if routed.route == Route::ResourceMetadata {
+            return Err(resource_metadata(&gateway.config, &authority));
+        }
+        let metadata_url = resource_metadata_url(&gateway.config, &authority);
+        let headers = self.get_http_request_headers();
+        for (name, _) in headers.iter().filter(|(n, _)| is_gateway_header(n)) {
+            self.set_http_request_header(name, None);
+        }
+        if headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-encoding"))
+        {
+            return Err(Reply::http_error(
+                415,
+                "unsupported_encoding",
+                "compressed request bodies are refused: the gateway must read what it forwards",
+            ));
+        }
+        let authorization: Vec<&str> = headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let token = match bearer_token(&authorization) {
+            Ok(Some(token)) => token,
+            Ok(None) => {
+                gateway.metrics.token_failure("missing");
+                return Err(credentials_required(&metadata_url));
+            }
+            Err(why) => {
+                gateway.metrics.token_failure("malformed_header");
+                return Err(unauthorized(why, &metadata_url));
+            }
+        };
+        let principal = self.verify(gateway, token, &metadata_url)?;
+        if !gateway.config.forward_token {
+            self.set_http_request_header("authorization", None);
+        }
+        self.set_http_request_header(":path", Some(&routed.forward_path));
+        let session = match routed.route {
+            Route::LegacyMessages => routed.query.as_deref().and_then(legacy_query_session),
+            _ => self.header("mcp-session-id"),
+        };
+        if let Some(session) = &session
+            && sessions::ownership(session, &principal) != Ownership::Owner
+        {
+            gateway.metrics.decision_label("SessionRefused");
+            // Whether it belongs to someone else or to no one, this caller may not use it.
+            return Err(Reply::http_error(
+                404,
+                "session_not_found",
+                "this session does not exist for this caller; start a new one with initialize",
+            ));
+        }
+        self.principal = Some(principal);
+        let has_body = !end_of_stream;
+        if method == "POST" {
+            if !has_body {
+                return Err(parse_refusal("the request has no body"));
+            }
+            let declared = self
+                .header("content-length")
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if declared > gateway.config.max_body_bytes {
+                return Err(too_large(gateway.config.max_body_bytes));
+            }
+            self.judge_body = true;
+            // Judge the body before any byte goes upstream.
+            return Ok(Flow::Pause);
+        }
+        if has_body {
+            return Err(Reply::http_error(
+                400,
+                "invalid_request",
+                &format!("{method} requests carry no body here"),
+            ));
+        }
+        self.response = match (method.as_str(), routed.route, session) {
+            ("DELETE", _, Some(session)) => ResponseWork::Unbind { session },
+            ("GET", Route::LegacyStream, _) => ResponseWork::LegacyStream {
+                events: EventSplitter::default(),
+                bound: false,
+            },
+            _ => ResponseWork::Pass,
+        };
+        self.add_identity(Action::Allow);
+        gateway.metrics.decision(Action::Allow);
+        Ok(Flow::Continue)
+    }
+
+    fn add_identity(&self, action: Action) {
+        if let Some(principal) = &self.principal {
+            for (name, value) in identity_headers(principal, action, None) {
+                self.set_http_request_header(name, Some(&value));
+            }
+        }
+    }
+
+    fn on_body(&mut self, gateway: &Gateway, body: &[u8]) -> Result<Flow, Reply> {
+        let Some(principal) = self.principal.clone() else {
+            return Err(Reply::http_error(
+                500,
+                "internal",
+                "no principal for this stream",
+            ));
+        };
+        let protocol_version = match self.route {
+            Route::LegacyMessages => Some(ProtocolVersion::V2024_11_05),
+            _ => self
+                .header(PROTOCOL_VERSION_HEADER)
+                .map(|v| v.parse::<ProtocolVersion>())
+                .transpose()
+                .map_err(|e| {
+                    Reply::http_error(400, "unsupported_protocol_version", &e.to_string())
+                })?,
+        };
+        let method_header = self.header(METHOD_HEADER);
+        let name_header = self.header(NAME_HEADER);
+        let context = RequestContext {
+            protocol_version,
+            method_header: method_header.as_deref(),
+            name_header: name_header.as_deref(),
+            limits: Some(Limits {
+                max_bytes: gateway.config.max_body_bytes,
+                ..Limits::default()
+            }),
+        };
+        let envelope = classify(body, &context).map_err(|e| {
+            gateway.metrics.decision_label("Invalid");
+            Reply::json(
+                400,
+                &error_response(None, error_object(e.code(), &e.to_string(), None)),
+            )
+        })?;
+        let answering = match self.route {
+            Route::LegacyMessages => Answering::HttpOnly,
+            _ => Answering::JsonRpc,
+        };
+        let judged = judge(&envelope, &gateway.policies, &principal, answering);
+        self.dry_run = judged.dry_run.clone();
+        gateway.metrics.decision(judged.action);
+        match judged.outcome {
+            Outcome::Forward => {
+                self.add_identity(judged.action);
+                let streamable = self.route == Route::Mcp;
+                if let (true, false, [message]) =
+                    (streamable, envelope.batch, envelope.messages.as_slice())
+                {
+                    self.response = match (&message.kind, message.method.as_deref()) {
+                        (MessageKind::Request { id }, Some("tools/list")) => {
+                            ResponseWork::FilterToolsList {
+                                id: id.clone(),
+                                event_stream: false,
+                            }
+                        }
+                        (MessageKind::Request { .. }, Some("initialize")) => {
+                            ResponseWork::BindSession
+                        }
+                        _ => ResponseWork::Pass,
+                    };
+                }
+                Ok(Flow::Continue)
+            }
+            Outcome::Refuse(reply) => Err(reply),
+            Outcome::Hold { index } => {
+                // Holding needs the approval service (DESIGN "Approval service API"); until a
+                // gateway is configured with one, a call that needs approval fails closed.
+                let refusal = Refusal {
+                    code: codes::APPROVAL_UNAVAILABLE,
+                    reason: "This call needs human approval, and this gateway has no approval service configured, so it is refused.".into(),
+                    decision: Action::RequireApproval.to_string(),
+                    rule: judged.verdicts[index].decision.as_ref().map(|d| d.reason()),
+                    approval: None,
+                };
+                Err(refuse(&envelope, &[(index, refusal)], answering))
+            }
+        }
+    }
+
+    fn filter_tools_list(&mut self, id: &RequestId, event_stream: bool, body_size: usize) {
+        let (Some(gateway), Some(principal)) = (&self.gateway, &self.principal) else {
+            return;
+        };
+        let body = self
+            .get_http_response_body(0, body_size)
+            .unwrap_or_default();
+        let filtered = filter_response(&body, event_stream, id, &gateway.policies, principal)
+            .unwrap_or_else(|| {
+                // Never pass on a tool list the gateway could not read.
+                let error = error_response(
+                    Some(id),
+                    error_object(
+                        codes::DENIED,
+                        "Airlock could not read the server's tool list, so it is withheld",
+                        None,
+                    ),
+                );
+                if event_stream {
+                    format!("event: message\ndata: {error}\n\n").into_bytes()
+                } else {
+                    error.to_string().into_bytes()
+                }
+            });
+        self.set_http_response_body(0, body_size, &filtered);
+    }
+}
+
+fn parse_refusal(message: &str) -> Reply {
+    Reply::json(
+        400,
+        &error_response(None, error_object(INVALID_REQUEST, message, None)),
+    )
+}
+
+impl HttpContext for AirlockStream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Flow {
+        let Some(gateway) = self.gateway.clone() else {
+            return self.reply(&Reply::http_error(
+                503,
+                "unavailable",
+                "the Airlock filter has no valid configuration",
+            ));
+        };
+        match self.on_headers(&gateway, end_of_stream) {
+            Ok(flow) => flow,
+            Err(reply) => self.reply(&reply),
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
+        if self.replied {
+            return Flow::Pause;
+        }
+        if !self.judge_body {
+            // Headers were not paused for judging (GET, DELETE): nothing to read.
+            return Flow::Continue;
+        }
+        let Some(gateway) = self.gateway.clone() else {
+            return Flow::Pause;
+        };
+        if body_size > gateway.config.max_body_bytes {
+            return self.reply(&too_large(gateway.config.max_body_bytes));
+        }
+        if !end_of_stream {
+            // Buffer until the whole body is here.
+            return Flow::Pause;
+        }
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        match self.on_body(&gateway, &body) {
+            Ok(flow) => flow,
+            Err(reply) => self.reply(&reply),
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Flow {
+        if self.replied {
+            return Flow::Continue;
+        }
+        self.set_http_response_header(FILTER_HEADER, Some(env!("CARGO_PKG_VERSION")));
+        if let Some(dry_run) = &self.dry_run {
+            self.set_http_response_header(DRY_RUN_HEADER, Some(dry_run));
+        }
+        let success = self
+            .get_http_response_header(":status")
+            .is_some_and(|s| s.starts_with('2'));
+        let content_type = self
+            .get_http_response_header("content-type")
+            .unwrap_or_default();
+        let new_session = self.get_http_response_header("mcp-session-id");
+        match &mut self.response {
+            ResponseWork::BindSession => {
+                if let (Some(session), Some(principal)) = (new_session, &self.principal)
+                    && !sessions::bind(&session, principal)
+                {
+                    log::warn!("airlock: a new session id is already bound to another caller");
+                }
+                self.response = ResponseWork::Pass;
+            }
+            ResponseWork::FilterToolsList { event_stream, .. } if success => {
+                *event_stream = content_type.starts_with("text/event-stream");
+                // The body changes length, and must never be served to anyone else.
+                self.set_http_response_header("content-length", None);
+                self.set_http_response_header("cache-control", Some("private, no-store"));
+            }
+            ResponseWork::FilterToolsList { .. } => self.response = ResponseWork::Pass,
+            ResponseWork::Unbind { session } => {
+                if success {
+                    sessions::unbind(session);
+                }
+                self.response = ResponseWork::Pass;
+            }
+            ResponseWork::LegacyStream { .. } | ResponseWork::Pass => {}
+        }
+        Flow::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
+        match std::mem::replace(&mut self.response, ResponseWork::Pass) {
+            ResponseWork::FilterToolsList { id, event_stream } => {
+                if !end_of_stream {
+                    // tools/list is the one response buffered whole.
+                    self.response = ResponseWork::FilterToolsList { id, event_stream };
+                    return Flow::Pause;
+                }
+                self.filter_tools_list(&id, event_stream, body_size);
+            }
+            ResponseWork::LegacyStream {
+                mut events,
+                mut bound,
+            } => {
+                let chunk = self
+                    .get_http_response_body(0, body_size)
+                    .unwrap_or_default();
+                let mut complete = events.push(&chunk);
+                if end_of_stream {
+                    complete.push(events.finish());
+                }
+                let mut out = String::new();
+                for event in complete {
+                    if !bound
+                        && let (Some(session), Some(principal)) =
+                            (legacy_endpoint_session(&event), &self.principal)
+                    {
+                        bound = sessions::bind(&session, principal);
+                    }
+                    match (&self.gateway, &self.principal) {
+                        (Some(gateway), Some(principal)) => {
+                            out.push_str(
+                                &filter_event(&event, None, &gateway.policies, principal)
+                                    .unwrap_or(event),
+                            );
+                        }
+                        _ => out.push_str(&event),
+                    }
+                }
+                self.set_http_response_body(0, body_size, out.as_bytes());
+                if events.pending() > LEGACY_EVENT_LIMIT {
+                    log::warn!(
+                        "airlock: legacy stream event over {LEGACY_EVENT_LIMIT} bytes; ending the stream"
+                    );
+                    self.reset_http_request();
+                    return Flow::Pause;
+                }
+                self.response = ResponseWork::LegacyStream { events, bound };
+            }
+            other => self.response = other,
+        }
+        Flow::Continue
+    }
+}
