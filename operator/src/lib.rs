@@ -1,5 +1,6 @@
-//! Airlock's operator side: custom resources, the development token issuer,
-//! and (in later work) the controllers, approval service and CLI.
+//! Airlock's operator side: custom resources, the approval service, the
+//! development token issuer, and (in later work) the controllers and CLI.
 
+pub mod approvals;
 pub mod crd;
 pub mod dev_issuer;

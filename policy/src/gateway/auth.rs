@@ -3,7 +3,7 @@
 
 use super::config::FilterConfig;
 use super::reply::{Reply, insufficient_scope, unauthorized};
-use crate::entra::{ClaimsError, Principal, principal, trusted_issuer};
+use crate::entra::{ClaimsError, Principal, TrustConfig, principal, trusted_issuer};
 use crate::jwt::{JwkSet, TokenError, decode};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -129,8 +129,44 @@ impl TokenCache {
     }
 }
 
-/// Verifies `token` (or finds it verified in `cache`) and applies the
-/// gateway's caller requirements.
+/// Verifies `token` (or finds it verified in `cache`) against `trust`.
+pub fn verify_token(
+    trust: &TrustConfig,
+    keys: &KeyRing,
+    cache: &mut TokenCache,
+    token: &str,
+    now: u64,
+) -> Result<Principal, AuthError> {
+    let key = TokenCache::key(token);
+    if let Some(principal) = cache.get(&key, now, trust.clock_skew_seconds) {
+        return Ok(principal);
+    }
+    let decoded = decode(token)?;
+    let issuer = decoded
+        .claims
+        .get("iss")
+        .and_then(|v| v.as_str())
+        .ok_or(ClaimsError::Missing("iss"))?;
+    let (tenant, _) = trusted_issuer(trust, issuer)
+        .ok_or_else(|| ClaimsError::UntrustedIssuer(issuer.to_string()))?;
+    let key_set = keys
+        .get(tenant)
+        .ok_or_else(|| AuthError::KeysNotLoaded(tenant.to_string()))?;
+    match decoded.verify(key_set) {
+        Err(TokenError::UnknownKeyId(kid)) => {
+            return Err(AuthError::UnknownKey {
+                tenant: tenant.to_string(),
+                kid,
+            });
+        }
+        other => other?,
+    }
+    let principal = principal(&decoded.claims, trust, now)?;
+    cache.insert(key, principal.clone());
+    Ok(principal)
+}
+
+/// Verifies `token` and applies the gateway's caller requirements.
 pub fn authenticate(
     config: &FilterConfig,
     keys: &KeyRing,
@@ -138,35 +174,7 @@ pub fn authenticate(
     token: &str,
     now: u64,
 ) -> Result<Principal, AuthError> {
-    let key = TokenCache::key(token);
-    let principal = match cache.get(&key, now, config.auth.clock_skew_seconds) {
-        Some(principal) => principal,
-        None => {
-            let decoded = decode(token)?;
-            let issuer = decoded
-                .claims
-                .get("iss")
-                .and_then(|v| v.as_str())
-                .ok_or(ClaimsError::Missing("iss"))?;
-            let (tenant, _) = trusted_issuer(&config.auth, issuer)
-                .ok_or_else(|| ClaimsError::UntrustedIssuer(issuer.to_string()))?;
-            let key_set = keys
-                .get(tenant)
-                .ok_or_else(|| AuthError::KeysNotLoaded(tenant.to_string()))?;
-            match decoded.verify(key_set) {
-                Err(TokenError::UnknownKeyId(kid)) => {
-                    return Err(AuthError::UnknownKey {
-                        tenant: tenant.to_string(),
-                        kid,
-                    });
-                }
-                other => other?,
-            }
-            let principal = principal(&decoded.claims, &config.auth, now)?;
-            cache.insert(key, principal.clone());
-            principal
-        }
-    };
+    let principal = verify_token(&config.auth, keys, cache, token, now)?;
     if !config.allowed_client_apps.is_empty()
         && !config.allowed_client_apps.contains(&principal.app_id)
     {

@@ -1,0 +1,8 @@
+//! The approval service: one implementation, used by the operator in a
+//! cluster and by `airlock up` on one machine.
+
+pub mod audit_log;
+pub mod model;
+pub mod service;
+pub mod store;
+pub mod time;

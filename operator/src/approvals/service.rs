@@ -1,0 +1,849 @@
+//! The approval service's HTTP API (DESIGN "Approval service API").
+//!
+//! Gateways authenticate with the gateway credential *and* forward the
+//! caller's own bearer token, which is verified here again: the requester is
+//! never taken from a gateway's word. The service re-derives the call (target,
+//! arguments, digest) from the params and re-evaluates policy itself, so a
+//! gateway can neither invent an approval requirement nor spend a grant for
+//! another call. People (approvers, requesters) act with their own tokens.
+
+use super::audit_log::AuditLog;
+use super::model::{Approval, ApprovalError, Binding, Person, Requirement, State, Verdict};
+use super::store::{Store, StoreError};
+use super::time::{now_seconds, rfc3339};
+use airlock_policy::audit::{AuditEvent, AuditPrincipal};
+use airlock_policy::entra::{Principal, TrustConfig};
+use airlock_policy::evaluate::{Call, evaluate};
+use airlock_policy::gateway::auth::{AuthError, KeyRing, TokenCache, verify_token};
+use airlock_policy::gateway::config::NamedPolicy;
+use airlock_policy::json::{self, Limits};
+use airlock_policy::jwt::JwkSet;
+use airlock_policy::mcp::{RequestContext, Target, classify};
+use airlock_policy::model::{Action, CompiledPolicy, Grant, parse_duration};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, Query, State as AppState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// The header carrying the gateway credential.
+pub const GATEWAY_CREDENTIAL_HEADER: &str = "x-airlock-gateway-credential";
+/// Largest request body any endpoint reads.
+const MAX_BODY: usize = 1024 * 1024;
+/// Longest long-poll a client may ask for.
+const MAX_WAIT_SECONDS: u64 = 60;
+
+/// One MCP server the service knows, for selecting policies.
+#[derive(Debug, Clone)]
+pub struct ServerEntry {
+    /// `namespace/name`.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+pub struct ServiceConfig {
+    pub trust: TrustConfig,
+    /// (tenant, JWKS URL)
+    pub jwks: Vec<(String, String)>,
+    pub gateway_credential: String,
+    pub servers: Vec<ServerEntry>,
+    pub policies: Vec<NamedPolicy>,
+    pub max_pending_per_principal: usize,
+    /// Least time between two key-set fetches for one tenant.
+    pub jwks_min_refresh: Duration,
+}
+
+pub struct ApprovalService<S: Store> {
+    store: S,
+    config: ServiceConfig,
+    policies: Vec<CompiledPolicy>,
+    keys: RwLock<KeyRing>,
+    last_fetch: Mutex<BTreeMap<String, std::time::Instant>>,
+    tokens: Mutex<TokenCache>,
+    changes: broadcast::Sender<String>,
+    audit: AuditLog,
+    http: reqwest::Client,
+}
+
+/// A refusal with its HTTP status and a sentence saying why.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            error,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(json!({"error": self.error, "message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        )
+    }
+}
+
+impl From<super::audit_log::AuditError> for ApiError {
+    fn from(e: super::audit_log::AuditError) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            e.to_string(),
+        )
+    }
+}
+
+impl From<ApprovalError> for ApiError {
+    fn from(e: ApprovalError) -> ApiError {
+        let status = match e {
+            ApprovalError::NotAnApprover
+            | ApprovalError::SelfApproval
+            | ApprovalError::NotTheRequester => StatusCode::FORBIDDEN,
+            _ => StatusCode::CONFLICT,
+        };
+        ApiError::new(status, "refused", e.to_string())
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let values: Vec<&str> = headers
+        .get_all("authorization")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    match airlock_policy::gateway::request::bearer_token(&values) {
+        Ok(Some(token)) => Ok(token),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a bearer token is required",
+        )),
+        Err(why) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            why,
+        )),
+    }
+}
+
+/// Strict JSON (no duplicate keys, size-limited) into a typed body.
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value = json::parse(
+        bytes,
+        Limits {
+            max_bytes: MAX_BODY,
+            ..Limits::default()
+        },
+    )
+    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()))
+}
+
+/// A gateway's ask, consume or audit: which call, on which server.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CallBody {
+    server: String,
+    method: String,
+    #[serde(default)]
+    params: Option<Value>,
+    #[serde(default)]
+    session_id: Option<String>,
+    #[serde(default)]
+    protocol_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    verdict: Verdict,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageBody {
+    message: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct WaitQuery {
+    wait: Option<u64>,
+}
+
+/// The call a body describes, re-derived with the gateway's own classifier.
+struct DerivedCall {
+    method: String,
+    target: Target,
+    arguments: Option<Value>,
+    digest: String,
+}
+
+fn derive(call: &CallBody) -> Result<DerivedCall, ApiError> {
+    let message = json!({"jsonrpc": "2.0", "id": 0, "method": call.method, "params": call.params});
+    let envelope = classify(message.to_string().as_bytes(), &RequestContext::default())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_call", e.to_string()))?;
+    let Some(message) = envelope.messages.into_iter().next() else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_call",
+            "no call",
+        ));
+    };
+    Ok(DerivedCall {
+        method: call.method.clone(),
+        target: message.target,
+        arguments: message.arguments,
+        digest: message.params_digest.unwrap_or_default(),
+    })
+}
+
+fn random_id() -> String {
+    use rand::Rng;
+    let bytes: [u8; 8] = rand::thread_rng().r#gen();
+    format!(
+        "ar-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+impl<S: Store> ApprovalService<S> {
+    pub fn new(store: S, config: ServiceConfig, audit: AuditLog) -> Result<Arc<Self>, String> {
+        let policies = config
+            .policies
+            .iter()
+            .map(|p| {
+                p.spec.compile(&p.name, &p.version).map_err(|errors| {
+                    format!(
+                        "policy {}: {}",
+                        p.name,
+                        errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (changes, _) = broadcast::channel(1024);
+        Ok(Arc::new(ApprovalService {
+            store,
+            policies,
+            keys: RwLock::new(KeyRing::default()),
+            last_fetch: Mutex::new(BTreeMap::new()),
+            tokens: Mutex::new(TokenCache::new(4096)),
+            changes,
+            audit,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| e.to_string())?,
+            config,
+        }))
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/approvals", post(ask::<S>).get(list::<S>))
+            .route("/v1/approvals/{id}", get(show::<S>))
+            .route("/v1/approvals/{id}/consume", post(consume::<S>))
+            .route("/v1/approvals/{id}/decision", post(decide::<S>))
+            .route("/v1/approvals/{id}/ask", post(ask_info::<S>))
+            .route("/v1/approvals/{id}/answer", post(answer::<S>))
+            .route("/v1/audit", post(audit::<S>))
+            .route("/healthz", get(|| async { "ok" }))
+            .with_state(self.clone())
+    }
+
+    async fn fetch_keys(&self, tenant: &str) {
+        let Some((_, url)) = self.config.jwks.iter().find(|(t, _)| t == tenant) else {
+            return;
+        };
+        {
+            let Ok(mut last) = self.last_fetch.lock() else {
+                return;
+            };
+            if last
+                .get(tenant)
+                .is_some_and(|at| at.elapsed() < self.config.jwks_min_refresh)
+            {
+                return;
+            }
+            last.insert(tenant.to_string(), std::time::Instant::now());
+        }
+        let fetched = async {
+            self.http
+                .get(url)
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await
+        };
+        match fetched.await.map(|body| JwkSet::from_json(&body)) {
+            Ok(Ok(set)) => {
+                if let Ok(mut keys) = self.keys.write() {
+                    keys.set(tenant, set);
+                }
+            }
+            Ok(Err(e)) => tracing_error(&format!("key set of tenant {tenant} refused: {e}")),
+            Err(e) => tracing_error(&format!("fetching keys of tenant {tenant}: {e}")),
+        }
+    }
+
+    /// Verifies a bearer token, fetching the tenant's keys when they are missing or rotated.
+    async fn principal(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        let token = bearer(headers)?;
+        let attempt = || -> Result<Principal, AuthError> {
+            let keys = self
+                .keys
+                .read()
+                .map_err(|_| AuthError::KeysNotLoaded("poisoned".into()))?;
+            let mut cache = self
+                .tokens
+                .lock()
+                .map_err(|_| AuthError::KeysNotLoaded("poisoned".into()))?;
+            verify_token(&self.config.trust, &keys, &mut cache, token, now_seconds())
+        };
+        let result = match attempt() {
+            Err(AuthError::KeysNotLoaded(tenant) | AuthError::UnknownKey { tenant, .. }) => {
+                self.fetch_keys(&tenant).await;
+                attempt()
+            }
+            other => other,
+        };
+        result.map_err(|e| match e {
+            AuthError::KeysNotLoaded(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "keys_unavailable",
+                e.to_string(),
+            ),
+            _ => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string()),
+        })
+    }
+
+    fn check_gateway(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let presented = headers
+            .get(GATEWAY_CREDENTIAL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let expected = self.config.gateway_credential.as_bytes();
+        // Constant-time comparison: the credential is a secret.
+        let same = presented.len() == expected.len()
+            && presented
+                .bytes()
+                .zip(expected)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if same {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "gateway_unauthorized",
+                "missing or wrong gateway credential",
+            ))
+        }
+    }
+
+    fn server_policies(&self, server: &str) -> Result<Vec<CompiledPolicy>, ApiError> {
+        let entry = self
+            .config
+            .servers
+            .iter()
+            .find(|s| s.name == server)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_server",
+                    format!("no MCP server {server:?}"),
+                )
+            })?;
+        let namespace = server.split('/').next().unwrap_or_default();
+        Ok(self
+            .policies
+            .iter()
+            .filter(|p| p.name.split('/').next() == Some(namespace))
+            .filter(|p| {
+                p.spec
+                    .servers
+                    .selects(server.rsplit('/').next().unwrap_or(server), &entry.labels)
+            })
+            .cloned()
+            .collect())
+    }
+
+    fn record(&self, event: AuditEvent) -> Result<(), ApiError> {
+        self.audit.append(&event)?;
+        Ok(())
+    }
+
+    fn approval_event(
+        &self,
+        kind: &str,
+        approval: &Approval,
+        who: Option<&Principal>,
+        reason: Option<String>,
+    ) -> AuditEvent {
+        AuditEvent {
+            time: rfc3339(now_seconds()),
+            kind: kind.into(),
+            server: approval.binding.server.clone(),
+            principal: Some(AuditPrincipal {
+                tid: approval.requester.tid.clone(),
+                oid: approval.requester.oid.clone(),
+                name: approval.requester.name.clone(),
+                app_id: approval.binding.app_id.clone(),
+            }),
+            session: approval.session_id.clone(),
+            protocol_version: approval.protocol_version.clone(),
+            method: Some(approval.binding.method.clone()),
+            target: approval.binding.target.clone(),
+            arguments_digest: Some(approval.binding.digest.clone()),
+            decision: Some(format!("{:?}", approval.state)),
+            rule: Some(
+                approval
+                    .requirements
+                    .iter()
+                    .map(|r| r.rule.clone())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            approval_id: Some(approval.id.clone()),
+            approvers: who
+                .map(|p| vec![AuditPrincipal::from(p)])
+                .unwrap_or_default(),
+            reason,
+            ..AuditEvent::default()
+        }
+    }
+
+    /// Loads an approval, settling expiry (and recording it) on the way.
+    fn load(&self, id: &str) -> Result<Approval, ApiError> {
+        let mut approval = self.store.get(id)?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_approval",
+                format!("no approval {id:?}"),
+            )
+        })?;
+        let before = approval.version;
+        if approval.settle(now_seconds()) {
+            approval.version += 1;
+            if self.store.update(&approval, before)? {
+                self.record(self.approval_event("approval.expired", &approval, None, None))?;
+                let _ = self.changes.send(approval.id.clone());
+            } else {
+                return self.load(id);
+            }
+        }
+        Ok(approval)
+    }
+
+    /// Applies `change` with compare-and-set, retrying on a lost race.
+    fn change(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut Approval) -> Result<(), ApprovalError>,
+    ) -> Result<Approval, ApiError> {
+        for _ in 0..8 {
+            let mut approval = self.load(id)?;
+            let before = approval.version;
+            change(&mut approval)?;
+            if self.store.update(&approval, before)? {
+                let _ = self.changes.send(approval.id.clone());
+                return Ok(approval);
+            }
+        }
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "contended",
+            "the approval kept changing; retry",
+        ))
+    }
+
+    fn visible_to(&self, approval: &Approval, who: &Principal) -> bool {
+        (who.tenant_id == approval.requester.tid && who.object_id == approval.requester.oid)
+            || approval.requirements.iter().any(|r| {
+                r.approver_users.contains(&who.object_id)
+                    || who.groups.iter().any(|g| r.approver_groups.contains(g))
+            })
+    }
+}
+
+fn tracing_error(message: &str) {
+    eprintln!(
+        "{}",
+        json!({"level": "error", "component": "approval-service", "message": message})
+    );
+}
+
+/// The API view of an approval.
+pub fn view(approval: &Approval, now: u64) -> Value {
+    json!({
+        "id": approval.id,
+        "state": approval.state_at(now),
+        "server": approval.binding.server,
+        "method": approval.binding.method,
+        "tool": approval.binding.target,
+        "requester": approval.requester,
+        "appId": approval.binding.app_id,
+        "summary": approval.summary,
+        "arguments": approval.arguments,
+        "argumentsDigest": approval.binding.digest,
+        "createdAt": rfc3339(approval.created_at),
+        "expiresAt": rfc3339(approval.expires_at),
+        "requirements": approval.requirements,
+        "decisions": approval.decisions,
+        "conversation": approval.conversation,
+        "releases": approval.releases,
+    })
+}
+
+fn ok(status: StatusCode, value: Value) -> ApiResult {
+    Ok((status, axum::Json(value)).into_response())
+}
+
+async fn ask<S: Store>(
+    AppState(service): AppState<Arc<ApprovalService<S>>>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> ApiResult {
+    service.check_gateway(&headers)?;
+    let principal = service.principal(&headers).await?;
+    let call: CallBody = body(&bytes)?;
+    let derived = derive(&call)?;
+    let policies = service.server_policies(&call.server)?;
+    let decision = evaluate(
+        &policies,
+        &principal,
+        &Call {
+            method: &derived.method,
+            target: &derived.target,
+            arguments: derived.arguments.as_ref(),
+        },
+    );
+    match decision.action {
+        Action::RequireApproval => {}
+        Action::Allow => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_required",
+                "policy allows this call without approval",
+            ));
+        }
+        Action::Deny => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "denied",
+                format!("policy {} denies this call", decision.reason()),
+            ));
+        }
+    }
+    let binding = Binding {
+        tid: principal.tenant_id.clone(),
+        oid: principal.object_id.clone(),
+        app_id: principal.app_id.clone(),
+        server: call.server.clone(),
+        method: derived.method.clone(),
+        target: derived.target.name().map(str::to_string),
+        digest: derived.digest.clone(),
+    };
+    let now = now_seconds();
+    if let Some(existing) = service.store.latest_for(&binding)? {
+        let state = existing.state_at(now);
+        if state.waiting() || state == State::Approved {
+            return ok(StatusCode::OK, view(&existing, now));
+        }
+    }
+    let pending = service
+        .store
+        .list()?
+        .iter()
+        .filter(|a| {
+            a.requester.tid == principal.tenant_id
+                && a.requester.oid == principal.object_id
+                && a.state_at(now).waiting()
+        })
+        .count();
+    if pending >= service.config.max_pending_per_principal {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_pending",
+            format!(
+                "you already have {pending} calls waiting for approval; wait for decisions first"
+            ),
+        ));
+    }
+    let mut requirements = Vec::new();
+    let mut timeout = u64::MAX;
+    let mut window: Option<u64> = None;
+    let mut once = false;
+    for verdict in &decision.deciding {
+        let Some(policy) = policies.iter().find(|p| p.name == verdict.policy) else {
+            continue;
+        };
+        for rule in policy
+            .spec
+            .rules
+            .iter()
+            .filter(|r| verdict.rules.contains(&r.name))
+        {
+            let Some(approval) = &rule.approval else {
+                continue;
+            };
+            timeout = timeout.min(parse_duration(&approval.timeout).unwrap_or(1800));
+            match &approval.grant {
+                Grant::Once => once = true,
+                Grant::Window { window: w } => {
+                    let w = parse_duration(w).unwrap_or(0);
+                    window = Some(window.map_or(w, |x| x.min(w)));
+                }
+            }
+            requirements.push(Requirement {
+                rule: format!("{}/{}", policy.name, rule.name),
+                policy_version: policy.version.clone(),
+                approver_groups: approval.approvers.groups.clone(),
+                approver_users: approval.approvers.users.clone(),
+                min_approvals: approval.min_approvals,
+                allow_self_approval: approval.allow_self_approval,
+            });
+        }
+    }
+    let recorded_arguments = recorded_arguments(&policies, &decision, derived.arguments.as_ref());
+    let approval = Approval {
+        id: random_id(),
+        summary: format!(
+            "{} asks to run {} {} on {}",
+            principal.display_name,
+            derived.method,
+            derived.target.name().unwrap_or_default(),
+            call.server
+        ),
+        binding,
+        requester: Person::from(&principal),
+        requirements,
+        arguments: recorded_arguments,
+        session_id: call.session_id.clone(),
+        protocol_version: call.protocol_version.clone(),
+        grant_window: if once { None } else { window },
+        state: State::Pending,
+        created_at: now,
+        expires_at: now.saturating_add(if timeout == u64::MAX { 1800 } else { timeout }),
+        decisions: Vec::new(),
+        conversation: Vec::new(),
+        approved_at: None,
+        releases: 0,
+        version: 0,
+    };
+    service.store.insert(&approval)?;
+    service.record(service.approval_event("approval.asked", &approval, None, None))?;
+    let _ = service.changes.send(approval.id.clone());
+    ok(StatusCode::CREATED, view(&approval, now))
+}
+
+/// Arguments as the deciding rules allow them to be recorded: nothing unless a
+/// rule captures them, with its redactions applied.
+fn recorded_arguments(
+    policies: &[CompiledPolicy],
+    decision: &airlock_policy::evaluate::Decision,
+    arguments: Option<&Value>,
+) -> Option<Value> {
+    let rules = decision.deciding_rules(policies);
+    let capture = rules
+        .iter()
+        .filter_map(|r| r.audit.as_ref())
+        .find(|a| a.capture != airlock_policy::model::Capture::None)?;
+    let mut arguments = arguments?.clone();
+    for rule in &rules {
+        for pointer in rule.audit.iter().flat_map(|a| a.redact.iter()) {
+            if let Some(value) = arguments.pointer_mut(pointer) {
+                *value = json!("[redacted]");
+            }
+        }
+    }
+    let _ = capture;
+    Some(arguments)
+}
+
+async fn show<S: Store>(
+    AppState(service): AppState<Arc<ApprovalService<S>>>,
+    UrlPath(id): UrlPath<String>,
+    Query(query): Query<WaitQuery>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let principal = service.principal(&headers).await?;
+    let mut changes = service.changes.subscribe();
+    let approval = service.load(&id)?;
+    if !service.visible_to(&approval, &principal) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_approval",
+            format!("no approval {id:?}"),
+        ));
+    }
+    let wait = Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECONDS));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut current = approval;
+    let started = current.state;
+    while current.state == started && current.state.waiting() {
+        // Wake on a change of this approval, at its expiry, or at the deadline.
+        let until_expiry = Duration::from_secs(current.expires_at.saturating_sub(now_seconds()));
+        let wake = deadline.min(tokio::time::Instant::now() + until_expiry);
+        if tokio::time::Instant::now() >= wake {
+            break;
+        }
+        match tokio::time::timeout_at(wake, changes.recv()).await {
+            Ok(Ok(changed)) if changed != id => continue,
+            Ok(Err(broadcast::error::RecvError::Closed)) => break,
+            _ => {}
+        }
+        current = service.load(&id)?;
+    }
+    ok(StatusCode::OK, view(&current, now_seconds()))
+}
+
+async fn consume<S: Store>(
+    AppState(service): AppState<Arc<ApprovalService<S>>>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> ApiResult {
+    service.check_gateway(&headers)?;
+    let principal = service.principal(&headers).await?;
+    let call: CallBody = body(&bytes)?;
+    let derived = derive(&call)?;
+    let binding = Binding {
+        tid: principal.tenant_id.clone(),
+        oid: principal.object_id.clone(),
+        app_id: principal.app_id.clone(),
+        server: call.server.clone(),
+        method: derived.method,
+        target: derived.target.name().map(str::to_string),
+        digest: derived.digest,
+    };
+    let now = now_seconds();
+    let approval = service.change(&id, |a| a.consume(&binding, now))?;
+    service.record(service.approval_event("approval.executed", &approval, None, None))?;
+    ok(StatusCode::OK, view(&approval, now))
+}
+
+async fn decide<S: Store>(
+    AppState(service): AppState<Arc<ApprovalService<S>>>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> ApiResult {
+    let approver = service.principal(&headers).await?;
+    let decision: DecisionBody = body(&bytes)?;
+    let now = now_seconds();
+    let approval = service.change(&id, |a| {
+        a.decide(&approver, decision.verdict, &decision.reason, now)
+    })?;
+    service.record(service.approval_event(
+        "approval.decided",
+        &approval,
+        Some(&approver),
+        Some(decision.reason.clone()),
+    ))?;
+    ok(StatusCode::OK, view(&approval, now))
+}
+
+async fn ask_info<S: Store>(
+    AppState(service): AppState<Arc<ApprovalService<S>>>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> ApiResult {
+    let approver = service.principal(&headers).await?;
+    let question: MessageBody = body(&bytes)?;
+    let now = now_seconds();
+    let approval = service.change(&id, |a| a.ask(&approver, &question.message, now))?;
+    service.record(service.approval_event(
+        "approval.info_requested",
+        &approval,
+        Some(&approver),
+        Some(question.message.clone()),
+    ))?;
+    ok(StatusCode::OK, view(&approval, now))
+}
+
+async fn answer<S: Store>(
+    AppState(service): AppState<Arc<ApprovalService<S>>>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> ApiResult {
+    let requester = service.principal(&headers).await?;
+    let reply: MessageBody = body(&bytes)?;
+    let now = now_seconds();
+    let approval = service.change(&id, |a| a.answer(&requester, &reply.message, now))?;
+    service.record(service.approval_event(
+        "approval.answered",
+        &approval,
+        None,
+        Some(reply.message.clone()),
+    ))?;
+    ok(StatusCode::OK, view(&approval, now))
+}
+
+async fn list<S: Store>(
+    AppState(service): AppState<Arc<ApprovalService<S>>>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let principal = service.principal(&headers).await?;
+    let now = now_seconds();
+    let visible: Vec<Value> = service
+        .store
+        .list()?
+        .iter()
+        .filter(|a| service.visible_to(a, &principal))
+        .map(|a| view(a, now))
+        .collect();
+    ok(StatusCode::OK, Value::Array(visible))
+}
+
+async fn audit<S: Store>(
+    AppState(service): AppState<Arc<ApprovalService<S>>>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> ApiResult {
+    service.check_gateway(&headers)?;
+    let events: Vec<AuditEvent> = body(&bytes)?;
+    for event in &events {
+        service.record(event.clone())?;
+    }
+    ok(StatusCode::ACCEPTED, json!({"accepted": events.len()}))
+}

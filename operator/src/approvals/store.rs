@@ -1,0 +1,157 @@
+//! Where approvals live. Every change is a compare-and-set on the approval's
+//! `version`, so two racing releases (or replicas, or retries) cannot both
+//! spend one grant. The embedded store is a SQLite file; the Kubernetes store
+//! (ApprovalRequest resources, `resourceVersion` as the CAS) implements the
+//! same trait.
+
+use super::model::{Approval, Binding};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+use std::sync::Mutex;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("approval store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("approval store holds an unreadable record: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("approval store lock poisoned")]
+    Poisoned,
+}
+
+/// Persistence for approvals; implementations must make `update` atomic.
+pub trait Store: Send + Sync + 'static {
+    fn insert(&self, approval: &Approval) -> Result<(), StoreError>;
+    fn get(&self, id: &str) -> Result<Option<Approval>, StoreError>;
+    /// The newest approval for exactly this binding, in any state.
+    fn latest_for(&self, binding: &Binding) -> Result<Option<Approval>, StoreError>;
+    /// Writes `approval` if the stored version is still `expected`; false if it moved.
+    fn update(&self, approval: &Approval, expected: u64) -> Result<bool, StoreError>;
+    fn list(&self) -> Result<Vec<Approval>, StoreError>;
+}
+
+/// Approvals in a SQLite file (local mode).
+pub struct SqliteStore {
+    connection: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let connection = Connection::open(path)?;
+        connection.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             CREATE TABLE IF NOT EXISTS approvals (
+                 id TEXT PRIMARY KEY,
+                 binding_key TEXT NOT NULL,
+                 created_at INTEGER NOT NULL,
+                 version INTEGER NOT NULL,
+                 body TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS approvals_by_binding ON approvals (binding_key, created_at);",
+        )?;
+        Ok(SqliteStore {
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let connection = self.connection.lock().map_err(|_| StoreError::Poisoned)?;
+        f(&connection)
+    }
+}
+
+fn decode(body: String) -> Result<Approval, StoreError> {
+    Ok(serde_json::from_str(&body)?)
+}
+
+impl Store for SqliteStore {
+    fn insert(&self, approval: &Approval) -> Result<(), StoreError> {
+        let body = serde_json::to_string(approval)?;
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO approvals (id, binding_key, created_at, version, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![approval.id, approval.binding.key(), approval.created_at as i64, approval.version as i64, body],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn get(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        let body: Option<String> = self.with(|c| {
+            Ok(c.query_row(
+                "SELECT body FROM approvals WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })?;
+        body.map(decode).transpose()
+    }
+
+    fn latest_for(&self, binding: &Binding) -> Result<Option<Approval>, StoreError> {
+        let body: Option<String> = self.with(|c| {
+            Ok(c.query_row(
+                "SELECT body FROM approvals WHERE binding_key = ?1 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                params![binding.key()],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })?;
+        body.map(decode).transpose()
+    }
+
+    fn update(&self, approval: &Approval, expected: u64) -> Result<bool, StoreError> {
+        let body = serde_json::to_string(approval)?;
+        self.with(|c| {
+            let changed = c.execute(
+                "UPDATE approvals SET version = ?1, body = ?2 WHERE id = ?3 AND version = ?4",
+                params![approval.version as i64, body, approval.id, expected as i64],
+            )?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn list(&self) -> Result<Vec<Approval>, StoreError> {
+        let bodies: Vec<String> = self.with(|c| {
+            let mut statement =
+                c.prepare("SELECT body FROM approvals ORDER BY created_at, rowid")?;
+            let rows = statement.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<String>, _>>()?)
+        })?;
+        bodies.into_iter().map(decode).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::approvals::model::tests::{approval, binding};
+
+    #[test]
+    fn survives_reopening_and_compares_and_sets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("approvals.db");
+        let mut a = approval(1, false, None);
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            store.insert(&a).unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.get("ar-1").unwrap(), Some(a.clone()));
+        assert_eq!(
+            store.latest_for(&binding()).unwrap().map(|x| x.id),
+            Some("ar-1".into())
+        );
+        a.version = 1;
+        assert!(store.update(&a, 0).unwrap());
+        // A second writer that read version 0 loses.
+        assert!(!store.update(&a, 0).unwrap());
+        assert_eq!(store.list().unwrap().len(), 1);
+        assert_eq!(store.get("nope").unwrap(), None);
+    }
+}
