@@ -4,3 +4,4 @@ mod filter;
 mod harness_cluster;
 mod harness_envoy;
 mod harness_issuer;
+mod hold;

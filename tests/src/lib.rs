@@ -7,10 +7,12 @@
 //!   a `.wasm` filter;
 //! - [`peers`]: MCP servers and clients on the official SDKs;
 //! - [`issuer::Issuer`]: the development Entra-shaped token issuer over HTTP;
-//! - [`recorder::Recorder`]: an upstream that records exactly what reached it.
+//! - [`recorder::Recorder`]: an upstream that records exactly what reached it;
+//! - [`approvals::Approvals`]: the real approval service on a SQLite store.
 //!
 //! Tools come from `.tools/` (installed by `make setup`).
 
+pub mod approvals;
 pub mod cluster;
 pub mod envoy;
 pub mod issuer;

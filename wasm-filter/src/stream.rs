@@ -3,6 +3,7 @@
 use crate::{FILTER_HEADER, Gateway, now_seconds, sessions};
 use airlock_policy::entra::Principal;
 use airlock_policy::gateway::auth::{AuthError, authenticate};
+use airlock_policy::gateway::hold::{Next, Stage, on_answer};
 use airlock_policy::gateway::judge::{Answering, Outcome, judge, refuse};
 use airlock_policy::gateway::reply::{
     Refusal, Reply, codes, credentials_required, error_object, error_response, unauthorized,
@@ -17,12 +18,13 @@ use airlock_policy::gateway::{
 };
 use airlock_policy::json::Limits;
 use airlock_policy::mcp::{
-    INVALID_REQUEST, MessageKind, ProtocolVersion, RequestContext, RequestId, classify,
+    Envelope, INVALID_REQUEST, MessageKind, ProtocolVersion, RequestContext, RequestId, classify,
 };
 use airlock_policy::model::Action;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action as Flow;
 use std::rc::Rc;
+use std::time::Duration;
 
 /// Longest unfinished event held back from a legacy stream before the gateway
 /// gives up on it (and ends the stream rather than pass it unread).
@@ -43,9 +45,25 @@ enum ResponseWork {
     Unbind { session: String },
 }
 
+/// A call held for approval.
+struct Held {
+    stage: Stage,
+    /// Seconds since the epoch when the hold gives up.
+    deadline: u64,
+    envelope: Envelope,
+    index: usize,
+    answering: Answering,
+    rule: Option<String>,
+    /// What the approval service is told about the call.
+    call: Vec<u8>,
+}
+
 pub struct AirlockStream {
     gateway: Option<Rc<Gateway>>,
     principal: Option<Principal>,
+    /// The caller's token, kept for asking the approval service in its name.
+    token: Option<String>,
+    held: Option<Held>,
     route: Route,
     /// Headers were paused so the body is judged before it goes upstream.
     judge_body: bool,
@@ -54,7 +72,58 @@ pub struct AirlockStream {
     response: ResponseWork,
 }
 
-impl Context for AirlockStream {}
+impl Context for AirlockStream {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(mut held) = self.held.take() else {
+            return;
+        };
+        // No headers means no answer: the callout failed.
+        let status = (num_headers > 0)
+            .then(|| self.get_http_call_response_header(":status"))
+            .flatten()
+            .and_then(|s| s.parse::<u16>().ok());
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
+        let remaining = held.deadline.saturating_sub(now_seconds(self));
+        let next = on_answer(&held.stage, status, &body, remaining, held.rule.as_deref());
+        match next {
+            Next::Refuse(refusal) => {
+                let reply = refuse(&held.envelope, &[(held.index, refusal)], held.answering);
+                self.reply(&reply);
+            }
+            Next::Release { id } => {
+                if let Some(principal) = &self.principal {
+                    for (name, value) in
+                        identity_headers(principal, Action::RequireApproval, Some(&id))
+                    {
+                        self.set_http_request_header(name, Some(&value));
+                    }
+                }
+                self.resume_http_request();
+            }
+            Next::Poll { id, wait } => {
+                held.stage = Stage::Waiting { id: id.clone() };
+                self.call_service(
+                    held,
+                    "GET",
+                    &format!("/v1/approvals/{id}?wait={wait}"),
+                    wait + 5,
+                );
+            }
+            Next::Consume { id } => {
+                held.stage = Stage::Releasing { id: id.clone() };
+                self.call_service(held, "POST", &format!("/v1/approvals/{id}/consume"), 10);
+            }
+        }
+    }
+}
 
 fn too_large(limit: usize) -> Reply {
     Reply::http_error(
@@ -69,6 +138,8 @@ impl AirlockStream {
         AirlockStream {
             gateway,
             principal: None,
+            token: None,
+            held: None,
             route: Route::Mcp,
             judge_body: false,
             dry_run: None,
@@ -170,6 +241,9 @@ impl AirlockStream {
             }
         };
         let principal = self.verify(gateway, token, &metadata_url)?;
+        if method == "POST" && gateway.config.approvals.is_some() {
+            self.token = Some(token.to_string());
+        }
         if !gateway.config.forward_token {
             self.set_http_request_header("authorization", None);
         }
@@ -301,16 +375,86 @@ impl AirlockStream {
             }
             Outcome::Refuse(reply) => Err(reply),
             Outcome::Hold { index } => {
-                // Holding needs the approval service (DESIGN "Approval service API"); until a
-                // gateway is configured with one, a call that needs approval fails closed.
-                let refusal = Refusal {
-                    code: codes::APPROVAL_UNAVAILABLE,
-                    reason: "This call needs human approval, and this gateway has no approval service configured, so it is refused.".into(),
-                    decision: Action::RequireApproval.to_string(),
-                    rule: judged.verdicts[index].decision.as_ref().map(|d| d.reason()),
-                    approval: None,
+                let rule = judged.verdicts[index].decision.as_ref().map(|d| d.reason());
+                if gateway.config.approvals.is_none() {
+                    let refusal = Refusal {
+                        code: codes::APPROVAL_UNAVAILABLE,
+                        reason: "This call needs human approval, and this gateway has no approval service configured, so it is refused.".into(),
+                        decision: Action::RequireApproval.to_string(),
+                        rule,
+                        approval: None,
+                    };
+                    return Err(refuse(&envelope, &[(index, refusal)], answering));
+                }
+                let message = &envelope.messages[index];
+                let call = serde_json::json!({
+                    "server": gateway.config.server,
+                    "method": message.method,
+                    "params": message.params,
+                    "sessionId": self.header("mcp-session-id"),
+                    "protocolVersion": protocol_version.map(|v| v.as_str()),
+                });
+                let held = Held {
+                    stage: Stage::Asking,
+                    deadline: now_seconds(self).saturating_add(gateway.config.max_hold_seconds),
+                    index,
+                    answering,
+                    rule,
+                    call: call.to_string().into_bytes(),
+                    envelope,
                 };
-                Err(refuse(&envelope, &[(index, refusal)], answering))
+                self.call_service(held, "POST", "/v1/approvals", 10);
+                // Nothing goes upstream until the approval service releases the call.
+                Ok(Flow::Pause)
+            }
+        }
+    }
+
+    /// Calls the approval service in the caller's name; the answer arrives in
+    /// `on_http_call_response`. A call that cannot be sent refuses at once.
+    fn call_service(&mut self, held: Held, method: &str, path: &str, timeout_seconds: u64) {
+        let Some(endpoint) = self
+            .gateway
+            .as_ref()
+            .and_then(|g| g.config.approvals.clone())
+        else {
+            return;
+        };
+        let authorization = format!("Bearer {}", self.token.as_deref().unwrap_or_default());
+        let mut headers = vec![
+            (":method", method),
+            (":path", path),
+            (":authority", endpoint.authority.as_str()),
+            ("authorization", authorization.as_str()),
+            ("content-type", "application/json"),
+        ];
+        if let Some(credential) = &endpoint.credential {
+            headers.push((
+                airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER,
+                credential.as_str(),
+            ));
+        }
+        let body = (method == "POST").then_some(held.call.as_slice());
+        match self.dispatch_http_call(
+            &endpoint.cluster,
+            headers,
+            body,
+            vec![],
+            Duration::from_secs(timeout_seconds),
+        ) {
+            Ok(_) => self.held = Some(held),
+            Err(status) => {
+                let next = on_answer(
+                    &held.stage,
+                    None,
+                    format!("{status:?}").as_bytes(),
+                    0,
+                    held.rule.as_deref(),
+                );
+                if let Next::Refuse(refusal) = next {
+                    let reply = refuse(&held.envelope, &[(held.index, refusal)], held.answering);
+                    self.reply(&reply);
+                }
             }
         }
     }

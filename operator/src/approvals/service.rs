@@ -33,8 +33,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
-/// The header carrying the gateway credential.
-pub const GATEWAY_CREDENTIAL_HEADER: &str = "x-airlock-gateway-credential";
+pub use airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER;
 /// Largest request body any endpoint reads.
 const MAX_BODY: usize = 1024 * 1024;
 /// Longest long-poll a client may ask for.
@@ -65,7 +64,9 @@ pub struct ApprovalService<S: Store> {
     config: ServiceConfig,
     policies: Vec<CompiledPolicy>,
     keys: RwLock<KeyRing>,
-    last_fetch: Mutex<BTreeMap<String, std::time::Instant>>,
+    /// When each tenant's keys were last fetched; held across a fetch so that
+    /// concurrent callers wait for it instead of failing without keys.
+    last_fetch: tokio::sync::Mutex<BTreeMap<String, std::time::Instant>>,
     tokens: Mutex<TokenCache>,
     changes: broadcast::Sender<String>,
     audit: AuditLog,
@@ -262,7 +263,7 @@ impl<S: Store> ApprovalService<S> {
             store,
             policies,
             keys: RwLock::new(KeyRing::default()),
-            last_fetch: Mutex::new(BTreeMap::new()),
+            last_fetch: tokio::sync::Mutex::new(BTreeMap::new()),
             tokens: Mutex::new(TokenCache::new(4096)),
             changes,
             audit,
@@ -291,18 +292,14 @@ impl<S: Store> ApprovalService<S> {
         let Some((_, url)) = self.config.jwks.iter().find(|(t, _)| t == tenant) else {
             return;
         };
+        let mut last = self.last_fetch.lock().await;
+        if last
+            .get(tenant)
+            .is_some_and(|at| at.elapsed() < self.config.jwks_min_refresh)
         {
-            let Ok(mut last) = self.last_fetch.lock() else {
-                return;
-            };
-            if last
-                .get(tenant)
-                .is_some_and(|at| at.elapsed() < self.config.jwks_min_refresh)
-            {
-                return;
-            }
-            last.insert(tenant.to_string(), std::time::Instant::now());
+            return;
         }
+        last.insert(tenant.to_string(), std::time::Instant::now());
         let fetched = async {
             self.http
                 .get(url)
@@ -318,8 +315,8 @@ impl<S: Store> ApprovalService<S> {
                     keys.set(tenant, set);
                 }
             }
-            Ok(Err(e)) => tracing_error(&format!("key set of tenant {tenant} refused: {e}")),
-            Err(e) => tracing_error(&format!("fetching keys of tenant {tenant}: {e}")),
+            Ok(Err(e)) => log_error(&format!("key set of tenant {tenant} refused: {e}")),
+            Err(e) => log_error(&format!("fetching keys of tenant {tenant}: {e}")),
         }
     }
 
@@ -503,7 +500,7 @@ impl<S: Store> ApprovalService<S> {
     }
 }
 
-fn tracing_error(message: &str) {
+fn log_error(message: &str) {
     eprintln!(
         "{}",
         json!({"level": "error", "component": "approval-service", "message": message})

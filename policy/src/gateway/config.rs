@@ -29,6 +29,13 @@ pub struct FilterConfig {
     /// Client applications (`azp`/`appid`) allowed to call; empty allows any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_client_apps: Vec<String>,
+    /// The approval service, for calls that need approval; without it such
+    /// calls are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<ApprovalEndpoint>,
+    /// Longest a call is held waiting for approval.
+    #[serde(default = "default_hold")]
+    pub max_hold_seconds: u64,
     /// Largest request body judged; larger bodies are refused with 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
@@ -77,6 +84,18 @@ pub struct JwksEndpoint {
     pub authority: String,
 }
 
+/// How the filter reaches the approval service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApprovalEndpoint {
+    /// The Envoy cluster of the approval service.
+    pub cluster: String,
+    pub authority: String,
+    /// The gateway credential (local mode); in a cluster Envoy attaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
 /// A policy with its name and version, as the approval service serves them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -93,6 +112,10 @@ fn default_mcp_path() -> String {
 
 fn default_max_body() -> usize {
     1024 * 1024
+}
+
+fn default_hold() -> u64 {
+    50
 }
 
 fn default_jwks_refresh() -> u64 {

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod hold;
 pub mod judge;
 pub mod reply;
 pub mod request;
@@ -24,6 +25,8 @@ use serde_json::json;
 pub const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
 pub const METHOD_HEADER: &str = "mcp-method";
 pub const NAME_HEADER: &str = "mcp-name";
+/// The header carrying a gateway's credential to the approval service.
+pub const GATEWAY_CREDENTIAL_HEADER: &str = "x-airlock-gateway-credential";
 /// Response header carrying what dry-run policies would have done.
 pub const DRY_RUN_HEADER: &str = "x-airlock-dry-run";
 

@@ -1,0 +1,223 @@
+//! Held calls through real Envoy and the real approval service: approval
+//! releases the original call, denial and outages refuse it, a single-use
+//! grant releases exactly one call, and the trail verifies.
+
+use crate::filter::{ENGINEERS, Gateway, call};
+use airlock_tests::peers::{McpServer, Transport, python_client};
+use airlock_tests::recorder::Recorder;
+use airlock_tests::wait_for;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const LEADS: &str = "leads";
+
+fn deploy(id: u32) -> Value {
+    call(
+        id,
+        "deploy_model",
+        json!({"model": "m", "environment": "prod"}),
+    )
+}
+
+impl Gateway {
+    fn person(&self, oid: &str, groups: &[&str]) -> anyhow::Result<String> {
+        let mut request = self.request(groups);
+        request.oid = oid.into();
+        request.username = format!("{oid}@contoso.com");
+        Ok(self.issuer.issuer.mint(&request)?)
+    }
+
+    /// Waits until an approval request is visible to `token`; returns the newest.
+    async fn pending(&self, token: &str, count: usize) -> anyhow::Result<Value> {
+        let http = reqwest::Client::new();
+        let url = format!("{}/v1/approvals", self.approvals.url);
+        wait_for("an approval request", Duration::from_secs(30), || {
+            let request = http.get(&url).bearer_auth(token).send();
+            async move {
+                let list: Value = request.await?.json().await?;
+                Ok(list
+                    .as_array()
+                    .filter(|l| l.len() >= count)
+                    .and_then(|l| l.last().cloned()))
+            }
+        })
+        .await
+    }
+
+    async fn decide(
+        &self,
+        token: &str,
+        id: &str,
+        verdict: &str,
+        reason: &str,
+    ) -> anyhow::Result<reqwest::Response> {
+        Ok(reqwest::Client::new()
+            .post(format!("{}/v1/approvals/{id}/decision", self.approvals.url))
+            .bearer_auth(token)
+            .json(&json!({"verdict": verdict, "reason": reason}))
+            .send()
+            .await?)
+    }
+}
+
+#[tokio::test]
+async fn a_held_call_runs_after_approval_even_past_twenty_seconds() -> anyhow::Result<()> {
+    let server = McpServer::python(Transport::StreamableJson).await?;
+    let gateway = Gateway::start(server.port).await?;
+    let ada = gateway.person("oid-ada", &[ENGINEERS, LEADS])?;
+    let lea = gateway.person("oid-lea", &[LEADS])?;
+    let url = gateway.envoy.url.clone();
+    let client = {
+        let ada = ada.clone();
+        tokio::spawn(async move {
+            python_client(
+                &url,
+                Transport::StreamableJson,
+                Some(&ada),
+                &[
+                    "call",
+                    "deploy_model",
+                    r#"{"model": "m", "environment": "prod"}"#,
+                ],
+            )
+            .await
+        })
+    };
+    let request = gateway.pending(&lea, 1).await?;
+    let id = request["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(request["state"], "pending");
+    assert_eq!(request["tool"], "deploy_model");
+    assert_eq!(request["requester"]["oid"], "oid-ada");
+
+    // Ada leads too, but may not approve her own call.
+    let own = gateway.decide(&ada, &id, "approve", "mine").await?;
+    assert_eq!(own.status(), 403);
+    assert!(own.text().await?.contains("self-approval"));
+
+    // Longer than Envoy's default route timeout and than one long-poll.
+    tokio::time::sleep(Duration::from_secs(22)).await;
+    let approved = gateway.decide(&lea, &id, "approve", "go ahead").await?;
+    assert_eq!(approved.status(), 200, "{}", approved.text().await?);
+
+    let result = client.await??;
+    assert_eq!(
+        result["isError"],
+        false,
+        "{result}\n{}",
+        gateway.envoy.log()
+    );
+    assert_eq!(result["text"], "deployed m to prod");
+
+    // A decided request is final.
+    let late = gateway.decide(&lea, &id, "deny", "changed my mind").await?;
+    assert_eq!(late.status(), 409);
+
+    let log = std::fs::read_to_string(&gateway.approvals.audit_log)?;
+    let records = airlock_policy::audit::verify(&log)?;
+    assert!(records >= 3, "asked, decided, executed: {log}");
+    assert!(log.contains("approval.executed") && log.contains("oid-lea"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn denial_and_an_unreachable_service_refuse_the_call() -> anyhow::Result<()> {
+    let upstream = Recorder::start().await?;
+    let mut gateway = Gateway::start(upstream.port).await?;
+    let http = reqwest::Client::new();
+    let ada = gateway.person("oid-ada", &[ENGINEERS])?;
+    let lea = gateway.person("oid-lea", &[LEADS])?;
+
+    let held = tokio::spawn(gateway.post(&http, &ada, &deploy(1)).send());
+    let request = gateway.pending(&lea, 1).await?;
+    let id = request["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        gateway
+            .decide(&lea, &id, "deny", "freeze week")
+            .await?
+            .status(),
+        200
+    );
+    let answer: Value = held.await??.json().await?;
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    let text = answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        text.contains("denied") && text.contains("freeze week"),
+        "{text}"
+    );
+    assert_eq!(
+        answer["result"]["_meta"]["dev.airlock/approval"],
+        id.as_str()
+    );
+
+    // The approval service goes away: the gateway fails closed and says so.
+    gateway.approvals.stop();
+    let answer: Value = gateway
+        .post(&http, &ada, &deploy(2))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let text = answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(text.contains("approval service is unavailable"), "{answer}");
+    assert!(
+        upstream.requests().is_empty(),
+        "a refused call reached the server"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_racing_calls_spend_one_single_use_grant() -> anyhow::Result<()> {
+    let upstream = Recorder::start().await?;
+    let gateway = Gateway::start(upstream.port).await?;
+    let http = reqwest::Client::new();
+    let ada = gateway.person("oid-ada", &[ENGINEERS])?;
+    let lea = gateway.person("oid-lea", &[LEADS])?;
+    let first = tokio::spawn(gateway.post(&http, &ada, &deploy(1)).send());
+    let request = gateway.pending(&lea, 1).await?;
+    let second = tokio::spawn(gateway.post(&http, &ada, &deploy(2)).send());
+    // The identical ask joins the same request instead of flooding approvers.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let listed: Value = http
+        .get(format!("{}/v1/approvals", gateway.approvals.url))
+        .bearer_auth(&lea)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let id = request["id"].as_str().unwrap_or_default();
+    assert_eq!(
+        gateway.decide(&lea, id, "approve", "once").await?.status(),
+        200
+    );
+    let answers: Vec<Value> = vec![first.await??.json().await?, second.await??.json().await?];
+    let released = answers
+        .iter()
+        .filter(|a| a["result"]["isError"] == false)
+        .count();
+    assert_eq!(released, 1, "{answers:?}");
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "exactly one call reached the server"
+    );
+    let refused = answers
+        .iter()
+        .find(|a| a["result"]["isError"] == true)
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        refused["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(id),
+        "{refused}"
+    );
+    Ok(())
+}

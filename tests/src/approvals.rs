@@ -1,0 +1,107 @@
+//! The real approval service (SQLite store) on 127.0.0.1, as `airlock up` runs it.
+
+use crate::issuer::{AUDIENCE, Issuer, TENANT};
+use airlock_operator::approvals::audit_log::AuditLog;
+use airlock_operator::approvals::service::{ApprovalService, ServerEntry, ServiceConfig};
+use airlock_operator::approvals::store::SqliteStore;
+use airlock_policy::entra::{OverageAction, TrustConfig};
+use airlock_policy::gateway::config::NamedPolicy;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The gateway credential tests configure on both sides.
+pub const CREDENTIAL: &str = "test-gateway-credential";
+
+/// The service runs on its own thread and runtime, so stopping it drops every
+/// connection it holds, as a crashed process would.
+pub struct Approvals {
+    pub port: u16,
+    pub url: String,
+    pub audit_log: PathBuf,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Approvals {
+    /// Serves approvals for `server` (`namespace/name`) under `policies`,
+    /// trusting the test issuer.
+    pub async fn start(
+        issuer: &Issuer,
+        server: &str,
+        policies: Vec<NamedPolicy>,
+    ) -> anyhow::Result<Approvals> {
+        let dir = tempfile::Builder::new()
+            .prefix("airlock-approvals-")
+            .tempdir()?;
+        let store = SqliteStore::open(&dir.path().join("approvals.db"))?;
+        let audit_log = dir.path().join("audit.jsonl");
+        let config = ServiceConfig {
+            trust: TrustConfig {
+                tenants: vec![TENANT.into()],
+                audiences: vec![AUDIENCE.into()],
+                clock_skew_seconds: 60,
+                allow_app_only: false,
+                groups_overage: OverageAction::Deny,
+            },
+            jwks: vec![(TENANT.into(), issuer.jwks_url.clone())],
+            gateway_credential: CREDENTIAL.into(),
+            servers: vec![ServerEntry {
+                name: server.into(),
+                labels: Default::default(),
+            }],
+            policies,
+            max_pending_per_principal: 20,
+            jwks_min_refresh: Duration::from_secs(1),
+        };
+        let service = ApprovalService::new(store, config, AuditLog::open(&audit_log)?)
+            .map_err(anyhow::Error::msg)?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let router = service.router();
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = axum::serve(listener, router) => {}
+                    _ = stopped => {}
+                }
+            });
+            // Dropping the runtime here cancels every connection task.
+        });
+        Ok(Approvals {
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            audit_log,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+            _dir: dir,
+        })
+    }
+}
+
+impl Approvals {
+    /// Stops serving and closes every connection, as an outage would.
+    pub fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Approvals {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
