@@ -19,7 +19,7 @@ pub(crate) const ENGINEERS: &str = "9a1d1f4e-0000-4000-8000-000000000001";
 
 /// The policy of these tests: handshake for all, status for engineers,
 /// deploying to production needs approval, secrets never.
-fn policies() -> Value {
+pub(crate) fn policies() -> Value {
     json!([{
         "name": "test/model-ops",
         "version": "1",
@@ -43,35 +43,16 @@ pub(crate) struct Gateway {
 }
 
 impl Gateway {
+    /// A gateway in front of `upstream_port`, ready for calls.
     pub(crate) async fn start(upstream_port: u16) -> anyhow::Result<Gateway> {
-        let issuer = Issuer::start().await?;
-        let approvals =
-            Approvals::start(&issuer, "test/mcp", serde_json::from_value(policies())?).await?;
-        let config = json!({
-            "server": "test/mcp",
-            "auth": {"tenants": [TENANT], "audiences": [AUDIENCE]},
-            "jwks": [{"tenant": TENANT, "cluster": "jwks", "path": issuer.jwks_path, "authority": "issuer"}],
-            "legacySse": {"stream": "/sse", "messages": "/messages/"},
-            "maxBodyBytes": 65536,
-            "maxHoldSeconds": 45,
-            "approvals": {"cluster": "approvals", "authority": "approvals", "credential": CREDENTIAL},
-            "policies": policies(),
-        });
-        let mut options = EnvoyOptions::with_filter(upstream_port, filter_wasm()?, config);
-        options.clusters.push(("jwks".into(), issuer.port));
-        options.clusters.push(("approvals".into(), approvals.port));
-        let envoy = Envoy::start(options).await?;
-        let gateway = Gateway {
-            envoy,
-            issuer,
-            approvals,
-        };
-        // Keys load asynchronously after start: until then the gateway answers 503.
-        // The probe is a call the policy denies, so it never reaches the upstream.
+        let gateway = Gateway::launch(upstream_port, Some(policies())).await?;
+        // Keys and policy load asynchronously after start: until then the
+        // gateway answers 503. The probe is a call the policy denies, so it
+        // never reaches the upstream.
         let token = gateway.token(&[ENGINEERS])?;
         let http = reqwest::Client::new();
         wait_for(
-            "the gateway to load signing keys",
+            "the gateway to load signing keys and policy",
             Duration::from_secs(30),
             || {
                 let request = gateway
@@ -87,6 +68,40 @@ impl Gateway {
         )
         .await?;
         Ok(gateway)
+    }
+
+    /// Starts the issuer, the approval service serving `policies` (or down
+    /// from the start, for `None`), and Envoy with the filter, without waiting
+    /// for the filter to load anything.
+    pub(crate) async fn launch(
+        upstream_port: u16,
+        policies: Option<Value>,
+    ) -> anyhow::Result<Gateway> {
+        let issuer = Issuer::start().await?;
+        let served = policies.clone().unwrap_or_else(|| json!([]));
+        let mut approvals =
+            Approvals::start(&issuer, "test/mcp", serde_json::from_value(served)?).await?;
+        if policies.is_none() {
+            approvals.stop();
+        }
+        let config = json!({
+            "server": "test/mcp",
+            "auth": {"tenants": [TENANT], "audiences": [AUDIENCE]},
+            "jwks": [{"tenant": TENANT, "cluster": "jwks", "path": issuer.jwks_path, "authority": "issuer"}],
+            "legacySse": {"stream": "/sse", "messages": "/messages/"},
+            "maxBodyBytes": 65536,
+            "maxHoldSeconds": 45,
+            "approvals": {"cluster": "approvals", "authority": "approvals", "credential": CREDENTIAL},
+        });
+        let mut options = EnvoyOptions::with_filter(upstream_port, filter_wasm()?, config);
+        options.clusters.push(("jwks".into(), issuer.port));
+        options.clusters.push(("approvals".into(), approvals.port));
+        let envoy = Envoy::start(options).await?;
+        Ok(Gateway {
+            envoy,
+            issuer,
+            approvals,
+        })
     }
 
     pub(crate) fn request(&self, groups: &[&str]) -> TokenRequest {
@@ -117,7 +132,7 @@ impl Gateway {
     }
 }
 
-fn ping(id: u32) -> Value {
+pub(crate) fn ping(id: u32) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "ping"})
 }
 
@@ -214,7 +229,7 @@ async fn sse_and_legacy_transports_are_judged_and_filtered_too() -> anyhow::Resu
 
 /// Opens a legacy SSE stream through the gateway and returns it with the
 /// message endpoint its first event announces.
-async fn legacy_stream(
+pub(crate) async fn legacy_stream(
     gateway: &Gateway,
     token: &str,
 ) -> anyhow::Result<(reqwest::Response, String)> {

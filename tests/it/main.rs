@@ -5,3 +5,4 @@ mod harness_cluster;
 mod harness_envoy;
 mod harness_issuer;
 mod hold;
+mod policy_sync;

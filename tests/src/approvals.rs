@@ -2,11 +2,12 @@
 
 use crate::issuer::{AUDIENCE, Issuer, TENANT};
 use airlock_operator::approvals::audit_log::AuditLog;
-use airlock_operator::approvals::service::{ApprovalService, ServerEntry, ServiceConfig};
+use airlock_operator::approvals::service::{ApprovalService, Catalog, ServerEntry, ServiceConfig};
 use airlock_operator::approvals::store::SqliteStore;
 use airlock_policy::entra::{OverageAction, TrustConfig};
 use airlock_policy::gateway::config::NamedPolicy;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The gateway credential tests configure on both sides.
@@ -15,6 +16,8 @@ pub const CREDENTIAL: &str = "test-gateway-credential";
 /// The service runs on its own thread and runtime, so stopping it drops every
 /// connection it holds, as a crashed process would.
 pub struct Approvals {
+    service: Arc<ApprovalService<SqliteStore>>,
+    server: String,
     pub port: u16,
     pub url: String,
     pub audit_log: PathBuf,
@@ -46,15 +49,11 @@ impl Approvals {
             },
             jwks: vec![(TENANT.into(), issuer.jwks_url.clone())],
             gateway_credential: CREDENTIAL.into(),
-            servers: vec![ServerEntry {
-                name: server.into(),
-                labels: Default::default(),
-            }],
-            policies,
             max_pending_per_principal: 20,
             jwks_min_refresh: Duration::from_secs(1),
         };
-        let service = ApprovalService::new(store, config, AuditLog::open(&audit_log)?)
+        let catalog = catalog(server, policies)?;
+        let service = ApprovalService::new(store, config, catalog, AuditLog::open(&audit_log)?)
             .map_err(anyhow::Error::msg)?;
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
@@ -78,6 +77,8 @@ impl Approvals {
             // Dropping the runtime here cancels every connection task.
         });
         Ok(Approvals {
+            service,
+            server: server.into(),
             port,
             url: format!("http://127.0.0.1:{port}"),
             audit_log,
@@ -88,7 +89,21 @@ impl Approvals {
     }
 }
 
+fn catalog(server: &str, policies: Vec<NamedPolicy>) -> anyhow::Result<Catalog> {
+    let servers = vec![ServerEntry {
+        name: server.into(),
+        labels: Default::default(),
+    }];
+    Catalog::new(servers, policies).map_err(anyhow::Error::msg)
+}
+
 impl Approvals {
+    /// Puts `policies` in force; gateways learn of them through their config long-poll.
+    pub fn set_policies(&self, policies: Vec<NamedPolicy>) -> anyhow::Result<()> {
+        self.service.set_catalog(catalog(&self.server, policies)?);
+        Ok(())
+    }
+
     /// Stops serving and closes every connection, as an outage would.
     pub fn stop(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {

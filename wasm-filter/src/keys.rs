@@ -1,23 +1,19 @@
 //! Signing keys, fetched once per Envoy.
 //!
-//! Envoy runs one VM per worker. The VMs elect a leader through a lease in
-//! shared data (compare-and-set); only the leader fetches each tenant's JWKS,
+//! Envoy runs one VM per worker. Only the leader VM (see `leader`) fetches each tenant's JWKS,
 //! through the Envoy cluster the configuration names, and publishes the body
 //! in shared data. Every VM re-reads a key set when its shared-data version
 //! changes. An unknown `kid` asks the leader for a refresh, honoured at most
 //! every `jwksMinRefreshSeconds`; key sets are also refreshed hourly.
 
+use crate::leader::Published;
 use airlock_policy::gateway::auth::KeyRing;
 use airlock_policy::gateway::config::{FilterConfig, JwksEndpoint};
 use airlock_policy::jwt::JwkSet;
 use proxy_wasm::hostcalls;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
-const LEADER_KEY: &str = "airlock/leader";
-/// A leader that has not renewed its lease for this long is replaced.
-const LEASE_SECONDS: u64 = 3;
 const HOURLY: u64 = 3600;
 /// Pause between failed first fetches.
 const RETRY_SECONDS: u64 = 2;
@@ -43,35 +39,29 @@ pub fn request_refresh(tenant: &str, now: u64) {
 
 struct Tenant {
     endpoint: JwksEndpoint,
-    /// Shared-data version of the key set this VM last parsed.
-    seen: Option<u32>,
+    keys: Published,
     last_fetch: Option<u64>,
 }
 
 pub struct KeyState {
     ring: KeyRing,
     tenants: Vec<Tenant>,
-    instance: u64,
     in_flight: HashMap<u32, usize>,
 }
 
 impl KeyState {
     pub fn new(config: &FilterConfig) -> KeyState {
-        let instance = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
         KeyState {
             ring: KeyRing::default(),
             tenants: config
                 .jwks
                 .iter()
                 .map(|endpoint| Tenant {
+                    keys: Published::new(keys_key(&endpoint.tenant)),
                     endpoint: endpoint.clone(),
-                    seen: None,
                     last_fetch: None,
                 })
                 .collect(),
-            instance,
             in_flight: HashMap::new(),
         }
     }
@@ -80,47 +70,22 @@ impl KeyState {
         &self.ring
     }
 
-    fn hold_lease(&self, now: u64) -> bool {
-        let Ok((current, cas)) = hostcalls::get_shared_data(LEADER_KEY) else {
-            return false;
-        };
-        let holder = current
-            .as_deref()
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.split_once(':'))
-            .and_then(|(id, at)| Some((id.parse::<u64>().ok()?, at.parse::<u64>().ok()?)));
-        let ours = holder.is_some_and(|(id, _)| id == self.instance);
-        let expired = holder.is_none_or(|(_, at)| now.saturating_sub(at) > LEASE_SECONDS);
-        if !(ours || expired) {
-            return false;
-        }
-        let lease = format!("{}:{now}", self.instance);
-        hostcalls::set_shared_data(LEADER_KEY, Some(lease.as_bytes()), cas).is_ok()
-    }
-
-    pub fn tick(&mut self, config: &FilterConfig, now: u64) {
-        if self.hold_lease(now) {
-            for index in 0..self.tenants.len() {
-                if self.due(index, config, now) {
-                    self.fetch(index, now);
-                }
+    /// On the leader: fetches every key set that is due.
+    pub fn lead(&mut self, config: &FilterConfig, now: u64) {
+        for index in 0..self.tenants.len() {
+            if self.due(index, config, now) {
+                self.fetch(index, now);
             }
         }
-        self.sync();
     }
 
     /// Re-reads every key set whose shared-data version changed. Also called
     /// from a stream whose token names keys this VM has not read yet.
     pub fn sync(&mut self) {
         for tenant in &mut self.tenants {
-            let key = keys_key(&tenant.endpoint.tenant);
-            let Ok((Some(body), cas)) = hostcalls::get_shared_data(&key) else {
+            let Some(body) = tenant.keys.changed() else {
                 continue;
             };
-            if cas.is_some() && cas == tenant.seen {
-                continue;
-            }
-            tenant.seen = cas;
             match JwkSet::from_json(&body) {
                 Ok(set) => self.ring.set(&tenant.endpoint.tenant, set),
                 Err(e) => log::error!(
@@ -136,10 +101,7 @@ impl KeyState {
             return false;
         }
         let tenant = &self.tenants[index];
-        let published = hostcalls::get_shared_data(&keys_key(&tenant.endpoint.tenant))
-            .ok()
-            .and_then(|(v, _)| v)
-            .is_some();
+        let published = tenant.keys.is_published();
         let since = tenant.last_fetch.map(|at| now.saturating_sub(at));
         if !published {
             return since.is_none_or(|s| s >= RETRY_SECONDS);
@@ -178,17 +140,18 @@ impl KeyState {
         }
     }
 
-    /// A key-set fetch finished; a failed callout arrives with no status.
-    pub fn on_fetched(&mut self, token: u32, status: Option<&str>, body: Option<&[u8]>) {
+    /// A key-set fetch finished (a failed callout arrives with no status);
+    /// false when `token` is not one of this state's.
+    pub fn on_fetched(&mut self, token: u32, status: Option<&str>, body: Option<&[u8]>) -> bool {
         let Some(index) = self.in_flight.remove(&token) else {
-            return;
+            return false;
         };
-        let tenant = &self.tenants[index].endpoint.tenant;
+        let Tenant { endpoint, keys, .. } = &self.tenants[index];
+        let tenant = &endpoint.tenant;
         match (status, body) {
             (Some("200"), Some(body)) => match JwkSet::from_json(body) {
                 Ok(_) => {
-                    if let Err(e) = hostcalls::set_shared_data(&keys_key(tenant), Some(body), None)
-                    {
+                    if let Err(e) = keys.publish(body) {
                         log::error!("airlock: cannot publish keys of tenant {tenant}: {e:?}");
                     }
                 }
@@ -199,5 +162,6 @@ impl KeyState {
                 status.unwrap_or("none: no answer")
             ),
         }
+        true
     }
 }

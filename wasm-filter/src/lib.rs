@@ -2,18 +2,20 @@
 //!
 //! Every decision is made by `airlock_policy::gateway`; this crate translates
 //! Envoy's callbacks into calls on it and its answers back into host calls.
-//! Signing keys are fetched once per Envoy: the VMs (one per worker) elect a
-//! leader through shared data, the leader fetches, and every VM reads the key
-//! sets from shared data. Session bindings live in shared data too.
+//! Signing keys and policy are fetched once per Envoy: the VMs (one per
+//! worker) elect a leader through shared data, the leader fetches, and every
+//! VM reads what it published. Session bindings live in shared data too.
 
 mod keys;
+mod leader;
 mod metrics;
+mod policy_sync;
+mod service;
 mod sessions;
 mod stream;
 
 use airlock_policy::gateway::auth::TokenCache;
 use airlock_policy::gateway::config::FilterConfig;
-use airlock_policy::model::CompiledPolicy;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 use std::cell::RefCell;
@@ -31,7 +33,7 @@ pub const FILTER_HEADER: &str = "x-airlock-filter";
 /// What every stream of one VM shares.
 pub(crate) struct Gateway {
     pub(crate) config: FilterConfig,
-    pub(crate) policies: Vec<CompiledPolicy>,
+    pub(crate) policy: RefCell<policy_sync::PolicyState>,
     pub(crate) keys: RefCell<keys::KeyState>,
     pub(crate) tokens: RefCell<TokenCache>,
     pub(crate) metrics: metrics::Metrics,
@@ -48,6 +50,7 @@ pub(crate) fn now_seconds(context: &dyn Context) -> u64 {
 #[derive(Default)]
 struct AirlockRoot {
     gateway: Option<Rc<Gateway>>,
+    leadership: leader::Leadership,
 }
 
 impl Context for AirlockRoot {
@@ -61,10 +64,15 @@ impl Context for AirlockRoot {
         if let Some(gateway) = &self.gateway {
             let status = self.get_http_call_response_header(":status");
             let body = self.get_http_call_response_body(0, body_size);
-            gateway
-                .keys
-                .borrow_mut()
-                .on_fetched(token, status.as_deref(), body.as_deref());
+            let (status, body) = (status.as_deref(), body.as_deref());
+            let _handled = gateway.keys.borrow_mut().on_fetched(token, status, body)
+                || gateway.policy.borrow_mut().on_polled(
+                    &gateway.config,
+                    token,
+                    status,
+                    body,
+                    now_seconds(self),
+                );
         }
     }
 }
@@ -75,12 +83,8 @@ impl RootContext for AirlockRoot {
             log::error!("airlock: no plugin configuration");
             return false;
         };
-        let (config, policies) = match FilterConfig::from_json(&bytes).and_then(|config| {
-            config
-                .compiled_policies()
-                .map(|policies| (config, policies))
-        }) {
-            Ok(loaded) => loaded,
+        let config = match FilterConfig::from_json(&bytes) {
+            Ok(config) => config,
             Err(e) => {
                 log::error!("airlock: {e}");
                 return false;
@@ -89,8 +93,8 @@ impl RootContext for AirlockRoot {
         self.gateway = Some(Rc::new(Gateway {
             tokens: RefCell::new(TokenCache::new(config.token_cache_entries)),
             keys: RefCell::new(keys::KeyState::new(&config)),
+            policy: RefCell::new(policy_sync::PolicyState::new()),
             config,
-            policies,
             metrics: metrics::Metrics::default(),
         }));
         self.set_tick_period(Duration::from_millis(500));
@@ -99,10 +103,13 @@ impl RootContext for AirlockRoot {
 
     fn on_tick(&mut self) {
         if let Some(gateway) = self.gateway.clone() {
-            gateway
-                .keys
-                .borrow_mut()
-                .tick(&gateway.config, now_seconds(self));
+            let now = now_seconds(self);
+            if self.leadership.hold_lease(now) {
+                gateway.keys.borrow_mut().lead(&gateway.config, now);
+                gateway.policy.borrow_mut().lead(&gateway.config, now);
+            }
+            gateway.keys.borrow_mut().sync();
+            gateway.policy.borrow_mut().sync(&gateway.config);
         }
     }
 

@@ -1,12 +1,12 @@
 //! One HTTP stream through the gateway.
 
-use crate::{FILTER_HEADER, Gateway, now_seconds, sessions};
+use crate::{FILTER_HEADER, Gateway, now_seconds, service, sessions};
 use airlock_policy::entra::Principal;
 use airlock_policy::gateway::auth::{AuthError, authenticate};
 use airlock_policy::gateway::hold::{Next, Stage, on_answer};
 use airlock_policy::gateway::judge::{Answering, Outcome, judge, refuse};
 use airlock_policy::gateway::reply::{
-    Refusal, Reply, codes, credentials_required, error_object, error_response, unauthorized,
+    Reply, codes, credentials_required, error_object, error_response, unauthorized,
 };
 use airlock_policy::gateway::request::{Route, bearer_token, is_gateway_header, route};
 use airlock_policy::gateway::session::{Ownership, legacy_endpoint_session, legacy_query_session};
@@ -20,7 +20,7 @@ use airlock_policy::json::Limits;
 use airlock_policy::mcp::{
     Envelope, INVALID_REQUEST, MessageKind, ProtocolVersion, RequestContext, RequestId, classify,
 };
-use airlock_policy::model::Action;
+use airlock_policy::model::{Action, CompiledPolicy};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action as Flow;
 use std::rc::Rc;
@@ -60,6 +60,8 @@ struct Held {
 
 pub struct AirlockStream {
     gateway: Option<Rc<Gateway>>,
+    /// The policies in force when the stream began, used for all of it.
+    policies: Rc<Vec<CompiledPolicy>>,
     principal: Option<Principal>,
     /// The caller's token, kept for asking the approval service in its name.
     token: Option<String>,
@@ -137,6 +139,7 @@ impl AirlockStream {
     pub fn new(gateway: Option<Rc<Gateway>>) -> AirlockStream {
         AirlockStream {
             gateway,
+            policies: Rc::default(),
             principal: None,
             token: None,
             held: None,
@@ -209,6 +212,13 @@ impl AirlockStream {
         if routed.route == Route::ResourceMetadata {
             return Err(resource_metadata(&gateway.config, &authority));
         }
+        self.policies = gateway.policy.borrow_mut().in_force(&gateway.config).ok_or_else(|| {
+            Reply::http_error(
+                503,
+                "policy_unavailable",
+                "the gateway has not received its policy from the approval service yet, so it refuses every call",
+            )
+        })?;
         let metadata_url = resource_metadata_url(&gateway.config, &authority);
         let headers = self.get_http_request_headers();
         for (name, _) in headers.iter().filter(|(n, _)| is_gateway_header(n)) {
@@ -241,7 +251,7 @@ impl AirlockStream {
             }
         };
         let principal = self.verify(gateway, token, &metadata_url)?;
-        if method == "POST" && gateway.config.approvals.is_some() {
+        if method == "POST" {
             self.token = Some(token.to_string());
         }
         if !gateway.config.forward_token {
@@ -348,7 +358,7 @@ impl AirlockStream {
             Route::LegacyMessages => Answering::HttpOnly,
             _ => Answering::JsonRpc,
         };
-        let judged = judge(&envelope, &gateway.policies, &principal, answering);
+        let judged = judge(&envelope, &self.policies, &principal, answering);
         self.dry_run = judged.dry_run.clone();
         gateway.metrics.decision(judged.action);
         match judged.outcome {
@@ -376,16 +386,6 @@ impl AirlockStream {
             Outcome::Refuse(reply) => Err(reply),
             Outcome::Hold { index } => {
                 let rule = judged.verdicts[index].decision.as_ref().map(|d| d.reason());
-                if gateway.config.approvals.is_none() {
-                    let refusal = Refusal {
-                        code: codes::APPROVAL_UNAVAILABLE,
-                        reason: "This call needs human approval, and this gateway has no approval service configured, so it is refused.".into(),
-                        decision: Action::RequireApproval.to_string(),
-                        rule,
-                        approval: None,
-                    };
-                    return Err(refuse(&envelope, &[(index, refusal)], answering));
-                }
                 let message = &envelope.messages[index];
                 let call = serde_json::json!({
                     "server": gateway.config.server,
@@ -413,33 +413,16 @@ impl AirlockStream {
     /// Calls the approval service in the caller's name; the answer arrives in
     /// `on_http_call_response`. A call that cannot be sent refuses at once.
     fn call_service(&mut self, held: Held, method: &str, path: &str, timeout_seconds: u64) {
-        let Some(endpoint) = self
-            .gateway
-            .as_ref()
-            .and_then(|g| g.config.approvals.clone())
-        else {
+        let Some(gateway) = self.gateway.clone() else {
             return;
         };
-        let authorization = format!("Bearer {}", self.token.as_deref().unwrap_or_default());
-        let mut headers = vec![
-            (":method", method),
-            (":path", path),
-            (":authority", endpoint.authority.as_str()),
-            ("authorization", authorization.as_str()),
-            ("content-type", "application/json"),
-        ];
-        if let Some(credential) = &endpoint.credential {
-            headers.push((
-                airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER,
-                credential.as_str(),
-            ));
-        }
         let body = (method == "POST").then_some(held.call.as_slice());
-        match self.dispatch_http_call(
-            &endpoint.cluster,
-            headers,
+        match service::call(
+            &gateway.config.approvals,
+            method,
+            path,
+            self.token.as_deref(),
             body,
-            vec![],
             Duration::from_secs(timeout_seconds),
         ) {
             Ok(_) => self.held = Some(held),
@@ -460,13 +443,13 @@ impl AirlockStream {
     }
 
     fn filter_tools_list(&mut self, id: &RequestId, event_stream: bool, body_size: usize) {
-        let (Some(gateway), Some(principal)) = (&self.gateway, &self.principal) else {
+        let Some(principal) = &self.principal else {
             return;
         };
         let body = self
             .get_http_response_body(0, body_size)
             .unwrap_or_default();
-        let filtered = filter_response(&body, event_stream, id, &gateway.policies, principal)
+        let filtered = filter_response(&body, event_stream, id, &self.policies, principal)
             .unwrap_or_else(|| {
                 // Never pass on a tool list the gateway could not read.
                 let error = error_response(
@@ -605,14 +588,11 @@ impl HttpContext for AirlockStream {
                     {
                         bound = sessions::bind(&session, principal);
                     }
-                    match (&self.gateway, &self.principal) {
-                        (Some(gateway), Some(principal)) => {
-                            out.push_str(
-                                &filter_event(&event, None, &gateway.policies, principal)
-                                    .unwrap_or(event),
-                            );
-                        }
-                        _ => out.push_str(&event),
+                    match &self.principal {
+                        Some(principal) => out.push_str(
+                            &filter_event(&event, None, &self.policies, principal).unwrap_or(event),
+                        ),
+                        None => out.push_str(&event),
                     }
                 }
                 self.set_http_response_body(0, body_size, out.as_bytes());

@@ -15,7 +15,7 @@ use airlock_policy::audit::{AuditEvent, AuditPrincipal};
 use airlock_policy::entra::{Principal, TrustConfig};
 use airlock_policy::evaluate::{Call, evaluate};
 use airlock_policy::gateway::auth::{AuthError, KeyRing, TokenCache, verify_token};
-use airlock_policy::gateway::config::NamedPolicy;
+use airlock_policy::gateway::config::{NamedPolicy, PolicyDocument, compile_all};
 use airlock_policy::json::{self, Limits};
 use airlock_policy::jwt::JwkSet;
 use airlock_policy::mcp::{RequestContext, Target, classify};
@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 pub use airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER;
 /// Largest request body any endpoint reads.
@@ -47,13 +47,42 @@ pub struct ServerEntry {
     pub labels: BTreeMap<String, String>,
 }
 
+/// The servers the service knows and the policies in force: replaced as a
+/// whole whenever either changes, and watched by gateways' config long-polls.
+pub struct Catalog {
+    servers: Vec<ServerEntry>,
+    policies: Vec<NamedPolicy>,
+    compiled: Vec<CompiledPolicy>,
+}
+
+impl Catalog {
+    /// Compiles `policies`; a bad policy refuses the whole catalog, naming
+    /// its bad fields, so a half-valid set never reaches a gateway.
+    pub fn new(servers: Vec<ServerEntry>, policies: Vec<NamedPolicy>) -> Result<Catalog, String> {
+        let compiled = compile_all(&policies).map_err(|e| e.to_string())?;
+        Ok(Catalog {
+            servers,
+            policies,
+            compiled,
+        })
+    }
+
+    /// The policies governing `server`, or `None` for a server not known here.
+    fn document(&self, server: &str) -> Option<PolicyDocument> {
+        let entry = self.servers.iter().find(|s| s.name == server)?;
+        Some(PolicyDocument::for_server(
+            server,
+            &entry.labels,
+            &self.policies,
+        ))
+    }
+}
+
 pub struct ServiceConfig {
     pub trust: TrustConfig,
     /// (tenant, JWKS URL)
     pub jwks: Vec<(String, String)>,
     pub gateway_credential: String,
-    pub servers: Vec<ServerEntry>,
-    pub policies: Vec<NamedPolicy>,
     pub max_pending_per_principal: usize,
     /// Least time between two key-set fetches for one tenant.
     pub jwks_min_refresh: Duration,
@@ -62,7 +91,7 @@ pub struct ServiceConfig {
 pub struct ApprovalService<S: Store> {
     store: S,
     config: ServiceConfig,
-    policies: Vec<CompiledPolicy>,
+    catalog: watch::Sender<Arc<Catalog>>,
     keys: RwLock<KeyRing>,
     /// When each tenant's keys were last fetched; held across a fetch so that
     /// concurrent callers wait for it instead of failing without keys.
@@ -199,7 +228,16 @@ struct MessageBody {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct WaitQuery {
+    wait: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigQuery {
+    /// The version the gateway has; the answer waits until there is another.
+    after: Option<String>,
     wait: Option<u64>,
 }
 
@@ -240,28 +278,16 @@ fn random_id() -> String {
 }
 
 impl<S: Store> ApprovalService<S> {
-    pub fn new(store: S, config: ServiceConfig, audit: AuditLog) -> Result<Arc<Self>, String> {
-        let policies = config
-            .policies
-            .iter()
-            .map(|p| {
-                p.spec.compile(&p.name, &p.version).map_err(|errors| {
-                    format!(
-                        "policy {}: {}",
-                        p.name,
-                        errors
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+    pub fn new(
+        store: S,
+        config: ServiceConfig,
+        catalog: Catalog,
+        audit: AuditLog,
+    ) -> Result<Arc<Self>, String> {
         let (changes, _) = broadcast::channel(1024);
         Ok(Arc::new(ApprovalService {
             store,
-            policies,
+            catalog: watch::Sender::new(Arc::new(catalog)),
             keys: RwLock::new(KeyRing::default()),
             last_fetch: tokio::sync::Mutex::new(BTreeMap::new()),
             tokens: Mutex::new(TokenCache::new(4096)),
@@ -284,6 +310,7 @@ impl<S: Store> ApprovalService<S> {
             .route("/v1/approvals/{id}/ask", post(ask_info::<S>))
             .route("/v1/approvals/{id}/answer", post(answer::<S>))
             .route("/v1/audit", post(audit::<S>))
+            .route("/v1/config/{namespace}/{server}", get(config::<S>))
             .route("/healthz", get(|| async { "ok" }))
             .with_state(self.clone())
     }
@@ -375,29 +402,21 @@ impl<S: Store> ApprovalService<S> {
         }
     }
 
+    /// Replaces the servers and policies; gateways long-polling their
+    /// config are answered at once.
+    pub fn set_catalog(&self, catalog: Catalog) {
+        self.catalog.send_replace(Arc::new(catalog));
+    }
+
     fn server_policies(&self, server: &str) -> Result<Vec<CompiledPolicy>, ApiError> {
-        let entry = self
-            .config
-            .servers
+        let catalog = self.catalog.borrow().clone();
+        let document = catalog
+            .document(server)
+            .ok_or_else(|| unknown_server(server))?;
+        Ok(catalog
+            .compiled
             .iter()
-            .find(|s| s.name == server)
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "unknown_server",
-                    format!("no MCP server {server:?}"),
-                )
-            })?;
-        let namespace = server.split('/').next().unwrap_or_default();
-        Ok(self
-            .policies
-            .iter()
-            .filter(|p| p.name.split('/').next() == Some(namespace))
-            .filter(|p| {
-                p.spec
-                    .servers
-                    .selects(server.rsplit('/').next().unwrap_or(server), &entry.labels)
-            })
+            .filter(|p| document.policies.iter().any(|d| d.name == p.name))
             .cloned()
             .collect())
     }
@@ -498,6 +517,14 @@ impl<S: Store> ApprovalService<S> {
                     || who.groups.iter().any(|g| r.approver_groups.contains(g))
             })
     }
+}
+
+fn unknown_server(server: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_server",
+        format!("no MCP server {server:?}"),
+    )
 }
 
 fn log_error(message: &str) {
@@ -843,4 +870,34 @@ async fn audit<S: Store>(
         service.record(event.clone())?;
     }
     ok(StatusCode::ACCEPTED, json!({"accepted": events.len()}))
+}
+
+/// A gateway's policies, long-polled: answers at once when the gateway's
+/// version is stale, otherwise when the policies change or `wait` ends.
+async fn config<S: Store>(
+    AppState(service): AppState<Arc<ApprovalService<S>>>,
+    UrlPath((namespace, server)): UrlPath<(String, String)>,
+    Query(query): Query<ConfigQuery>,
+    headers: HeaderMap,
+) -> ApiResult {
+    service.check_gateway(&headers)?;
+    let server = format!("{namespace}/{server}");
+    let wait = Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECONDS));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changes = service.catalog.subscribe();
+    loop {
+        let catalog = changes.borrow_and_update().clone();
+        let document = catalog
+            .document(&server)
+            .ok_or_else(|| unknown_server(&server))?;
+        if query.after.as_deref() != Some(document.version.as_str()) {
+            return ok(StatusCode::OK, json!(document));
+        }
+        if !matches!(
+            tokio::time::timeout_at(deadline, changes.changed()).await,
+            Ok(Ok(()))
+        ) {
+            return ok(StatusCode::OK, json!(document));
+        }
+    }
 }

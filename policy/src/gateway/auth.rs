@@ -205,15 +205,9 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
 
     fn config(extra: serde_json::Value) -> FilterConfig {
-        let mut value = json!({
-            "server": "ns/s",
-            "auth": {"tenants": ["t1"], "audiences": ["api://a"]},
-            "jwks": [{"tenant": "t1", "cluster": "c", "path": "/k", "authority": "h"}],
-        });
-        for (k, v) in extra.as_object().unwrap() {
-            value[k] = v.clone();
-        }
-        FilterConfig::from_json(value.to_string().as_bytes()).unwrap()
+        let mut extra = extra;
+        extra["auth"] = json!({"tenants": ["t1"], "audiences": ["api://a"]});
+        crate::gateway::config::test_config(extra)
     }
 
     fn claims() -> serde_json::Value {

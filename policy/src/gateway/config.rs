@@ -1,9 +1,11 @@
 //! The filter's static configuration: the Envoy plugin configuration (JSON),
 //! rendered by the operator or by `airlock up`.
 
+use crate::canonical::digest;
 use crate::entra::TrustConfig;
 use crate::model::{ApprovalPolicySpec, CompiledPolicy, FieldError};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Plugin configuration of one gateway, for one McpServer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,10 +31,9 @@ pub struct FilterConfig {
     /// Client applications (`azp`/`appid`) allowed to call; empty allows any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_client_apps: Vec<String>,
-    /// The approval service, for calls that need approval; without it such
-    /// calls are refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approvals: Option<ApprovalEndpoint>,
+    /// The approval service: the source of policy, the receiver of audit
+    /// events, and the place held calls wait for approval.
+    pub approvals: ApprovalEndpoint,
     /// Longest a call is held waiting for approval.
     #[serde(default = "default_hold")]
     pub max_hold_seconds: u64,
@@ -56,9 +57,10 @@ pub struct FilterConfig {
     /// Verified tokens kept per worker.
     #[serde(default = "default_token_cache")]
     pub token_cache_entries: usize,
-    /// Policies in force, for gateways configured statically.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub policies: Vec<NamedPolicy>,
+    /// Audit events each worker keeps while the approval service is slow or
+    /// down; beyond this, events are dropped, counted and logged.
+    #[serde(default = "default_audit_queue")]
+    pub audit_queue_events: usize,
 }
 
 /// The paths of the 2024-11-05 transport.
@@ -106,6 +108,64 @@ pub struct NamedPolicy {
     pub spec: ApprovalPolicySpec,
 }
 
+/// The policies in force for one MCP server, as
+/// `GET /v1/config/{namespace}/{server}` serves them to its gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyDocument {
+    /// `namespace/name` of the server.
+    pub server: String,
+    /// Digest of `policies`: equal documents have equal versions, on every
+    /// replica and across restarts, so a long-poll resumes where it left off.
+    pub version: String,
+    pub policies: Vec<NamedPolicy>,
+}
+
+impl PolicyDocument {
+    /// The policies of `all` that govern `server` (`namespace/name`) carrying
+    /// `labels`: those in its namespace whose selector selects it.
+    pub fn for_server(
+        server: &str,
+        labels: &BTreeMap<String, String>,
+        all: &[NamedPolicy],
+    ) -> PolicyDocument {
+        let (namespace, name) = server.split_once('/').unwrap_or(("", server));
+        let policies: Vec<NamedPolicy> = all
+            .iter()
+            .filter(|p| p.name.split_once('/').map(|(ns, _)| ns) == Some(namespace))
+            .filter(|p| p.spec.servers.selects(name, labels))
+            .cloned()
+            .collect();
+        let version = serde_json::to_value(&policies)
+            .map(|v| digest(&v))
+            .unwrap_or_default();
+        PolicyDocument {
+            server: server.to_string(),
+            version,
+            policies,
+        }
+    }
+}
+
+/// Compiles named policies, naming every bad field of the first bad policy.
+pub fn compile_all(policies: &[NamedPolicy]) -> Result<Vec<CompiledPolicy>, ConfigError> {
+    policies
+        .iter()
+        .map(|p| {
+            p.spec
+                .compile(&p.name, &p.version)
+                .map_err(|errors: Vec<FieldError>| ConfigError::Policy {
+                    policy: p.name.clone(),
+                    errors: errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                })
+        })
+        .collect()
+}
+
 fn default_mcp_path() -> String {
     "/mcp".into()
 }
@@ -124,6 +184,10 @@ fn default_jwks_refresh() -> u64 {
 
 fn default_token_cache() -> usize {
     1024
+}
+
+fn default_audit_queue() -> usize {
+    10_000
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,27 +218,25 @@ impl FilterConfig {
         if !config.mcp_path.starts_with('/') {
             return Err(ConfigError::Invalid("mcpPath must start with '/'".into()));
         }
-        config.compiled_policies()?;
+        if config
+            .server
+            .split_once('/')
+            .is_none_or(|(ns, name)| ns.is_empty() || name.is_empty())
+        {
+            return Err(ConfigError::Invalid("server must be namespace/name".into()));
+        }
         Ok(config)
     }
 
-    /// The static policies, compiled.
-    pub fn compiled_policies(&self) -> Result<Vec<CompiledPolicy>, ConfigError> {
-        self.policies
-            .iter()
-            .map(|p| {
-                p.spec
-                    .compile(&p.name, &p.version)
-                    .map_err(|errors: Vec<FieldError>| ConfigError::Policy {
-                        policy: p.name.clone(),
-                        errors: errors
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                    })
-            })
-            .collect()
+    /// Where this gateway long-polls for its policies.
+    pub fn policy_path(&self, after: Option<&str>, wait_seconds: u64) -> String {
+        match after {
+            Some(version) => format!(
+                "/v1/config/{}?after={version}&wait={wait_seconds}",
+                self.server
+            ),
+            None => format!("/v1/config/{}", self.server),
+        }
     }
 
     /// The URL of the protected resource, for RFC 9728 metadata.
@@ -195,5 +257,87 @@ impl FilterConfig {
         } else {
             self.authorization_servers.clone()
         }
+    }
+}
+
+/// A valid configuration for tenant `t1` and audience `a`, with `extra`
+/// fields merged in, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_config(extra: serde_json::Value) -> FilterConfig {
+    let mut value = serde_json::json!({
+        "server": "ns/s",
+        "auth": {"tenants": ["t1"], "audiences": ["a"]},
+        "jwks": [{"tenant": "t1", "cluster": "c", "path": "/k", "authority": "h"}],
+        "approvals": {"cluster": "approvals", "authority": "approvals"},
+    });
+    if let (Some(target), Some(extra)) = (value.as_object_mut(), extra.as_object()) {
+        target.extend(extra.clone());
+    }
+    FilterConfig::from_json(value.to_string().as_bytes()).expect("test configuration is valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn configuration_is_checked() {
+        let bad = |extra: serde_json::Value| {
+            let mut value = serde_json::to_value(test_config(json!({}))).unwrap();
+            value
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            FilterConfig::from_json(value.to_string().as_bytes()).is_err()
+        };
+        assert!(!bad(json!({})));
+        assert!(bad(json!({"jwks": []})));
+        assert!(bad(json!({"auth": {"tenants": [], "audiences": ["a"]}})));
+        assert!(bad(json!({"unknown": 1})));
+        assert!(bad(json!({"server": "no-namespace"})));
+        assert!(bad(json!({"mcpPath": "mcp"})));
+        assert!(bad(json!({"approvals": null})));
+        // Policies come from the approval service, never from the plugin configuration.
+        assert!(bad(json!({"policies": []})));
+    }
+
+    fn policy(name: &str, selector: serde_json::Value) -> NamedPolicy {
+        serde_json::from_value(json!({"name": name, "version": "1",
+            "spec": {"servers": selector, "rules": [{"name": "r", "action": "Allow"}]}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_server_gets_the_policies_of_its_namespace_that_select_it() {
+        let all = vec![
+            policy("ml/everything", json!({})),
+            policy("ml/by-label", json!({"matchLabels": {"team": "ml"}})),
+            policy("ml/by-name", json!({"names": ["other"]})),
+            policy("web/everything", json!({})),
+        ];
+        let labels = BTreeMap::from([("team".to_string(), "ml".to_string())]);
+        let document = PolicyDocument::for_server("ml/models", &labels, &all);
+        let names: Vec<&str> = document.policies.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["ml/everything", "ml/by-label"]);
+        assert!(document.version.starts_with("sha256:"));
+
+        let same = PolicyDocument::for_server("ml/models", &labels, &all);
+        assert_eq!(same.version, document.version);
+        let unlabelled = PolicyDocument::for_server("ml/models", &BTreeMap::new(), &all);
+        assert_ne!(unlabelled.version, document.version);
+        assert!(compile_all(&document.policies).is_ok());
+    }
+
+    #[test]
+    fn compiling_names_the_bad_policy_and_field() {
+        let bad: NamedPolicy = serde_json::from_value(json!({"name": "ml/p", "version": "1",
+            "spec": {"rules": [{"name": "r", "action": "RequireApproval"}]}}))
+        .unwrap();
+        let error = compile_all(&[bad]).unwrap_err().to_string();
+        assert!(
+            error.contains("ml/p") && error.contains("spec.rules[0]"),
+            "{error}"
+        );
     }
 }

@@ -158,13 +158,9 @@ mod tests {
     use super::*;
 
     fn config() -> FilterConfig {
-        serde_json::from_value(serde_json::json!({
-            "server": "ns/s",
-            "auth": {"tenants": ["t"], "audiences": ["a"]},
-            "jwks": [{"tenant": "t", "cluster": "c", "path": "/k", "authority": "h"}],
-            "legacySse": {"stream": "/sse", "messages": "/messages/"},
-        }))
-        .unwrap()
+        crate::gateway::config::test_config(
+            serde_json::json!({"legacySse": {"stream": "/sse", "messages": "/messages/"}}),
+        )
     }
 
     #[test]
