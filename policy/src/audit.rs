@@ -6,10 +6,56 @@
 //! and [`verify`] names the first broken record.
 
 use crate::canonical::{sha256_hex, to_canonical_string};
+use crate::evaluate::Decision;
 use crate::json;
+use crate::model::{Capture, CompiledPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
+
+/// `2026-11-25T06:55:42Z` for seconds since the epoch.
+pub fn rfc3339(seconds: u64) -> String {
+    let days = (seconds / 86_400) as i64;
+    let rest = seconds % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Arguments as the deciding rules allow them to be recorded: nothing unless
+/// one of them captures arguments (or sessions), with every rule's
+/// redactions applied.
+pub fn captured_arguments(
+    policies: &[CompiledPolicy],
+    decision: &Decision,
+    arguments: Option<&Value>,
+) -> Option<Value> {
+    let rules = decision.deciding_rules(policies);
+    let audits = || rules.iter().filter_map(|r| r.audit.as_ref());
+    if audits().all(|a| a.capture == Capture::None) {
+        return None;
+    }
+    let mut arguments = arguments?.clone();
+    for pointer in audits().flat_map(|a| a.redact.iter()) {
+        if let Some(value) = arguments.pointer_mut(pointer) {
+            *value = Value::String("[redacted]".into());
+        }
+    }
+    Some(arguments)
+}
 
 /// `prev` of the first record in a chain.
 pub const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
@@ -176,6 +222,46 @@ pub fn verify(log: &str) -> Result<u64, ChainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_589_742), "2026-11-25T06:55:42Z");
+    }
+
+    #[test]
+    fn arguments_are_captured_only_when_a_deciding_rule_asks_and_are_redacted() {
+        use crate::evaluate::{Call, evaluate};
+        use crate::mcp::Target;
+        let spec = |audit: serde_json::Value| -> CompiledPolicy {
+            serde_json::from_value::<crate::model::ApprovalPolicySpec>(serde_json::json!({
+                "rules": [{"name": "r", "match": {"tools": ["deploy"]}, "action": "Allow", "audit": audit}]
+            }))
+            .unwrap()
+            .compile("ns/p", "1")
+            .unwrap()
+        };
+        let arguments = serde_json::json!({"model": "m", "secret": {"token": "t"}});
+        let target = Target::Tool("deploy".into());
+        let call = Call {
+            method: "tools/call",
+            target: &target,
+            arguments: Some(&arguments),
+        };
+        let captured = |policy: CompiledPolicy| {
+            let policies = [policy];
+            let decision = evaluate(&policies, &crate::entra::test_principal("o", &[]), &call);
+            captured_arguments(&policies, &decision, Some(&arguments))
+        };
+        assert_eq!(captured(spec(serde_json::json!({}))), None);
+        assert_eq!(
+            captured(spec(
+                serde_json::json!({"capture": "Arguments", "redact": ["/secret/token", "/absent"]})
+            )),
+            Some(serde_json::json!({"model": "m", "secret": {"token": "[redacted]"}}))
+        );
+    }
 
     fn event(n: u32) -> AuditEvent {
         AuditEvent {

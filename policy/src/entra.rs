@@ -284,6 +284,23 @@ pub fn principal(claims: &Value, config: &TrustConfig, now: u64) -> Result<Princ
     })
 }
 
+/// Ada, a user of tenant `t` with app `a`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_principal(oid: &str, groups: &[&str]) -> Principal {
+    Principal {
+        tenant_id: "t".into(),
+        object_id: oid.into(),
+        display_name: "Ada".into(),
+        app_id: "a".into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        roles: vec![],
+        scopes: vec![],
+        app_only: false,
+        version: TokenVersion::V2,
+        expires_at: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

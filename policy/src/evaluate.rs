@@ -229,7 +229,6 @@ fn argument_holds(matcher: &CompiledMatcher, arguments: Option<&Value>) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entra::TokenVersion;
     use crate::model::tests::design_example;
     use crate::model::{ApprovalPolicySpec, ArgumentMatcher};
     use proptest::prelude::*;
@@ -237,16 +236,11 @@ mod tests {
 
     fn person(groups: &[&str]) -> Principal {
         Principal {
-            tenant_id: "t".into(),
             object_id: "oid-1".into(),
-            display_name: "Ada".into(),
             app_id: "app-1".into(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
             roles: vec!["Reader".into()],
             scopes: vec!["mcp.call".into()],
-            app_only: false,
-            version: TokenVersion::V2,
-            expires_at: 0,
+            ..crate::entra::test_principal("oid-1", groups)
         }
     }
 

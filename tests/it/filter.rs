@@ -45,7 +45,12 @@ pub(crate) struct Gateway {
 impl Gateway {
     /// A gateway in front of `upstream_port`, ready for calls.
     pub(crate) async fn start(upstream_port: u16) -> anyhow::Result<Gateway> {
-        let gateway = Gateway::launch(upstream_port, Some(policies())).await?;
+        Gateway::start_with(upstream_port, json!({})).await
+    }
+
+    /// A gateway whose filter configuration also carries `extra`, ready for calls.
+    pub(crate) async fn start_with(upstream_port: u16, extra: Value) -> anyhow::Result<Gateway> {
+        let gateway = Gateway::launch(upstream_port, Some(policies()), extra).await?;
         // Keys and policy load asynchronously after start: until then the
         // gateway answers 503. The probe is a call the policy denies, so it
         // never reaches the upstream.
@@ -76,6 +81,7 @@ impl Gateway {
     pub(crate) async fn launch(
         upstream_port: u16,
         policies: Option<Value>,
+        extra: Value,
     ) -> anyhow::Result<Gateway> {
         let issuer = Issuer::start().await?;
         let served = policies.clone().unwrap_or_else(|| json!([]));
@@ -84,7 +90,7 @@ impl Gateway {
         if policies.is_none() {
             approvals.stop();
         }
-        let config = json!({
+        let mut config = json!({
             "server": "test/mcp",
             "auth": {"tenants": [TENANT], "audiences": [AUDIENCE]},
             "jwks": [{"tenant": TENANT, "cluster": "jwks", "path": issuer.jwks_path, "authority": "issuer"}],
@@ -93,6 +99,9 @@ impl Gateway {
             "maxHoldSeconds": 45,
             "approvals": {"cluster": "approvals", "authority": "approvals", "credential": CREDENTIAL},
         });
+        if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+            config.extend(extra.clone());
+        }
         let mut options = EnvoyOptions::with_filter(upstream_port, filter_wasm()?, config);
         options.clusters.push(("jwks".into(), issuer.port));
         options.clusters.push(("approvals".into(), approvals.port));

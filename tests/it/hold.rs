@@ -112,9 +112,31 @@ async fn a_held_call_runs_after_approval_even_past_twenty_seconds() -> anyhow::R
     let late = gateway.decide(&lea, &id, "deny", "changed my mind").await?;
     assert_eq!(late.status(), 409);
 
+    // The held message's own event names the approval that released it.
+    let held = wait_for(
+        "the held call's audit event",
+        Duration::from_secs(30),
+        || {
+            let log = std::fs::read_to_string(&gateway.approvals.audit_log).unwrap_or_default();
+            let id = id.clone();
+            async move {
+                Ok(log
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .find(|e| e["kind"] == "message" && e["approvalId"] == id.as_str()))
+            }
+        },
+    )
+    .await?;
+    assert_eq!(held["decision"], "RequireApproval");
+    assert_eq!(held["upstreamStatus"], 200);
+    assert!(
+        held["heldMicros"].as_u64().is_some_and(|m| m > 20_000_000),
+        "{held}"
+    );
     let log = std::fs::read_to_string(&gateway.approvals.audit_log)?;
     let records = airlock_policy::audit::verify(&log)?;
-    assert!(records >= 3, "asked, decided, executed: {log}");
+    assert!(records >= 4, "asked, decided, executed, message: {log}");
     assert!(log.contains("approval.executed") && log.contains("oid-lea"));
     Ok(())
 }

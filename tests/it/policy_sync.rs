@@ -84,7 +84,7 @@ async fn a_policy_change_applies_without_restart_or_cut_connections() -> anyhow:
 #[tokio::test]
 async fn without_a_policy_the_gateway_refuses_everything_and_says_why() -> anyhow::Result<()> {
     let server = McpServer::python(Transport::StreamableJson).await?;
-    let gateway = Gateway::launch(server.port, None).await?;
+    let gateway = Gateway::launch(server.port, None, json!({})).await?;
     let http = reqwest::Client::new();
     let token = gateway.token(&[ENGINEERS])?;
     // Give the filter time to try, and fail, to reach the approval service.

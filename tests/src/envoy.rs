@@ -188,6 +188,22 @@ impl Envoy {
     }
 
     /// Envoy's own log, for failure messages.
+    /// The value of one stat (counter or gauge) from the admin interface;
+    /// filter metrics are named `wasmcustom.<name>`. Zero until first set.
+    pub async fn stat(&self, name: &str) -> anyhow::Result<i64> {
+        let text = reqwest::get(format!("{}/stats?filter=^{name}$", self.admin_url))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(": "))
+            .map(|value| value.trim().parse())
+            .transpose()?
+            .unwrap_or(0))
+    }
+
     pub fn log(&self) -> String {
         self.process.log_tail()
     }

@@ -6,6 +6,7 @@
 //! worker) elect a leader through shared data, the leader fetches, and every
 //! VM reads what it published. Session bindings live in shared data too.
 
+mod audit;
 mod keys;
 mod leader;
 mod metrics;
@@ -37,6 +38,7 @@ pub(crate) struct Gateway {
     pub(crate) keys: RefCell<keys::KeyState>,
     pub(crate) tokens: RefCell<TokenCache>,
     pub(crate) metrics: metrics::Metrics,
+    pub(crate) audit: RefCell<audit::AuditQueue>,
 }
 
 pub(crate) fn now_seconds(context: &dyn Context) -> u64 {
@@ -65,14 +67,17 @@ impl Context for AirlockRoot {
             let status = self.get_http_call_response_header(":status");
             let body = self.get_http_call_response_body(0, body_size);
             let (status, body) = (status.as_deref(), body.as_deref());
+            let now = now_seconds(self);
+            // Each callout belongs to one of these; the others pass on it.
             let _handled = gateway.keys.borrow_mut().on_fetched(token, status, body)
-                || gateway.policy.borrow_mut().on_polled(
-                    &gateway.config,
-                    token,
-                    status,
-                    body,
-                    now_seconds(self),
-                );
+                || gateway
+                    .policy
+                    .borrow_mut()
+                    .on_polled(&gateway.config, token, status, body, now)
+                || gateway
+                    .audit
+                    .borrow_mut()
+                    .on_flushed(token, status, now, &gateway.metrics);
         }
     }
 }
@@ -94,6 +99,7 @@ impl RootContext for AirlockRoot {
             tokens: RefCell::new(TokenCache::new(config.token_cache_entries)),
             keys: RefCell::new(keys::KeyState::new(&config)),
             policy: RefCell::new(policy_sync::PolicyState::new()),
+            audit: RefCell::new(audit::AuditQueue::new(config.audit_queue_events)),
             config,
             metrics: metrics::Metrics::default(),
         }));
@@ -110,6 +116,7 @@ impl RootContext for AirlockRoot {
             }
             gateway.keys.borrow_mut().sync();
             gateway.policy.borrow_mut().sync(&gateway.config);
+            gateway.audit.borrow_mut().flush(&gateway.config, now);
         }
     }
 

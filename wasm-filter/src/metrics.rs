@@ -12,21 +12,30 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    fn increment(&self, name: String) {
+    /// Adds `delta` to the metric `name`, defining it on first use.
+    fn add(&self, kind: MetricType, name: &str, delta: i64) {
         let id = {
             let mut ids = self.ids.borrow_mut();
-            match ids.get(&name) {
+            match ids.get(name) {
                 Some(id) => *id,
-                None => match hostcalls::define_metric(MetricType::Counter, &name) {
+                None => match hostcalls::define_metric(kind, name) {
                     Ok(id) => {
-                        ids.insert(name, id);
+                        ids.insert(name.to_string(), id);
                         id
                     }
                     Err(_) => return,
                 },
             }
         };
-        let _ = hostcalls::increment_metric(id, 1);
+        let _ = hostcalls::increment_metric(id, delta);
+    }
+
+    pub fn add_counter(&self, name: &str, count: u64) {
+        self.add(
+            MetricType::Counter,
+            name,
+            i64::try_from(count).unwrap_or(i64::MAX),
+        );
     }
 
     /// `airlock.requests.<decision>`: requests by decision.
@@ -35,11 +44,20 @@ impl Metrics {
     }
 
     pub fn decision_label(&self, label: &str) {
-        self.increment(format!("airlock.requests.{label}"));
+        self.add_counter(&format!("airlock.requests.{label}"), 1);
     }
 
     /// `airlock.token_failures.<reason>`: refused tokens by reason.
     pub fn token_failure(&self, reason: &str) {
-        self.increment(format!("airlock.token_failures.{reason}"));
+        self.add_counter(&format!("airlock.token_failures.{reason}"), 1);
+    }
+
+    /// `airlock.holds_in_progress`: calls held for approval right now.
+    pub fn hold_started(&self) {
+        self.add(MetricType::Gauge, "airlock.holds_in_progress", 1);
+    }
+
+    pub fn hold_ended(&self) {
+        self.add(MetricType::Gauge, "airlock.holds_in_progress", -1);
     }
 }

@@ -1,10 +1,12 @@
 //! One HTTP stream through the gateway.
 
 use crate::{FILTER_HEADER, Gateway, now_seconds, service, sessions};
+use airlock_policy::audit::{AuditEvent, rfc3339};
 use airlock_policy::entra::Principal;
 use airlock_policy::gateway::auth::{AuthError, authenticate};
 use airlock_policy::gateway::hold::{Next, Stage, on_answer};
 use airlock_policy::gateway::judge::{Answering, Outcome, judge, refuse};
+use airlock_policy::gateway::record::{Seen, judged_events, refusal_reason, refused_event};
 use airlock_policy::gateway::reply::{
     Reply, codes, credentials_required, error_object, error_response, unauthorized,
 };
@@ -24,7 +26,7 @@ use airlock_policy::model::{Action, CompiledPolicy};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action as Flow;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Longest unfinished event held back from a legacy stream before the gateway
 /// gives up on it (and ends the stream rather than pass it unread).
@@ -72,6 +74,25 @@ pub struct AirlockStream {
     dry_run: Option<String>,
     replied: bool,
     response: ResponseWork,
+    record: Record,
+}
+
+/// What the stream's audit events need, gathered as it goes.
+#[derive(Default)]
+struct Record {
+    started: Option<SystemTime>,
+    /// When the request went upstream or was answered here.
+    settled: Option<SystemTime>,
+    held_since: Option<SystemTime>,
+    held_for: Duration,
+    session: Option<String>,
+    /// One event per message, once the body was judged.
+    events: Vec<AuditEvent>,
+    /// The message held for approval, and the approval that released it.
+    held_index: Option<usize>,
+    approval: Option<String>,
+    refusal: Option<Reply>,
+    upstream_status: Option<u16>,
 }
 
 impl Context for AirlockStream {
@@ -97,10 +118,14 @@ impl Context for AirlockStream {
         let next = on_answer(&held.stage, status, &body, remaining, held.rule.as_deref());
         match next {
             Next::Refuse(refusal) => {
+                self.end_hold();
                 let reply = refuse(&held.envelope, &[(held.index, refusal)], held.answering);
                 self.reply(&reply);
             }
             Next::Release { id } => {
+                self.end_hold();
+                self.record.approval = Some(id.clone());
+                self.record.settled = Some(self.get_current_time());
                 if let Some(principal) = &self.principal {
                     for (name, value) in
                         identity_headers(principal, Action::RequireApproval, Some(&id))
@@ -148,6 +173,7 @@ impl AirlockStream {
             dry_run: None,
             replied: false,
             response: ResponseWork::Pass,
+            record: Record::default(),
         }
     }
 
@@ -155,6 +181,8 @@ impl AirlockStream {
     fn reply(&mut self, reply: &Reply) -> Flow {
         if !self.replied {
             self.replied = true;
+            self.record.settled = Some(self.get_current_time());
+            self.record.refusal = Some(reply.clone());
             let mut headers: Vec<(&str, &str)> = reply
                 .headers
                 .iter()
@@ -274,6 +302,7 @@ impl AirlockStream {
             ));
         }
         self.principal = Some(principal);
+        self.record.session = session.clone();
         let has_body = !end_of_stream;
         if method == "POST" {
             if !has_body {
@@ -307,6 +336,7 @@ impl AirlockStream {
         };
         self.add_identity(Action::Allow);
         gateway.metrics.decision(Action::Allow);
+        self.record.settled = Some(self.get_current_time());
         Ok(Flow::Continue)
     }
 
@@ -359,6 +389,14 @@ impl AirlockStream {
             _ => Answering::JsonRpc,
         };
         let judged = judge(&envelope, &self.policies, &principal, answering);
+        let seen = Seen {
+            time: rfc3339(self.record.started.map_or(0, seconds)),
+            server: &gateway.config.server,
+            principal: Some(&principal),
+            session: self.record.session.clone(),
+            protocol_version: protocol_version.map(|v| v.as_str()),
+        };
+        self.record.events = judged_events(&seen, &envelope, &judged, &self.policies);
         self.dry_run = judged.dry_run.clone();
         gateway.metrics.decision(judged.action);
         match judged.outcome {
@@ -381,6 +419,7 @@ impl AirlockStream {
                         _ => ResponseWork::Pass,
                     };
                 }
+                self.record.settled = Some(self.get_current_time());
                 Ok(Flow::Continue)
             }
             Outcome::Refuse(reply) => Err(reply),
@@ -403,6 +442,9 @@ impl AirlockStream {
                     call: call.to_string().into_bytes(),
                     envelope,
                 };
+                self.record.held_index = Some(index);
+                self.record.held_since = Some(self.get_current_time());
+                gateway.metrics.hold_started();
                 self.call_service(held, "POST", "/v1/approvals", 10);
                 // Nothing goes upstream until the approval service releases the call.
                 Ok(Flow::Pause)
@@ -439,6 +481,65 @@ impl AirlockStream {
                     self.reply(&reply);
                 }
             }
+        }
+    }
+
+    fn end_hold(&mut self) {
+        if let Some(since) = self.record.held_since.take() {
+            self.record.held_for = self
+                .get_current_time()
+                .duration_since(since)
+                .unwrap_or_default();
+            if let Some(gateway) = &self.gateway {
+                gateway.metrics.hold_ended();
+            }
+        }
+    }
+
+    /// Completes the stream's events with what happened after judging, and
+    /// queues them. A request refused before judging yields one event.
+    fn write_audit(&mut self) {
+        let Some(gateway) = self.gateway.clone() else {
+            return;
+        };
+        let record = &mut self.record;
+        let Some(started) = record.started else {
+            return;
+        };
+        let mut events = std::mem::take(&mut record.events);
+        if events.is_empty() {
+            let Some(refusal) = &record.refusal else {
+                // A stream opened or ended (GET, DELETE): no message to record.
+                return;
+            };
+            let seen = Seen {
+                time: rfc3339(seconds(started)),
+                server: &gateway.config.server,
+                principal: self.principal.as_ref(),
+                session: record.session.clone(),
+                protocol_version: None,
+            };
+            events.push(refused_event(&seen, refusal));
+        }
+        let spent = record
+            .settled
+            .and_then(|at| at.duration_since(started).ok())
+            .unwrap_or_default()
+            .saturating_sub(record.held_for);
+        let reason = record.refusal.as_ref().and_then(refusal_reason);
+        let mut queue = gateway.audit.borrow_mut();
+        for (index, mut event) in events.into_iter().enumerate() {
+            event.upstream_status = record.upstream_status;
+            event.gateway_micros = Some(u64::try_from(spent.as_micros()).unwrap_or(u64::MAX));
+            if record.held_index == Some(index) {
+                event.held_micros =
+                    Some(u64::try_from(record.held_for.as_micros()).unwrap_or(u64::MAX));
+                event.approval_id = record.approval.clone();
+            }
+            if event.reason.is_none() {
+                event.reason = reason.clone();
+            }
+            queue.push(&event, &gateway.metrics);
         }
     }
 
@@ -479,6 +580,7 @@ fn parse_refusal(message: &str) -> Reply {
 
 impl HttpContext for AirlockStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Flow {
+        self.record.started = Some(self.get_current_time());
         let Some(gateway) = self.gateway.clone() else {
             return self.reply(&Reply::http_error(
                 503,
@@ -521,6 +623,9 @@ impl HttpContext for AirlockStream {
         if self.replied {
             return Flow::Continue;
         }
+        self.record.upstream_status = self
+            .get_http_response_header(":status")
+            .and_then(|s| s.parse().ok());
         self.set_http_response_header(FILTER_HEADER, Some(env!("CARGO_PKG_VERSION")));
         if let Some(dry_run) = &self.dry_run {
             self.set_http_response_header(DRY_RUN_HEADER, Some(dry_run));
@@ -609,4 +714,13 @@ impl HttpContext for AirlockStream {
         }
         Flow::Continue
     }
+
+    fn on_log(&mut self) {
+        self.end_hold();
+        self.write_audit();
+    }
+}
+
+fn seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

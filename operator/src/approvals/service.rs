@@ -11,7 +11,7 @@ use super::audit_log::AuditLog;
 use super::model::{Approval, ApprovalError, Binding, Person, Requirement, State, Verdict};
 use super::store::{Store, StoreError};
 use super::time::{now_seconds, rfc3339};
-use airlock_policy::audit::{AuditEvent, AuditPrincipal};
+use airlock_policy::audit::{AuditEvent, AuditPrincipal, captured_arguments};
 use airlock_policy::entra::{Principal, TrustConfig};
 use airlock_policy::evaluate::{Call, evaluate};
 use airlock_policy::gateway::auth::{AuthError, KeyRing, TokenCache, verify_token};
@@ -666,7 +666,7 @@ async fn ask<S: Store>(
             });
         }
     }
-    let recorded_arguments = recorded_arguments(&policies, &decision, derived.arguments.as_ref());
+    let recorded_arguments = captured_arguments(&policies, &decision, derived.arguments.as_ref());
     let approval = Approval {
         id: random_id(),
         summary: format!(
@@ -696,30 +696,6 @@ async fn ask<S: Store>(
     service.record(service.approval_event("approval.asked", &approval, None, None))?;
     let _ = service.changes.send(approval.id.clone());
     ok(StatusCode::CREATED, view(&approval, now))
-}
-
-/// Arguments as the deciding rules allow them to be recorded: nothing unless a
-/// rule captures them, with its redactions applied.
-fn recorded_arguments(
-    policies: &[CompiledPolicy],
-    decision: &airlock_policy::evaluate::Decision,
-    arguments: Option<&Value>,
-) -> Option<Value> {
-    let rules = decision.deciding_rules(policies);
-    let capture = rules
-        .iter()
-        .filter_map(|r| r.audit.as_ref())
-        .find(|a| a.capture != airlock_policy::model::Capture::None)?;
-    let mut arguments = arguments?.clone();
-    for rule in &rules {
-        for pointer in rule.audit.iter().flat_map(|a| a.redact.iter()) {
-            if let Some(value) = arguments.pointer_mut(pointer) {
-                *value = json!("[redacted]");
-            }
-        }
-    }
-    let _ = capture;
-    Some(arguments)
 }
 
 async fn show<S: Store>(

@@ -197,7 +197,6 @@ pub fn judge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entra::TokenVersion;
     use crate::mcp::{ProtocolVersion, RequestContext, classify};
     use crate::model::ApprovalPolicySpec;
     use serde_json::json;
@@ -217,18 +216,7 @@ mod tests {
     }
 
     fn someone() -> Principal {
-        Principal {
-            tenant_id: "t".into(),
-            object_id: "o".into(),
-            display_name: "Ada".into(),
-            app_id: "a".into(),
-            groups: vec![],
-            roles: vec![],
-            scopes: vec![],
-            app_only: false,
-            version: TokenVersion::V2,
-            expires_at: 0,
-        }
+        crate::entra::test_principal("o", &[])
     }
 
     fn body(text: &str, version: ProtocolVersion) -> Envelope {

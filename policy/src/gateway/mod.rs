@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod hold;
 pub mod judge;
+pub mod record;
 pub mod reply;
 pub mod request;
 pub mod session;

@@ -138,21 +138,9 @@ pub fn legacy_query_session(query: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entra::TokenVersion;
 
     fn who(oid: &str) -> Principal {
-        Principal {
-            tenant_id: "t".into(),
-            object_id: oid.into(),
-            display_name: String::new(),
-            app_id: String::new(),
-            groups: vec![],
-            roles: vec![],
-            scopes: vec![],
-            app_only: false,
-            version: TokenVersion::V2,
-            expires_at: 0,
-        }
+        crate::entra::test_principal(oid, &[])
     }
 
     #[test]

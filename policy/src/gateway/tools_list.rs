@@ -164,22 +164,10 @@ pub fn filter_response(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entra::TokenVersion;
     use crate::model::ApprovalPolicySpec;
 
     fn principal(groups: &[&str]) -> Principal {
-        Principal {
-            tenant_id: "t".into(),
-            object_id: "o".into(),
-            display_name: "Ada".into(),
-            app_id: "a".into(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            roles: vec![],
-            scopes: vec![],
-            app_only: false,
-            version: TokenVersion::V2,
-            expires_at: 0,
-        }
+        crate::entra::test_principal("o", groups)
     }
 
     fn policies() -> Vec<CompiledPolicy> {

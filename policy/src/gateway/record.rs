@@ -1,0 +1,209 @@
+//! Audit events for what the gateway saw and did: one per JSON-RPC message,
+//! or one for a request refused before its messages could be judged.
+
+use super::judge::Judged;
+use super::reply::Reply;
+use crate::audit::{AuditEvent, AuditPrincipal, captured_arguments};
+use crate::entra::Principal;
+use crate::mcp::Envelope;
+use crate::model::CompiledPolicy;
+use serde_json::Value;
+
+/// What every event of one HTTP request shares.
+#[derive(Debug, Clone, Default)]
+pub struct Seen<'a> {
+    /// RFC 3339 time the request arrived.
+    pub time: String,
+    /// `namespace/name` of the McpServer.
+    pub server: &'a str,
+    pub principal: Option<&'a Principal>,
+    pub session: Option<String>,
+    pub protocol_version: Option<&'a str>,
+}
+
+impl Seen<'_> {
+    fn event(&self) -> AuditEvent {
+        AuditEvent {
+            time: self.time.clone(),
+            kind: "message".into(),
+            server: self.server.to_string(),
+            principal: self.principal.map(AuditPrincipal::from),
+            session: self.session.clone(),
+            protocol_version: self.protocol_version.map(str::to_string),
+            ..AuditEvent::default()
+        }
+    }
+}
+
+/// One event per message of a judged body, with the decision, the rule that
+/// made it, and the arguments where the deciding rules capture them.
+pub fn judged_events(
+    seen: &Seen<'_>,
+    envelope: &Envelope,
+    judged: &Judged,
+    policies: &[CompiledPolicy],
+) -> Vec<AuditEvent> {
+    envelope
+        .messages
+        .iter()
+        .zip(&judged.verdicts)
+        .map(|(message, verdict)| {
+            let decision = verdict.decision.as_ref();
+            AuditEvent {
+                method: message.method.clone(),
+                target: message.target.name().map(str::to_string),
+                arguments_digest: message.params_digest.clone(),
+                arguments: decision
+                    .and_then(|d| captured_arguments(policies, d, message.arguments.as_ref())),
+                // A response to the server is not policed.
+                decision: Some(decision.map_or("Response".into(), |d| d.action.to_string())),
+                rule: decision.map(|d| d.reason()),
+                dry_run: decision.and_then(|d| {
+                    d.dry_run
+                        .iter()
+                        .find(|v| v.action != d.action)
+                        .map(|v| format!("{} {}", v.action, v.policy))
+                }),
+                ..seen.event()
+            }
+        })
+        .collect()
+}
+
+/// The event of a request refused before judging (no token, malformed body,
+/// foreign session, no policy yet), classified from the refusal itself.
+pub fn refused_event(seen: &Seen<'_>, reply: &Reply) -> AuditEvent {
+    AuditEvent {
+        decision: Some(refusal_kind(reply).into()),
+        reason: refusal_reason(reply),
+        ..seen.event()
+    }
+}
+
+fn refusal_kind(reply: &Reply) -> &'static str {
+    match reply.status {
+        401 => "Unauthenticated",
+        403 if reply.header("www-authenticate").is_some() => "Forbidden",
+        404 => "SessionRefused",
+        503 => "Unavailable",
+        _ => "Invalid",
+    }
+}
+
+/// The sentence a refusal gives its reader, whatever its shape: a plain HTTP
+/// error, a JSON-RPC error, a `CallToolResult`, or a batch of them.
+pub fn refusal_reason(reply: &Reply) -> Option<String> {
+    let body: Value = serde_json::from_slice(&reply.body).ok()?;
+    let first = match &body {
+        Value::Array(answers) => answers.first()?,
+        other => other,
+    };
+    let text = first
+        .pointer("/message")
+        .or_else(|| first.pointer("/error/message"))
+        .or_else(|| first.pointer("/result/content/0/text"))?;
+    text.as_str().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entra::test_principal;
+    use crate::gateway::judge::{Answering, Outcome, judge};
+    use crate::gateway::reply::{credentials_required, error_object, error_response};
+    use crate::mcp::{ProtocolVersion, RequestContext, classify};
+    use crate::model::ApprovalPolicySpec;
+    use serde_json::json;
+
+    fn policies() -> Vec<CompiledPolicy> {
+        let spec: ApprovalPolicySpec = serde_json::from_value(json!({
+            "defaultAction": "Deny",
+            "rules": [
+                {"name": "status", "match": {"tools": ["get_status"]}, "action": "Allow",
+                 "audit": {"capture": "Arguments", "redact": ["/token"]}},
+                {"name": "handshake", "match": {"methods": ["ping"]}, "action": "Allow"}
+            ]
+        }))
+        .unwrap();
+        vec![spec.compile("ns/p", "1").unwrap()]
+    }
+
+    #[test]
+    fn each_message_of_a_batch_yields_its_own_event() {
+        let principal = test_principal("o", &[]);
+        let body = json!([
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "get_status", "arguments": {"token": "s3cret", "env": "prod"}}},
+            {"jsonrpc": "2.0", "id": 2, "method": "ping"},
+            {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "read_secret"}}
+        ]);
+        let context = RequestContext {
+            protocol_version: Some(ProtocolVersion::V2025_03_26),
+            ..RequestContext::default()
+        };
+        let envelope = classify(body.to_string().as_bytes(), &context).unwrap();
+        let policies = policies();
+        let judged = judge(&envelope, &policies, &principal, Answering::JsonRpc);
+        assert!(matches!(judged.outcome, Outcome::Refuse(_)));
+        let seen = Seen {
+            time: "2026-11-25T00:00:00Z".into(),
+            server: "ns/s",
+            principal: Some(&principal),
+            session: Some("s-1".into()),
+            protocol_version: Some("2025-03-26"),
+        };
+        let events = judged_events(&seen, &envelope, &judged, &policies);
+        let summary: Vec<(Option<&str>, Option<&str>, Option<&str>)> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.target.as_deref(),
+                    e.decision.as_deref(),
+                    e.rule.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Some("get_status"), Some("Allow"), Some("ns/p/status")),
+                (None, Some("Allow"), Some("ns/p/handshake")),
+                (
+                    Some("read_secret"),
+                    Some("Deny"),
+                    Some("ns/p/defaultAction")
+                ),
+            ]
+        );
+        assert_eq!(
+            events[0].arguments,
+            Some(json!({"token": "[redacted]", "env": "prod"}))
+        );
+        assert_eq!(events[1].arguments, None, "ping captures nothing");
+        assert!(
+            events
+                .iter()
+                .all(|e| e.principal.as_ref().is_some_and(|p| p.oid == "o")
+                    && e.session.as_deref() == Some("s-1")
+                    && e.arguments_digest.is_some())
+        );
+    }
+
+    #[test]
+    fn refusals_before_judging_are_classified_and_explained() {
+        let seen = Seen {
+            server: "ns/s",
+            ..Seen::default()
+        };
+        let event = refused_event(&seen, &credentials_required("http://gw/.well-known"));
+        assert_eq!(event.decision.as_deref(), Some("Unauthenticated"));
+        assert_eq!(event.reason.as_deref(), Some("a bearer token is required"));
+        let malformed = Reply::json(
+            400,
+            &error_response(None, error_object(-32700, "duplicate key \"id\"", None)),
+        );
+        let event = refused_event(&seen, &malformed);
+        assert_eq!(event.decision.as_deref(), Some("Invalid"));
+        assert_eq!(event.reason.as_deref(), Some("duplicate key \"id\""));
+        assert_eq!(event.principal, None);
+    }
+}

@@ -1,0 +1,144 @@
+//! Audit events: streams enqueue, the root context flushes batches to
+//! `POST /v1/audit` on its timer. The queue is bounded: when the approval
+//! service is slow or down and the queue is full, new events are dropped,
+//! counted (`airlock.audit.dropped`) and logged — never lost silently.
+
+use crate::metrics::Metrics;
+use crate::service;
+use airlock_policy::audit::AuditEvent;
+use airlock_policy::gateway::config::FilterConfig;
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// Largest batch body sent at once (the service reads up to 1 MiB).
+const BATCH_BYTES: usize = 512 * 1024;
+/// Pause after a failed flush.
+const RETRY_SECONDS: u64 = 2;
+
+pub struct AuditQueue {
+    capacity: usize,
+    /// Serialized events, oldest first.
+    queued: VecDeque<String>,
+    /// The batch in flight and its callout token; put back if it fails.
+    in_flight: Option<(u32, Vec<String>)>,
+    failed_at: Option<u64>,
+    dropped: u64,
+}
+
+impl AuditQueue {
+    pub fn new(capacity: usize) -> AuditQueue {
+        AuditQueue {
+            capacity,
+            queued: VecDeque::new(),
+            in_flight: None,
+            failed_at: None,
+            dropped: 0,
+        }
+    }
+
+    pub fn push(&mut self, event: &AuditEvent, metrics: &Metrics) {
+        let in_flight = self.in_flight.as_ref().map_or(0, |(_, batch)| batch.len());
+        match serde_json::to_string(event) {
+            Ok(line) if self.queued.len() + in_flight < self.capacity => {
+                self.queued.push_back(line);
+            }
+            Ok(_) => self.drop_events(1, "the queue is full", metrics),
+            Err(e) => self.drop_events(1, &format!("it cannot be serialized: {e}"), metrics),
+        }
+    }
+
+    fn drop_events(&mut self, count: u64, why: &str, metrics: &Metrics) {
+        metrics.add_counter("airlock.audit.dropped", count);
+        // Log the first drop of a run of them, then every thousandth.
+        if self.dropped.is_multiple_of(1000) {
+            log::error!(
+                "airlock: dropped {count} audit event(s) because {why} ({} dropped so far)",
+                self.dropped + count
+            );
+        }
+        self.dropped += count;
+    }
+
+    /// On the root's timer: sends the oldest events when nothing is in flight.
+    pub fn flush(&mut self, config: &FilterConfig, now: u64) {
+        if self.in_flight.is_some()
+            || self.queued.is_empty()
+            || self
+                .failed_at
+                .is_some_and(|at| now.saturating_sub(at) < RETRY_SECONDS)
+        {
+            return;
+        }
+        let mut batch = Vec::new();
+        let mut size = 2;
+        while let Some(line) = self.queued.front() {
+            if !batch.is_empty() && size + line.len() + 1 > BATCH_BYTES {
+                break;
+            }
+            size += line.len() + 1;
+            batch.extend(self.queued.pop_front());
+        }
+        let body = format!("[{}]", batch.join(","));
+        match service::call(
+            &config.approvals,
+            "POST",
+            "/v1/audit",
+            None,
+            Some(body.as_bytes()),
+            Duration::from_secs(10),
+        ) {
+            Ok(token) => self.in_flight = Some((token, batch)),
+            Err(status) => {
+                log::warn!("airlock: cannot send audit events: {status:?}");
+                self.put_back(batch, now);
+            }
+        }
+    }
+
+    /// A flush finished; false when `token` is not this queue's.
+    pub fn on_flushed(
+        &mut self,
+        token: u32,
+        status: Option<&str>,
+        now: u64,
+        metrics: &Metrics,
+    ) -> bool {
+        match self.in_flight.take() {
+            Some((sent, _)) if sent == token && status == Some("202") => {
+                self.failed_at = None;
+                true
+            }
+            // Refused as malformed or unauthorized: sending it again cannot help.
+            Some((sent, batch))
+                if sent == token && status.is_some_and(|s| s.starts_with('4') && s != "429") =>
+            {
+                let why = format!(
+                    "the approval service refused them (status {})",
+                    status.unwrap_or_default()
+                );
+                self.drop_events(batch.len() as u64, &why, metrics);
+                true
+            }
+            Some((sent, batch)) if sent == token => {
+                log::warn!(
+                    "airlock: the approval service did not take {} audit events (status {}); retrying",
+                    batch.len(),
+                    status.unwrap_or("none: no answer")
+                );
+                self.put_back(batch, now);
+                true
+            }
+            other => {
+                self.in_flight = other;
+                false
+            }
+        }
+    }
+
+    fn put_back(&mut self, batch: Vec<String>, now: u64) {
+        self.failed_at = Some(now);
+        for line in batch.into_iter().rev() {
+            self.queued.push_front(line);
+        }
+    }
+}
