@@ -4,3 +4,4 @@
 pub mod approvals;
 pub mod crd;
 pub mod dev_issuer;
+pub mod envoy;

@@ -2,7 +2,7 @@
 
 use crate::paths::tool;
 use crate::process::Process;
-use crate::wait_for;
+use airlock_operator::envoy::{self, Bootstrap, Cluster, FilterModule};
 use anyhow::Context;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -53,81 +53,20 @@ pub struct Envoy {
     _dir: tempfile::TempDir,
 }
 
-fn bootstrap(options: &EnvoyOptions) -> Value {
-    let mut http_filters = Vec::new();
-    if let Some(filter) = &options.filter {
-        http_filters.push(json!({
-            "name": "envoy.filters.http.wasm",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                "config": {
-                    "name": "airlock",
-                    "root_id": "airlock",
-                    "failure_policy": "FAIL_CLOSED",
-                    "allow_on_headers_stop_iteration": true,
-                    "configuration": {
-                        "@type": "type.googleapis.com/google.protobuf.StringValue",
-                        "value": options.filter_config.to_string(),
-                    },
-                    "vm_config": {
-                        "vm_id": "airlock",
-                        "runtime": "envoy.wasm.runtime.v8",
-                        "code": {"local": {"filename": filter}},
-                    },
-                },
-            },
-        }));
-    }
-    http_filters.push(json!({
-        "name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-    }));
-    let loopback =
-        |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
-    let cluster = |name: &str, port: u16| {
-        json!({
-            "name": name,
-            "type": "STATIC",
-            "connect_timeout": "5s",
-            "load_assignment": {
-                "cluster_name": name,
-                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": loopback(port)}}]}],
-            },
-        })
-    };
-    let mut clusters = vec![cluster("upstream", options.upstream_port)];
-    clusters.extend(
-        options
+fn bootstrap(options: &EnvoyOptions) -> Bootstrap {
+    Bootstrap {
+        listen_port: 0,
+        upstream: Cluster::loopback("upstream", options.upstream_port),
+        filter: options.filter.as_ref().map(|path| FilterModule {
+            path: path.clone(),
+            config: options.filter_config.clone(),
+        }),
+        clusters: options
             .clusters
             .iter()
-            .map(|(name, port)| cluster(name, *port)),
-    );
-    json!({
-        "admin": {"address": loopback(0)},
-        "static_resources": {
-            "listeners": [{
-                "name": "mcp",
-                "address": loopback(0),
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "mcp",
-                        // Held calls and SSE streams idle for long: keep this above any hold.
-                        "stream_idle_timeout": "300s",
-                        "route_config": {"virtual_hosts": [{
-                            "name": "mcp",
-                            "domains": ["*"],
-                            // Route timeout 0: the default 15 s would cut a held call.
-                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "0s"}}],
-                        }]},
-                        "http_filters": http_filters,
-                    },
-                }]}],
-            }],
-            "clusters": clusters,
-        },
-    })
+            .map(|(name, port)| Cluster::loopback(name, *port))
+            .collect(),
+    }
 }
 
 impl Envoy {
@@ -136,47 +75,20 @@ impl Envoy {
             .prefix("airlock-envoy-")
             .tempdir()?;
         let config_path = dir.path().join("envoy.json");
-        std::fs::write(&config_path, bootstrap(&options).to_string())?;
+        std::fs::write(&config_path, bootstrap(&options).render().to_string())?;
         let admin_path = dir.path().join("admin-address");
         let mut command = Command::new(tool("envoy")?);
-        command.args([
-            "-c",
-            &config_path.display().to_string(),
-            "--concurrency",
-            &options.concurrency.to_string(),
-            "--disable-hot-restart",
-            "--log-level",
-            "warn",
-            "--admin-address-path",
-            &admin_path.display().to_string(),
-        ]);
+        command.args(envoy::arguments(
+            &config_path,
+            options.concurrency,
+            &admin_path,
+        ));
         let mut process = Process::spawn("envoy", command, dir.path())?;
-
-        let admin_url = wait_for("Envoy's admin address", Duration::from_secs(60), || {
-            let running = process.check_running();
-            let address = std::fs::read_to_string(&admin_path).ok();
-            async move {
-                running?;
-                Ok(address
-                    .filter(|a| !a.trim().is_empty())
-                    .map(|a| format!("http://{}", a.trim())))
-            }
-        })
-        .await?;
-        let http = reqwest::Client::new();
-        let listeners_url = format!("{admin_url}/listeners?format=json");
-        let port = wait_for("Envoy's listener", Duration::from_secs(60), || {
-            let request = http.get(&listeners_url).send();
-            let running = process.check_running();
-            async move {
-                running?;
-                let Ok(response) = request.await else { return Ok(None) };
-                let Ok(listeners) = response.json::<Value>().await else { return Ok(None) };
-                Ok(listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
-                    .as_u64()
-                    .filter(|p| *p != 0))
-            }
-        })
+        let (admin_url, port) = envoy::wait_until_serving(
+            &admin_path,
+            || process.check_running(),
+            Duration::from_secs(60),
+        )
         .await
         .with_context(|| process.log_tail())?;
         Ok(Envoy {
