@@ -12,10 +12,13 @@ use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey};
-use rsa::pkcs1::EncodeRsaPrivateKey;
+use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPrivateKey};
 use rsa::traits::PublicKeyParts;
 use serde_json::{Map, Value, json};
+use std::io::Write;
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use thiserror::Error;
@@ -32,6 +35,8 @@ pub enum IssuerError {
     Poisoned,
     #[error("serving the key set failed: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("signing key file {path}: {reason}")]
+    KeyFile { path: String, reason: String },
 }
 
 struct SigningKey {
@@ -42,7 +47,13 @@ struct SigningKey {
 
 impl SigningKey {
     fn generate(kid: String) -> Result<SigningKey, IssuerError> {
-        let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)?;
+        SigningKey::from_private(
+            kid,
+            &rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)?,
+        )
+    }
+
+    fn from_private(kid: String, private: &rsa::RsaPrivateKey) -> Result<SigningKey, IssuerError> {
         let der = private.to_pkcs1_der()?;
         let public = private.to_public_key();
         let jwk = json!({
@@ -129,6 +140,48 @@ impl DevIssuer {
         };
         issuer.rotate()?;
         Ok(issuer)
+    }
+
+    /// An issuer for `tenant` signing with the key kept in `path` (PKCS#1
+    /// PEM, owner-only), created on first use, so that tokens stay valid
+    /// across restarts and every local command signs with the same key.
+    pub fn persistent(tenant: &str, path: &Path) -> Result<DevIssuer, IssuerError> {
+        let file_error = |reason: String| IssuerError::KeyFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let private = match std::fs::read_to_string(path) {
+            Ok(pem) => rsa::RsaPrivateKey::from_pkcs1_pem(&pem)
+                .map_err(|e| file_error(format!("not an RSA private key: {e}")))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)?;
+                let pem = private.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF)?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| file_error(e.to_string()))?;
+                }
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(|e| file_error(e.to_string()))?;
+                file.write_all(pem.as_bytes())
+                    .map_err(|e| file_error(e.to_string()))?;
+                private
+            }
+            Err(e) => return Err(file_error(e.to_string())),
+        };
+        // The key id names the key, so it stays the same across restarts.
+        let modulus = private.to_public_key().n().to_bytes_be();
+        let kid = format!(
+            "local-{}",
+            &airlock_policy::canonical::sha256_hex(&modulus)["sha256:".len()..][..16]
+        );
+        Ok(DevIssuer {
+            tenant: tenant.to_string(),
+            keys: RwLock::new(vec![SigningKey::from_private(kid, &private)?]),
+            next_key: std::sync::atomic::AtomicU32::new(1),
+        })
     }
 
     pub fn tenant(&self) -> &str {
@@ -321,6 +374,27 @@ mod tests {
         }
         request.app_only = true;
         assert!(verify(&issuer, &issuer.mint(&request).unwrap()).app_only);
+    }
+
+    #[test]
+    fn a_persistent_issuer_signs_with_the_same_key_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("issuer/key.pem");
+        let first = DevIssuer::persistent(TENANT, &path).unwrap();
+        let token = first
+            .mint(&TokenRequest::user("oid", "u@contoso.com", "api://airlock"))
+            .unwrap();
+        let again = DevIssuer::persistent(TENANT, &path).unwrap();
+        assert_eq!(first.jwks().unwrap(), again.jwks().unwrap());
+        verify(&again, &token);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(&path, "not a key").unwrap();
+        assert!(matches!(
+            DevIssuer::persistent(TENANT, &path),
+            Err(IssuerError::KeyFile { .. })
+        ));
     }
 
     #[test]

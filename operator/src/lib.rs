@@ -3,5 +3,7 @@
 
 pub mod approvals;
 pub mod crd;
+pub mod demo_server;
 pub mod dev_issuer;
 pub mod envoy;
+pub mod local;

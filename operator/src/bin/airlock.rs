@@ -1,0 +1,84 @@
+//! `airlock`: run the gateway on one machine and act on it as a person.
+
+use airlock_operator::local::people::{self, ApprovalCommand, Connection, TokenArgs};
+use airlock_operator::local::up::{self, UpArgs};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "airlock",
+    version,
+    about = "Identity, policy and human approval in front of MCP servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole gateway on this machine, without Kubernetes.
+    Up(UpArgs),
+    /// Mint a development token signed by the local issuer (trusted only by `airlock up`).
+    Token(TokenArgs),
+    /// List, inspect and decide approvals.
+    Approvals {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: ApprovalCommand,
+    },
+    /// Check and read the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain: prints the record count, or names the first broken record.
+    Verify { file: PathBuf },
+    /// What happened in one MCP session, in order.
+    Session {
+        id: String,
+        #[arg(long, default_value = ".airlock/audit.jsonl")]
+        file: PathBuf,
+    },
+}
+
+async fn run(cli: Cli) -> anyhow::Result<String> {
+    match cli.command {
+        Command::Up(args) => up::run(&args).await.map(|()| String::new()),
+        Command::Token(args) => people::token(&args),
+        Command::Approvals {
+            connection,
+            command,
+        } => people::approvals(&connection, &command).await,
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => people::verify_audit(&file)
+            .map(|count| format!("{}: {count} records, chain intact", file.display())),
+        Command::Audit {
+            command: AuditCommand::Session { id, file },
+        } => people::session_events(&file, &id),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(output) => {
+            if !output.is_empty() {
+                println!("{output}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("airlock: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

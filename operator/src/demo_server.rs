@@ -1,0 +1,77 @@
+//! The demo MCP server `airlock up --demo` puts behind the gateway, built
+//! with the official Rust SDK (`rmcp`): one read-only tool, two high-risk
+//! ones and one that reads privileged data, so that a policy has something
+//! to allow, hold and deny.
+
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{schemars, tool, tool_router};
+use serde::Deserialize;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Default)]
+pub struct DemoServer;
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct Deployment {
+    /// The model and version to deploy, e.g. `fraud-detector:v7`.
+    pub model: String,
+    /// `dev`, `staging` or `prod`.
+    pub environment: String,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct RuntimeSetting {
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct SecretName {
+    pub name: String,
+}
+
+#[tool_router(server_handler)]
+impl DemoServer {
+    #[tool(description = "Read the serving status of every model (read-only).")]
+    fn get_status(&self) -> String {
+        "fraud-detector:v6 serving in prod (3/3 replicas ready)".into()
+    }
+
+    #[tool(description = "Deploy a model version to an environment (high risk).")]
+    fn deploy_model(
+        &self,
+        Parameters(Deployment { model, environment }): Parameters<Deployment>,
+    ) -> String {
+        format!("deployed {model} to {environment}")
+    }
+
+    #[tool(description = "Change a runtime configuration value (high risk).")]
+    fn update_runtime_config(
+        &self,
+        Parameters(RuntimeSetting { key, value }): Parameters<RuntimeSetting>,
+    ) -> String {
+        format!("set {key} = {value}")
+    }
+
+    #[tool(description = "Read a secret (privileged data).")]
+    fn read_secret(&self, Parameters(SecretName { name }): Parameters<SecretName>) -> String {
+        format!("secret {name}: hunter2")
+    }
+}
+
+/// Serves the demo server over Streamable HTTP at `/mcp` on `listener`.
+pub fn serve(listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+    let service = StreamableHttpService::new(
+        || Ok(DemoServer),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let app = axum::Router::new().nest_service("/mcp", service);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            eprintln!("demo MCP server stopped: {e}");
+        }
+    })
+}
