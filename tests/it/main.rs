@@ -6,4 +6,5 @@ mod harness_cluster;
 mod harness_envoy;
 mod harness_issuer;
 mod hold;
+mod local;
 mod policy_sync;

@@ -1,0 +1,318 @@
+//! `airlock up`'s pieces end to end: the MCP Python SDK client → Envoy with
+//! the filter → the rmcp demo server, the approval service on SQLite, the
+//! development issuer, and the CLI's own code deciding approvals.
+
+use airlock_operator::local::people::{self, ApprovalCommand, Connection, Output, TokenArgs};
+use airlock_operator::local::up::{Running, UpArgs};
+use airlock_tests::paths::{filter_wasm, repo_root, tool};
+use airlock_tests::peers::{Transport, python_client};
+use airlock_tests::wait_for;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+
+struct Local {
+    running: Running,
+    dir: tempfile::TempDir,
+}
+
+impl Local {
+    /// `airlock up --demo --policy FILE --port 0` in a fresh state directory.
+    async fn start(policy: &str, max_hold_seconds: u64) -> anyhow::Result<Local> {
+        let dir = tempfile::Builder::new().prefix("airlock-up-").tempdir()?;
+        let policy_file = dir.path().join("policy.yaml");
+        std::fs::write(&policy_file, policy)?;
+        let args = UpArgs {
+            demo: true,
+            upstream: None,
+            policies: vec![policy_file],
+            name: "local".into(),
+            namespace: "default".into(),
+            labels: vec![],
+            port: 0,
+            approvals_port: 0,
+            tenant: None,
+            audience: None,
+            jwks_url: None,
+            envoy: Some(tool("envoy")?),
+            filter: Some(filter_wasm()?),
+            state_dir: dir.path().join("state"),
+            max_hold_seconds,
+        };
+        let running = Running::start(&args).await?;
+        let local = Local { running, dir };
+        // The gateway loads keys and policy asynchronously after Envoy starts.
+        let probe = local.token("probe", &[])?;
+        wait_for(
+            "the gateway to load keys and policy",
+            Duration::from_secs(30),
+            || {
+                let request = reqwest::Client::new()
+                    .get(local.running.endpoints.gateway.clone())
+                    .bearer_auth(&probe)
+                    .send();
+                async move { Ok(request.await.ok().filter(|r| r.status() != 503).map(|_| ())) }
+            },
+        )
+        .await?;
+        Ok(local)
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn token(&self, user: &str, groups: &[&str]) -> anyhow::Result<String> {
+        people::token(&TokenArgs {
+            user: user.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            roles: vec![],
+            scopes: vec!["mcp.call".into()],
+            app: None,
+            v1: false,
+            lifetime: 3600,
+            state_dir: self.state_dir(),
+        })
+    }
+
+    /// One tool call by the Python SDK client, through the gateway.
+    async fn call(&self, token: &str, tool: &str, arguments: &str) -> anyhow::Result<Value> {
+        let base = self
+            .running
+            .endpoints
+            .gateway
+            .trim_end_matches("/mcp")
+            .to_string();
+        python_client(
+            &base,
+            Transport::StreamableJson,
+            Some(token),
+            &["call", tool, arguments],
+        )
+        .await
+    }
+
+    /// An approvals command as the CLI runs it, acting with `token`.
+    async fn approvals(&self, token: &str, command: ApprovalCommand) -> anyhow::Result<Value> {
+        let connection = Connection {
+            server: None,
+            token: Some(token.into()),
+            state_dir: self.state_dir(),
+            output: Output::Json,
+        };
+        Ok(serde_json::from_str(
+            &people::approvals(&connection, &command).await?,
+        )?)
+    }
+
+    /// Waits for a `pending` approval of `tool` that `approver` may see.
+    async fn pending(&self, approver: &str, tool: &str) -> anyhow::Result<String> {
+        wait_for(
+            "a pending approval",
+            Duration::from_secs(30),
+            || async move {
+                let list = self.approvals(approver, ApprovalCommand::List).await?;
+                Ok(list.as_array().and_then(|l| {
+                    l.iter()
+                        .find(|a| a["state"] == "pending" && a["tool"] == tool)
+                        .and_then(|a| a["id"].as_str().map(str::to_string))
+                }))
+            },
+        )
+        .await
+    }
+
+    fn approve(id: &str, reason: &str) -> ApprovalCommand {
+        ApprovalCommand::Approve {
+            id: id.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn example_policy() -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(
+        repo_root().join("examples/policy.yaml"),
+    )?)
+}
+
+const PROD: &str = r#"{"model": "fraud:v7", "environment": "prod"}"#;
+
+#[tokio::test]
+async fn allow_deny_hold_approve_deny_ask_and_self_approval() -> anyhow::Result<()> {
+    let local = Local::start(&example_policy()?, 45).await?;
+    let ada = local.token("ada", &["engineers"])?;
+    let lea = local.token("lea", &["leads"])?;
+
+    let status = local.call(&ada, "get_status", "{}").await?;
+    assert_eq!(status["isError"], false, "{status}");
+    let secret = local.call(&ada, "read_secret", r#"{"name": "db"}"#).await?;
+    assert_eq!(secret["isError"], true);
+    assert_eq!(
+        secret["meta"]["dev.airlock/rule"],
+        "default/model-ops/no-secrets"
+    );
+
+    // Held, then approved by a lead: the original call completes.
+    let (released, ()) = tokio::try_join!(local.call(&ada, "deploy_model", PROD), async {
+        let id = local.pending(&lea, "deploy_model").await?;
+        let shown = local
+            .approvals(
+                &lea,
+                ApprovalCommand::Show {
+                    id: id.clone(),
+                    raw: false,
+                },
+            )
+            .await?;
+        assert_eq!(
+            shown["arguments"]["environment"], "prod",
+            "captured per policy"
+        );
+        assert_eq!(shown["requester"]["name"], "ada@airlock.local");
+        local
+            .approvals(&lea, Local::approve(&id, "ship it"))
+            .await?;
+        Ok(())
+    })?;
+    assert_eq!(released["text"], "deployed fraud:v7 to prod", "{released}");
+
+    // Held, then denied: refused, naming the request.
+    let runtime_change = r#"{"key": "replicas", "value": "9"}"#;
+    let (refused, id) = tokio::try_join!(
+        local.call(&ada, "update_runtime_config", runtime_change),
+        async {
+            let id = local.pending(&lea, "update_runtime_config").await?;
+            let deny = ApprovalCommand::Deny {
+                id: id.clone(),
+                reason: "not during the freeze".into(),
+            };
+            let denied = local.approvals(&lea, deny).await?;
+            assert_eq!(denied["state"], "denied");
+            Ok(id)
+        }
+    )?;
+    assert_eq!(refused["isError"], true, "{refused}");
+    assert_eq!(refused["meta"]["dev.airlock/approval"], id.as_str());
+
+    // Asked for context, answered, then approved.
+    let v8 = r#"{"model": "fraud:v8", "environment": "prod"}"#;
+    let (released, ()) = tokio::try_join!(local.call(&ada, "deploy_model", v8), async {
+        let id = local.pending(&lea, "deploy_model").await?;
+        let ask = ApprovalCommand::Ask {
+            id: id.clone(),
+            message: "why now?".into(),
+        };
+        assert_eq!(local.approvals(&lea, ask).await?["state"], "info_requested");
+        let impostor = ApprovalCommand::Answer {
+            id: id.clone(),
+            message: "me".into(),
+        };
+        assert!(
+            local.approvals(&lea, impostor).await.is_err(),
+            "only the requester answers"
+        );
+        let answer = ApprovalCommand::Answer {
+            id: id.clone(),
+            message: "fixes false positives".into(),
+        };
+        local.approvals(&ada, answer).await?;
+        local.approvals(&lea, Local::approve(&id, "thanks")).await?;
+        Ok(())
+    })?;
+    assert_eq!(released["text"], "deployed fraud:v8 to prod", "{released}");
+
+    // Someone both engineer and lead cannot approve their own call.
+    let sam = local.token("sam", &["engineers", "leads"])?;
+    let v9 = r#"{"model": "fraud:v9", "environment": "prod"}"#;
+    let (refused, ()) = tokio::try_join!(local.call(&sam, "deploy_model", v9), async {
+        let id = local.pending(&lea, "deploy_model").await?;
+        let own = local.approvals(&sam, Local::approve(&id, "trust me")).await;
+        let refusal = own.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refusal.contains("self-approval"), "{refusal}");
+        local
+            .approvals(
+                &lea,
+                ApprovalCommand::Deny {
+                    id,
+                    reason: "no".into(),
+                },
+            )
+            .await?;
+        Ok(())
+    })?;
+    assert_eq!(refused["isError"], true, "{refused}");
+
+    let log = &local.running.endpoints.audit_log;
+    let records = people::verify_audit(log)?;
+    assert!(records > 10, "{records}");
+    local.running.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn expiry_and_a_retry_under_a_single_use_grant() -> anyhow::Result<()> {
+    // Runtime changes expire after 3 s here; holds last 8 s.
+    let policy = example_policy()?.replace(
+        "      timeout: 30m\n    audit: {capture: Arguments, redact: [/value]}",
+        "      timeout: 3s\n    audit: {capture: Arguments, redact: [/value]}",
+    );
+    assert!(
+        policy.contains("timeout: 3s"),
+        "the example policy changed shape"
+    );
+    let local = Local::start(&policy, 8).await?;
+    let ada = local.token("ada", &["engineers"])?;
+    let lea = local.token("lea", &["leads"])?;
+
+    let expired = local
+        .call(
+            &ada,
+            "update_runtime_config",
+            r#"{"key": "k", "value": "v"}"#,
+        )
+        .await?;
+    assert_eq!(expired["isError"], true, "{expired}");
+    assert!(
+        expired["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("expired")),
+        "{expired}"
+    );
+
+    // Nobody decides within the hold: the caller is told which request to wait for.
+    let pending = local.call(&ada, "deploy_model", PROD).await?;
+    assert_eq!(pending["isError"], true, "{pending}");
+    let id = pending["meta"]["dev.airlock/approval"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no approval named: {pending}"))?
+        .to_string();
+    local.approvals(&lea, Local::approve(&id, "ok")).await?;
+    // The same call, retried, passes once under the grant...
+    let retried = local.call(&ada, "deploy_model", PROD).await?;
+    assert_eq!(retried["text"], "deployed fraud:v7 to prod", "{retried}");
+    let spent = local
+        .approvals(
+            &lea,
+            ApprovalCommand::Show {
+                id: id.clone(),
+                raw: false,
+            },
+        )
+        .await?;
+    assert_eq!(spent["state"], "executed");
+    // ...and a second retry needs a new approval.
+    let (again, ()) = tokio::try_join!(local.call(&ada, "deploy_model", PROD), async {
+        let second = local.pending(&lea, "deploy_model").await?;
+        assert_ne!(second, id);
+        let deny = ApprovalCommand::Deny {
+            id: second,
+            reason: "once was enough".into(),
+        };
+        local.approvals(&lea, deny).await?;
+        Ok(())
+    })?;
+    assert_eq!(again["isError"], true, "{again}");
+    local.running.stop().await;
+    Ok(())
+}
