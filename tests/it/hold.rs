@@ -243,3 +243,47 @@ async fn two_racing_calls_spend_one_single_use_grant() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_restart_of_the_approval_service_keeps_the_request_and_the_trail() -> anyhow::Result<()> {
+    let upstream = Recorder::start().await?;
+    let mut gateway = Gateway::start(upstream.port).await?;
+    let http = reqwest::Client::new();
+    let ada = gateway.person("oid-ada", &[ENGINEERS])?;
+    let lea = gateway.person("oid-lea", &[LEADS])?;
+
+    let held = tokio::spawn(gateway.post(&http, &ada, &deploy(1)).send());
+    let request = gateway.pending(&lea, 1).await?;
+    let id = request["id"].as_str().unwrap_or_default().to_string();
+    gateway.approvals.restart()?;
+    // The held call's long-poll was cut: the gateway refused rather than guess.
+    let cut: Value = held.await??.json().await?;
+    assert_eq!(cut["result"]["isError"], true, "{cut}");
+    assert!(upstream.requests().is_empty());
+
+    // The request survived the restart, and its approval lets the retry through once.
+    let survived = gateway.pending(&lea, 1).await?;
+    assert_eq!(survived["id"], id.as_str());
+    assert_eq!(survived["state"], "pending");
+    let approved = gateway
+        .decide(&lea, &id, "approve", "after the restart")
+        .await?;
+    assert_eq!(approved.status(), 200, "{}", approved.text().await?);
+    let retried: Value = gateway
+        .post(&http, &ada, &deploy(2))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(retried.get("error").is_none(), "{retried}");
+    assert_eq!(upstream.requests().len(), 1, "released exactly once");
+
+    let log = std::fs::read_to_string(&gateway.approvals.audit_log)?;
+    let records = airlock_policy::audit::verify(&log)?;
+    assert!(
+        log.contains("approval.asked") && log.contains("approval.executed"),
+        "{log}"
+    );
+    assert!(records >= 3);
+    Ok(())
+}

@@ -28,7 +28,7 @@ async fn answer_on_stream(stream: &mut reqwest::Response, id: u32) -> anyhow::Re
 #[tokio::test]
 async fn a_policy_change_applies_without_restart_or_cut_connections() -> anyhow::Result<()> {
     let server = McpServer::python(Transport::LegacySse).await?;
-    let gateway = Gateway::start(server.port).await?;
+    let mut gateway = Gateway::start(server.port).await?;
     let http = reqwest::Client::new();
     let ada = gateway.token(&[ENGINEERS])?;
     let (mut stream, endpoint) = legacy_stream(&gateway, &ada).await?;

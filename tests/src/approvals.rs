@@ -18,6 +18,8 @@ pub const CREDENTIAL: &str = "test-gateway-credential";
 pub struct Approvals {
     service: Arc<ApprovalService<SqliteStore>>,
     server: String,
+    policies: Vec<NamedPolicy>,
+    jwks_url: String,
     pub port: u16,
     pub url: String,
     pub audit_log: PathBuf,
@@ -37,6 +39,34 @@ impl Approvals {
         let dir = tempfile::Builder::new()
             .prefix("airlock-approvals-")
             .tempdir()?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        Approvals::serve(issuer.jwks_url.clone(), server, policies, dir, listener)
+    }
+
+    /// Stops the service and starts a new one on the same port, store and
+    /// audit log, as a restarted process would.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let catalog = self.policies.clone();
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir()?);
+        let listener = std::net::TcpListener::bind(("127.0.0.1", self.port))?;
+        *self = Approvals::serve(
+            self.jwks_url.clone(),
+            &self.server.clone(),
+            catalog,
+            dir,
+            listener,
+        )?;
+        Ok(())
+    }
+
+    fn serve(
+        jwks_url: String,
+        server: &str,
+        policies: Vec<NamedPolicy>,
+        dir: tempfile::TempDir,
+        listener: std::net::TcpListener,
+    ) -> anyhow::Result<Approvals> {
         let store = SqliteStore::open(&dir.path().join("approvals.db"))?;
         let audit_log = dir.path().join("audit.jsonl");
         let config = ServiceConfig {
@@ -47,15 +77,14 @@ impl Approvals {
                 allow_app_only: false,
                 groups_overage: OverageAction::Deny,
             },
-            jwks: vec![(TENANT.into(), issuer.jwks_url.clone())],
+            jwks: vec![(TENANT.into(), jwks_url.clone())],
             gateway_credential: CREDENTIAL.into(),
             max_pending_per_principal: 20,
             jwks_min_refresh: Duration::from_secs(1),
         };
-        let catalog = catalog(server, policies)?;
+        let catalog = catalog(server, policies.clone())?;
         let service = ApprovalService::new(store, config, catalog, AuditLog::open(&audit_log)?)
             .map_err(anyhow::Error::msg)?;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let router = service.router();
@@ -79,6 +108,8 @@ impl Approvals {
         Ok(Approvals {
             service,
             server: server.into(),
+            policies,
+            jwks_url,
             port,
             url: format!("http://127.0.0.1:{port}"),
             audit_log,
@@ -99,8 +130,10 @@ fn catalog(server: &str, policies: Vec<NamedPolicy>) -> anyhow::Result<Catalog> 
 
 impl Approvals {
     /// Puts `policies` in force; gateways learn of them through their config long-poll.
-    pub fn set_policies(&self, policies: Vec<NamedPolicy>) -> anyhow::Result<()> {
-        self.service.set_catalog(catalog(&self.server, policies)?);
+    pub fn set_policies(&mut self, policies: Vec<NamedPolicy>) -> anyhow::Result<()> {
+        self.service
+            .set_catalog(catalog(&self.server, policies.clone())?);
+        self.policies = policies;
         Ok(())
     }
 
