@@ -246,6 +246,38 @@ async fn allow_deny_hold_approve_deny_ask_and_self_approval() -> anyhow::Result<
     let log = &local.running.endpoints.audit_log;
     let records = people::verify_audit(log)?;
     assert!(records > 10, "{records}");
+    // Each call above was its own MCP session; the session view replays one.
+    let session = std::fs::read_to_string(log)?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|e| {
+            (e["target"] == "read_secret")
+                .then(|| e["session"].as_str().map(str::to_string))
+                .flatten()
+        })
+        .ok_or_else(|| anyhow::anyhow!("no session recorded"))?;
+    let replay = people::session_events(log, &session)?;
+    assert!(
+        replay.contains("notifications/initialized") && replay.contains("tools/call read_secret Deny"),
+        "{replay}"
+    );
+
+    let metrics = reqwest::get(format!("{}/metrics", local.running.endpoints.approvals))
+        .await?
+        .text()
+        .await?;
+    for expected in [
+        "airlock_approval_decisions_total{verdict=\"approve\"} 2",
+        "airlock_approval_decisions_total{verdict=\"deny\"} 2",
+        "airlock_approvals_pending 0",
+        "airlock_approval_time_to_decision_seconds_count 4",
+        "airlock_audit_events_dropped_total 0",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from\n{metrics}"
+        );
+    }
     local.running.stop().await;
     Ok(())
 }

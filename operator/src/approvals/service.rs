@@ -8,6 +8,7 @@
 //! another call. People (approvers, requesters) act with their own tokens.
 
 use super::audit_log::AuditLog;
+use super::metrics::ServiceMetrics;
 use super::model::{Approval, ApprovalError, Binding, Person, Requirement, State, Verdict};
 use super::store::{Store, StoreError};
 use super::time::{now_seconds, rfc3339};
@@ -99,6 +100,7 @@ pub struct ApprovalService<S: Store> {
     tokens: Mutex<TokenCache>,
     changes: broadcast::Sender<String>,
     audit: AuditLog,
+    metrics: ServiceMetrics,
     http: reqwest::Client,
 }
 
@@ -293,6 +295,7 @@ impl<S: Store> ApprovalService<S> {
             tokens: Mutex::new(TokenCache::new(4096)),
             changes,
             audit,
+            metrics: ServiceMetrics::new().map_err(|e| e.to_string())?,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -311,6 +314,7 @@ impl<S: Store> ApprovalService<S> {
             .route("/v1/approvals/{id}/answer", post(answer::<S>))
             .route("/v1/audit", post(audit::<S>))
             .route("/v1/config/{namespace}/{server}", get(config::<S>))
+            .route("/metrics", get(metrics::<S>))
             .route("/healthz", get(|| async { "ok" }))
             .with_state(self.clone())
     }
@@ -422,8 +426,17 @@ impl<S: Store> ApprovalService<S> {
     }
 
     fn record(&self, event: AuditEvent) -> Result<(), ApiError> {
-        self.audit.append(&event)?;
-        Ok(())
+        match self.audit.append(&event) {
+            Ok(_) => {
+                self.metrics.audit_written.inc();
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.audit_dropped.inc();
+                log_error(&format!("audit event not written: {e}"));
+                Err(e.into())
+            }
+        }
     }
 
     fn approval_event(
@@ -479,6 +492,7 @@ impl<S: Store> ApprovalService<S> {
         if approval.settle(now_seconds()) {
             approval.version += 1;
             if self.store.update(&approval, before)? {
+                self.metrics.expiries.inc();
                 self.record(self.approval_event("approval.expired", &approval, None, None))?;
                 let _ = self.changes.send(approval.id.clone());
             } else {
@@ -772,6 +786,21 @@ async fn decide<S: Store>(
     let approval = service.change(&id, |a| {
         a.decide(&approver, decision.verdict, &decision.reason, now)
     })?;
+    let verdict = match decision.verdict {
+        Verdict::Approve => "approve",
+        Verdict::Deny => "deny",
+    };
+    service
+        .metrics
+        .decisions
+        .with_label_values(&[verdict])
+        .inc();
+    if matches!(approval.state, State::Approved | State::Denied) {
+        service
+            .metrics
+            .time_to_decision
+            .observe(now.saturating_sub(approval.created_at) as f64);
+    }
     service.record(service.approval_event(
         "approval.decided",
         &approval,
@@ -876,4 +905,29 @@ async fn config<S: Store>(
             return ok(StatusCode::OK, json!(document));
         }
     }
+}
+
+/// Prometheus text exposition; pending requests are counted from the store.
+async fn metrics<S: Store>(AppState(service): AppState<Arc<ApprovalService<S>>>) -> ApiResult {
+    let now = now_seconds();
+    let waiting = service
+        .store
+        .list()?
+        .iter()
+        .filter(|a| a.state_at(now).waiting())
+        .count();
+    service
+        .metrics
+        .pending
+        .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    let text = service
+        .metrics
+        .render()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "metrics", e.to_string()))?;
+    Ok((
+        StatusCode::OK,
+        [("content-type", "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response())
 }

@@ -1,0 +1,77 @@
+//! The approval service's Prometheus metrics, served at `/metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct ServiceMetrics {
+    registry: Registry,
+    /// Set at each scrape from the store, so it is right after a restart.
+    pub pending: IntGauge,
+    pub time_to_decision: Histogram,
+    pub decisions: IntCounterVec,
+    pub expiries: IntCounter,
+    pub audit_written: IntCounter,
+    pub audit_dropped: IntCounter,
+}
+
+impl ServiceMetrics {
+    pub fn new() -> Result<ServiceMetrics, prometheus::Error> {
+        let registry = Registry::new();
+        let pending = IntGauge::new(
+            "airlock_approvals_pending",
+            "Approval requests waiting for a decision (pending or info requested).",
+        )?;
+        let time_to_decision = Histogram::with_opts(
+            HistogramOpts::new(
+                "airlock_approval_time_to_decision_seconds",
+                "Time from a request being asked to its final approval or denial.",
+            )
+            .buckets(vec![
+                1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+            ]),
+        )?;
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "airlock_approval_decisions_total",
+                "Decisions made by approvers, by verdict.",
+            ),
+            &["verdict"],
+        )?;
+        let expiries = IntCounter::new(
+            "airlock_approval_expiries_total",
+            "Approval requests that expired undecided.",
+        )?;
+        let audit_written = IntCounter::new(
+            "airlock_audit_events_written_total",
+            "Audit events appended to the hash-chained log.",
+        )?;
+        let audit_dropped = IntCounter::new(
+            "airlock_audit_events_dropped_total",
+            "Audit events that could not be written (each also logged and refused to its sender).",
+        )?;
+        registry.register(Box::new(pending.clone()))?;
+        registry.register(Box::new(time_to_decision.clone()))?;
+        registry.register(Box::new(decisions.clone()))?;
+        registry.register(Box::new(expiries.clone()))?;
+        registry.register(Box::new(audit_written.clone()))?;
+        registry.register(Box::new(audit_dropped.clone()))?;
+        Ok(ServiceMetrics {
+            registry,
+            pending,
+            time_to_decision,
+            decisions,
+            expiries,
+            audit_written,
+            audit_dropped,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
