@@ -27,18 +27,26 @@ impl Gateway {
         Ok(self.issuer.issuer.mint(&request)?)
     }
 
-    /// Waits until an approval request is visible to `token`; returns the newest.
+    /// Waits until `count` approval requests are visible to `token`; returns the newest.
     async fn pending(&self, token: &str, count: usize) -> anyhow::Result<Value> {
+        let all = self.visible(token, count).await?;
+        all.last()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no approval request"))
+    }
+
+    /// Waits until `count` approval requests are visible to `token`; returns them all.
+    async fn visible(&self, token: &str, count: usize) -> anyhow::Result<Vec<Value>> {
         let http = reqwest::Client::new();
         let url = format!("{}/v1/approvals", self.approvals.url);
-        wait_for("an approval request", Duration::from_secs(30), || {
+        wait_for("approval requests", Duration::from_secs(60), || {
             let request = http.get(&url).bearer_auth(token).send();
             async move {
                 let list: Value = request.await?.json().await?;
                 Ok(list
                     .as_array()
-                    .filter(|l| l.len() >= count)
-                    .and_then(|l| l.last().cloned()))
+                    .filter(|l| l.len() >= count && count > 0)
+                    .cloned())
             }
         })
         .await
@@ -285,5 +293,108 @@ async fn a_restart_of_the_approval_service_keeps_the_request_and_the_trail() -> 
         "{log}"
     );
     assert!(records >= 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_hundred_held_calls_each_released_once_by_their_own_approval() -> anyhow::Result<()> {
+    const CALLS: usize = 200;
+    // The service caps pending asks per principal at 20: ten requesters, twenty calls each.
+    const REQUESTERS: usize = 10;
+    let upstream = Recorder::start().await?;
+    let gateway = Gateway::start(upstream.port).await?;
+    let http = reqwest::Client::new();
+    let approvers = [
+        gateway.person("oid-lea", &[LEADS])?,
+        gateway.person("oid-leo", &[LEADS])?,
+        gateway.person("oid-liv", &[LEADS])?,
+    ];
+    let mut held = Vec::new();
+    for n in 0..CALLS {
+        let requester = gateway.person(&format!("oid-r{}", n % REQUESTERS), &[ENGINEERS])?;
+        let body = call(
+            u32::try_from(n)?,
+            "deploy_model",
+            json!({"model": format!("m{n}"), "environment": "prod"}),
+        );
+        held.push(tokio::spawn(gateway.post(&http, &requester, &body).send()));
+    }
+    let list = gateway.visible(&approvers[0], CALLS).await?;
+    let mut ids: Vec<String> = list
+        .iter()
+        .filter_map(|a| a["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(ids.len(), CALLS);
+    // Random order (ids are random), split among three approvers deciding at once.
+    ids.sort();
+    let decided = ids
+        .chunks(CALLS.div_ceil(approvers.len()))
+        .zip(&approvers)
+        .map(|(chunk, approver)| {
+            let gateway = &gateway;
+            async move {
+                for id in chunk {
+                    let response = gateway.decide(approver, id, "approve", "ok").await?;
+                    anyhow::ensure!(response.status() == 200, "{}", response.text().await?);
+                }
+                anyhow::Ok(())
+            }
+        });
+    for result in futures::future::join_all(decided).await {
+        result?;
+    }
+    for (n, response) in held.into_iter().enumerate() {
+        let answer: Value = response.await??.json().await?;
+        assert_eq!(answer["id"], n, "each caller gets its own answer");
+        assert!(
+            answer.get("error").is_none() && answer["result"]["isError"] == false,
+            "{answer}"
+        );
+    }
+
+    // Each call reached the server once, carrying the approval bound to its own arguments.
+    let released = upstream.requests();
+    assert_eq!(released.len(), CALLS);
+    let mut models = std::collections::BTreeSet::new();
+    for request in &released {
+        let body: Value = serde_json::from_slice(&request.body)?;
+        let approval_id = request.header("x-airlock-approval").unwrap_or_default();
+        let approval = list
+            .iter()
+            .find(|a| a["id"] == approval_id)
+            .ok_or_else(|| anyhow::anyhow!("released under unknown approval {approval_id:?}"))?;
+        assert_eq!(
+            approval["argumentsDigest"],
+            airlock_policy::canonical::params_digest(body.get("params")).as_str(),
+            "released by another call's approval"
+        );
+        models.insert(body["params"]["arguments"]["model"].to_string());
+    }
+    assert_eq!(models.len(), CALLS, "no call released twice");
+
+    let log = wait_for("every message event", Duration::from_secs(60), || {
+        let log = std::fs::read_to_string(&gateway.approvals.audit_log).unwrap_or_default();
+        let messages = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["kind"] == "message" && e["target"] == "deploy_model")
+            .count();
+        async move { Ok((messages >= CALLS).then_some(log)) }
+    })
+    .await?;
+    let events: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let count = |kind: &str| events.iter().filter(|e| e["kind"] == kind).count();
+    let messages = events
+        .iter()
+        .filter(|e| e["kind"] == "message" && e["target"] == "deploy_model")
+        .count();
+    assert_eq!(messages, CALLS, "one event per message");
+    assert_eq!(count("approval.asked"), CALLS);
+    assert_eq!(count("approval.decided"), CALLS);
+    assert_eq!(count("approval.executed"), CALLS);
+    airlock_policy::audit::verify(&log)?;
     Ok(())
 }

@@ -258,7 +258,8 @@ async fn allow_deny_hold_approve_deny_ask_and_self_approval() -> anyhow::Result<
         .ok_or_else(|| anyhow::anyhow!("no session recorded"))?;
     let replay = people::session_events(log, &session)?;
     assert!(
-        replay.contains("notifications/initialized") && replay.contains("tools/call read_secret Deny"),
+        replay.contains("notifications/initialized")
+            && replay.contains("tools/call read_secret Deny"),
         "{replay}"
     );
 
