@@ -1,5 +1,6 @@
 //! Airlock's integration and end-to-end tests: one binary, one module per area.
 
+mod approvals_api;
 mod audit;
 mod filter;
 mod harness_cluster;
