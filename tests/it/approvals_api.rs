@@ -10,6 +10,9 @@ use serde_json::{Value, json};
 
 const GATEWAY: &str = "x-airlock-gateway-credential";
 
+/// Name, method, path, bearer token, with the gateway credential, body, expected status.
+type Case<'a> = (&'a str, Method, String, Option<&'a str>, bool, String, u16);
+
 fn person(issuer: &Issuer, oid: &str, groups: &[&str]) -> anyhow::Result<String> {
     let mut request = TokenRequest::user(oid, &format!("{oid}@contoso.com"), AUDIENCE);
     request.groups = groups.iter().map(|g| g.to_string()).collect();
@@ -76,7 +79,7 @@ async fn bad_input_on_every_endpoint_is_refused_clearly_and_changes_nothing() ->
         "x".repeat(1_200_000)
     );
     let decision = |id: &str| format!("/v1/approvals/{id}/decision");
-    let cases: Vec<(&str, Method, String, Option<&str>, bool, String, u16)> = vec![
+    let cases: Vec<Case> = vec![
         ("malformed JSON", Method::POST, "/v1/approvals".into(), Some(ada.as_str()), true, r#"{"server": "#.into(), 400),
         ("unknown field", Method::POST, "/v1/approvals".into(), Some(ada.as_str()), true,
             json!({"server": "test/mcp", "method": "tools/call", "params": {}, "requester": "oid-lea"}).to_string(), 400),
