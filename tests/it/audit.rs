@@ -22,15 +22,7 @@ async fn every_message_is_audited_with_its_identity_and_the_chain_verifies() -> 
     let gateway = Gateway::start(server.port).await?;
     let http = reqwest::Client::new();
     let ada = gateway.token(&[ENGINEERS])?;
-    let initialize = json!({"jsonrpc": "2.0", "id": 10, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
-    let opened = gateway.post(&http, &ada, &initialize).send().await?;
-    let session = opened
-        .headers()
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .ok_or_else(|| anyhow::anyhow!("no session id"))?;
+    let session = gateway.open_session(&http, &ada).await?;
     let allowed = gateway
         .post(&http, &ada, &call(11, "get_status", json!({})))
         .header("mcp-session-id", &session)

@@ -127,6 +127,24 @@ impl Gateway {
         format!("{}/mcp", self.envoy.url)
     }
 
+    /// Initializes a 2025-06-18 session as the holder of `token`; returns its id.
+    pub(crate) async fn open_session(
+        &self,
+        http: &reqwest::Client,
+        token: &str,
+    ) -> anyhow::Result<String> {
+        let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+        let opened = self.post(http, token, &initialize).send().await?;
+        anyhow::ensure!(opened.status() == 200, "initialize: {}", opened.status());
+        opened
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("no session id"))
+    }
+
     pub(crate) fn post(
         &self,
         http: &reqwest::Client,
@@ -301,16 +319,7 @@ async fn a_session_belongs_to_the_principal_that_opened_it() -> anyhow::Result<(
     let mut bob_request = gateway.request(&[ENGINEERS]);
     bob_request.oid = "oid-bob".into();
     let bob = gateway.issuer.issuer.mint(&bob_request)?;
-    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
-    let opened = gateway.post(&http, &ada, &initialize).send().await?;
-    assert_eq!(opened.status(), 200);
-    let session = opened
-        .headers()
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .ok_or_else(|| anyhow::anyhow!("no session id"))?;
+    let session = gateway.open_session(&http, &ada).await?;
     let in_session = |token: &str, body: &Value| {
         gateway
             .post(&http, token, body)
