@@ -658,3 +658,65 @@ async fn malformed_and_ambiguous_bodies_are_refused_before_the_server() -> anyho
     assert_eq!(upstream.requests()[0].path, "/mcp");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_dry_run_policy_records_what_it_would_do_and_lets_the_call_through() -> anyhow::Result<()>
+{
+    let upstream = Recorder::start().await?;
+    let policies = json!([
+        {"name": "test/open", "version": "1", "spec": {"defaultAction": "Allow"}},
+        {"name": "test/rollout", "version": "1", "spec": {
+            "enforcement": "DryRun", "defaultAction": "Allow",
+            "rules": [{"name": "no-secrets", "match": {"tools": ["read_secret"]}, "action": "Deny"}]}}
+    ]);
+    let gateway = Gateway::launch(upstream.port, Some(policies), json!({})).await?;
+    let http = reqwest::Client::new();
+    let token = gateway.token(&[])?;
+    let response = wait_for("the gateway to load", Duration::from_secs(30), || {
+        let request = gateway
+            .post(&http, &token, &call(1, "read_secret", json!({})))
+            .send();
+        async move { Ok(request.await.ok().filter(|r| r.status() == 200)) }
+    })
+    .await?;
+    assert_eq!(
+        response
+            .headers()
+            .get("x-airlock-dry-run")
+            .and_then(|v| v.to_str().ok()),
+        Some("Deny test/rollout")
+    );
+    let answer: Value = response.json().await?;
+    assert_eq!(
+        answer["result"]["isError"], false,
+        "the call went through: {answer}"
+    );
+    assert_eq!(upstream.requests().len(), 1);
+    let other = gateway
+        .post(&http, &token, &call(2, "get_status", json!({})))
+        .send()
+        .await?;
+    assert!(other.headers().get("x-airlock-dry-run").is_none());
+
+    let event = wait_for("the dry-run audit event", Duration::from_secs(30), || {
+        let log = std::fs::read_to_string(&gateway.approvals.audit_log).unwrap_or_default();
+        async move {
+            Ok(log
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|e| e["target"] == "read_secret"))
+        }
+    })
+    .await?;
+    assert_eq!(event["decision"], "Allow");
+    assert_eq!(event["dryRun"], "Deny test/rollout");
+    assert_eq!(event["upstreamStatus"], 200);
+    assert_eq!(
+        gateway
+            .envoy
+            .stat("wasmcustom.airlock.dry_run.Deny")
+            .await?,
+        1
+    );
+    Ok(())
+}

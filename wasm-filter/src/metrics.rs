@@ -47,6 +47,12 @@ impl Metrics {
         self.add_counter(&format!("airlock.requests.{label}"), 1);
     }
 
+    /// `airlock.dry_run.<action>`: what dry-run policies would have done
+    /// where it differs from what the enforced ones did.
+    pub fn dry_run(&self, action: &str) {
+        self.add_counter(&format!("airlock.dry_run.{action}"), 1);
+    }
+
     /// `airlock.token_failures.<reason>`: refused tokens by reason.
     pub fn token_failure(&self, reason: &str) {
         self.add_counter(&format!("airlock.token_failures.{reason}"), 1);

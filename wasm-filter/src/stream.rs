@@ -398,6 +398,14 @@ impl AirlockStream {
         };
         self.record.events = judged_events(&seen, &envelope, &judged, &self.policies);
         self.dry_run = judged.dry_run.clone();
+        if let Some(would) = judged
+            .verdicts
+            .iter()
+            .filter_map(|v| v.decision.as_ref())
+            .find_map(|d| d.dry_run.iter().find(|v| v.action > judged.action))
+        {
+            gateway.metrics.dry_run(&would.action.to_string());
+        }
         gateway.metrics.decision(judged.action);
         match judged.outcome {
             Outcome::Forward => {
