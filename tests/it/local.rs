@@ -122,6 +122,13 @@ impl Local {
         .await
     }
 
+    fn show(id: &str) -> ApprovalCommand {
+        ApprovalCommand::Show {
+            id: id.into(),
+            raw: false,
+        }
+    }
+
     fn approve(id: &str, reason: &str) -> ApprovalCommand {
         ApprovalCommand::Approve {
             id: id.into(),
@@ -156,15 +163,7 @@ async fn allow_deny_hold_approve_deny_ask_and_self_approval() -> anyhow::Result<
     // Held, then approved by a lead: the original call completes.
     let (released, ()) = tokio::try_join!(local.call(&ada, "deploy_model", PROD), async {
         let id = local.pending(&lea, "deploy_model").await?;
-        let shown = local
-            .approvals(
-                &lea,
-                ApprovalCommand::Show {
-                    id: id.clone(),
-                    raw: false,
-                },
-            )
-            .await?;
+        let shown = local.approvals(&lea, Local::show(&id)).await?;
         assert_eq!(
             shown["arguments"]["environment"], "prod",
             "captured per policy"
@@ -324,15 +323,7 @@ async fn expiry_and_a_retry_under_a_single_use_grant() -> anyhow::Result<()> {
     // The same call, retried, passes once under the grant...
     let retried = local.call(&ada, "deploy_model", PROD).await?;
     assert_eq!(retried["text"], "deployed fraud:v7 to prod", "{retried}");
-    let spent = local
-        .approvals(
-            &lea,
-            ApprovalCommand::Show {
-                id: id.clone(),
-                raw: false,
-            },
-        )
-        .await?;
+    let spent = local.approvals(&lea, Local::show(&id)).await?;
     assert_eq!(spent["state"], "executed");
     // ...and a second retry needs a new approval.
     let (again, ()) = tokio::try_join!(local.call(&ada, "deploy_model", PROD), async {

@@ -25,7 +25,8 @@ pub struct Approvals {
     pub audit_log: PathBuf,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    /// Holds the store and audit log; moved to the new service on restart.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Approvals {
@@ -48,7 +49,10 @@ impl Approvals {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
         let catalog = self.policies.clone();
-        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir()?);
+        let dir = self
+            .dir
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the service's directory is gone"))?;
         let listener = std::net::TcpListener::bind(("127.0.0.1", self.port))?;
         *self = Approvals::serve(
             self.jwks_url.clone(),
@@ -115,7 +119,7 @@ impl Approvals {
             audit_log,
             shutdown: Some(shutdown),
             thread: Some(thread),
-            _dir: dir,
+            dir: Some(dir),
         })
     }
 }

@@ -52,17 +52,19 @@ impl PolicyState {
             return;
         };
         match checked(config, &body) {
-            Ok((document, policies)) => {
-                log::info!(
-                    "airlock: {} policies in force for {} (version {})",
-                    policies.len(),
-                    document.server,
-                    document.version
-                );
-                self.current = Some((document.version, Rc::new(policies)));
-            }
+            Ok((document, policies)) => self.install(document, policies),
             Err(e) => log::error!("airlock: published policy is unusable: {e}"),
         }
+    }
+
+    fn install(&mut self, document: PolicyDocument, policies: Vec<CompiledPolicy>) {
+        log::info!(
+            "airlock: {} policies in force for {} (version {})",
+            policies.len(),
+            document.server,
+            document.version
+        );
+        self.current = Some((document.version, Rc::new(policies)));
     }
 
     /// On the leader: keeps one long-poll in flight.
@@ -109,17 +111,22 @@ impl PolicyState {
         }
         self.in_flight = None;
         let result = match (status, body) {
-            (Some("200"), Some(body)) => checked(config, body).and_then(|(document, _)| {
-                let unchanged = self
-                    .current
-                    .as_ref()
-                    .is_some_and(|(version, _)| *version == document.version);
-                if unchanged {
+            (Some("200"), Some(body)) => {
+                checked(config, body).and_then(|(document, policies)| {
+                    let unchanged = self
+                        .current
+                        .as_ref()
+                        .is_some_and(|(version, _)| *version == document.version);
+                    if !unchanged {
+                        self.published.publish(body).map_err(|e| format!("{e:?}"))?;
+                        // This VM has just checked what it published: mark it
+                        // read rather than parse and compile it again.
+                        let _ = self.published.changed();
+                        self.install(document, policies);
+                    }
                     Ok(())
-                } else {
-                    self.published.publish(body).map_err(|e| format!("{e:?}"))
-                }
-            }),
+                })
+            }
             (status, body) => Err(format!(
                 "status {}: {}",
                 status.unwrap_or("none: no answer"),
@@ -127,10 +134,7 @@ impl PolicyState {
             )),
         };
         match result {
-            Ok(()) => {
-                self.failed_at = None;
-                self.sync(config);
-            }
+            Ok(()) => self.failed_at = None,
             Err(e) => {
                 log::error!("airlock: polling policy failed: {e}");
                 self.failed_at = Some(now);

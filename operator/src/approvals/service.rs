@@ -529,6 +529,21 @@ impl<S: Store> ApprovalService<S> {
         ))
     }
 
+    /// [`change`](Self::change), then the transition's audit record: what
+    /// happened (`kind`), who did it and what they said.
+    fn change_and_record(
+        &self,
+        id: &str,
+        kind: &str,
+        who: Option<&Principal>,
+        said: Option<String>,
+        change: impl FnMut(&mut Approval) -> Result<(), ApprovalError>,
+    ) -> Result<Approval, ApiError> {
+        let approval = self.change(id, change)?;
+        self.record(self.approval_event(kind, &approval, who, said))?;
+        Ok(approval)
+    }
+
     fn visible_to(&self, approval: &Approval, who: &Principal) -> bool {
         (who.tenant_id == approval.requester.tid && who.object_id == approval.requester.oid)
             || approval.requirements.iter().any(|r| {
@@ -774,8 +789,9 @@ async fn consume<S: Store>(
         digest: derived.digest,
     };
     let now = now_seconds();
-    let approval = service.change(&id, |a| a.consume(&binding, now))?;
-    service.record(service.approval_event("approval.executed", &approval, None, None))?;
+    let approval = service.change_and_record(&id, "approval.executed", None, None, |a| {
+        a.consume(&binding, now)
+    })?;
     ok(StatusCode::OK, view(&approval, now))
 }
 
@@ -788,9 +804,13 @@ async fn decide<S: Store>(
     let approver = service.principal(&headers).await?;
     let decision: DecisionBody = body(&bytes)?;
     let now = now_seconds();
-    let approval = service.change(&id, |a| {
-        a.decide(&approver, decision.verdict, &decision.reason, now)
-    })?;
+    let approval = service.change_and_record(
+        &id,
+        "approval.decided",
+        Some(&approver),
+        Some(decision.reason.clone()),
+        |a| a.decide(&approver, decision.verdict, &decision.reason, now),
+    )?;
     let verdict = match decision.verdict {
         Verdict::Approve => "approve",
         Verdict::Deny => "deny",
@@ -806,12 +826,6 @@ async fn decide<S: Store>(
             .time_to_decision
             .observe(now.saturating_sub(approval.created_at) as f64);
     }
-    service.record(service.approval_event(
-        "approval.decided",
-        &approval,
-        Some(&approver),
-        Some(decision.reason.clone()),
-    ))?;
     ok(StatusCode::OK, view(&approval, now))
 }
 
@@ -824,13 +838,13 @@ async fn ask_info<S: Store>(
     let approver = service.principal(&headers).await?;
     let question: MessageBody = body(&bytes)?;
     let now = now_seconds();
-    let approval = service.change(&id, |a| a.ask(&approver, &question.message, now))?;
-    service.record(service.approval_event(
+    let approval = service.change_and_record(
+        &id,
         "approval.info_requested",
-        &approval,
         Some(&approver),
         Some(question.message.clone()),
-    ))?;
+        |a| a.ask(&approver, &question.message, now),
+    )?;
     ok(StatusCode::OK, view(&approval, now))
 }
 
@@ -843,13 +857,13 @@ async fn answer<S: Store>(
     let requester = service.principal(&headers).await?;
     let reply: MessageBody = body(&bytes)?;
     let now = now_seconds();
-    let approval = service.change(&id, |a| a.answer(&requester, &reply.message, now))?;
-    service.record(service.approval_event(
+    let approval = service.change_and_record(
+        &id,
         "approval.answered",
-        &approval,
         None,
         Some(reply.message.clone()),
-    ))?;
+        |a| a.answer(&requester, &reply.message, now),
+    )?;
     ok(StatusCode::OK, view(&approval, now))
 }
 

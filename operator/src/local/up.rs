@@ -377,10 +377,8 @@ impl Running {
     /// Stops Envoy and every server, and removes the endpoints file.
     pub async fn stop(mut self) {
         let _ = self.envoy.kill().await;
-        for task in &self.tasks {
-            task.abort();
-        }
         let _ = std::fs::remove_file(self.state.endpoints_file());
+        // Dropping `self` aborts the servers' tasks.
     }
 }
 

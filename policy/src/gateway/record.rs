@@ -61,7 +61,7 @@ pub fn judged_events(
                 dry_run: decision.and_then(|d| {
                     d.dry_run
                         .iter()
-                        .find(|v| v.action != d.action)
+                        .find(|v| v.action > d.action)
                         .map(|v| format!("{} {}", v.action, v.policy))
                 }),
                 ..seen.event()
