@@ -38,10 +38,10 @@ demo: setup wasm
 	cargo build --locked -p airlock-operator --bin airlock
 	target/debug/airlock up --demo --policy examples/policy.yaml
 
-## bench: filter and approval benchmarks (not built yet)
-bench: setup
-	@echo "make bench is not built yet (issue 3); docs/BENCHMARKS.md will hold its figures." >&2
-	@exit 2
+## bench: tools/call direct vs plain Envoy vs filter, cold RS256, callgrind, approvals, audit intake (docs/BENCHMARKS.md)
+bench: setup wasm
+	cargo build --release --locked -p airlock-bench
+	target/release/airlock-bench $(BENCH_ARGS)
 
 ## fuzz: run each cargo-fuzz target for FUZZ_SECONDS (default 60)
 fuzz: $(CARGO_FUZZ)

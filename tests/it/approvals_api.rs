@@ -1,9 +1,9 @@
 //! The approval service's API under bad input: every refusal is a 4xx with a
 //! message saying why, and none changes a request or the audit trail.
 
-use crate::filter::{ENGINEERS, policies};
 use airlock_operator::dev_issuer::TokenRequest;
 use airlock_tests::approvals::{Approvals, CREDENTIAL};
+use airlock_tests::gateway::{ENGINEERS, policies};
 use airlock_tests::issuer::{AUDIENCE, Issuer};
 use reqwest::Method;
 use serde_json::{Value, json};

@@ -1,8 +1,8 @@
 //! Audit events from the filter: one per message, tied to the verified
 //! identity, chained by the approval service; drops counted when it is down.
 
-use crate::filter::{ENGINEERS, Gateway, call, ping};
 use airlock_policy::audit::verify;
+use airlock_tests::gateway::{ENGINEERS, Gateway, call, ping};
 use airlock_tests::peers::{McpServer, Transport};
 use airlock_tests::wait_for;
 use serde_json::{Value, json};

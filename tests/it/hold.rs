@@ -2,14 +2,12 @@
 //! releases the original call, denial and outages refuse it, a single-use
 //! grant releases exactly one call, and the trail verifies.
 
-use crate::filter::{ENGINEERS, Gateway, call};
+use airlock_tests::gateway::{ENGINEERS, Gateway, LEADS, call};
 use airlock_tests::peers::{McpServer, Transport, python_client};
 use airlock_tests::recorder::Recorder;
 use airlock_tests::wait_for;
 use serde_json::{Value, json};
 use std::time::Duration;
-
-const LEADS: &str = "leads";
 
 fn deploy(id: u32) -> Value {
     call(
@@ -17,55 +15,6 @@ fn deploy(id: u32) -> Value {
         "deploy_model",
         json!({"model": "m", "environment": "prod"}),
     )
-}
-
-impl Gateway {
-    fn person(&self, oid: &str, groups: &[&str]) -> anyhow::Result<String> {
-        let mut request = self.request(groups);
-        request.oid = oid.into();
-        request.username = format!("{oid}@contoso.com");
-        Ok(self.issuer.issuer.mint(&request)?)
-    }
-
-    /// Waits until `count` approval requests are visible to `token`; returns the newest.
-    async fn pending(&self, token: &str, count: usize) -> anyhow::Result<Value> {
-        let all = self.visible(token, count).await?;
-        all.last()
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("no approval request"))
-    }
-
-    /// Waits until `count` approval requests are visible to `token`; returns them all.
-    async fn visible(&self, token: &str, count: usize) -> anyhow::Result<Vec<Value>> {
-        let http = reqwest::Client::new();
-        let url = format!("{}/v1/approvals", self.approvals.url);
-        wait_for("approval requests", Duration::from_secs(60), || {
-            let request = http.get(&url).bearer_auth(token).send();
-            async move {
-                let list: Value = request.await?.json().await?;
-                Ok(list
-                    .as_array()
-                    .filter(|l| l.len() >= count && count > 0)
-                    .cloned())
-            }
-        })
-        .await
-    }
-
-    async fn decide(
-        &self,
-        token: &str,
-        id: &str,
-        verdict: &str,
-        reason: &str,
-    ) -> anyhow::Result<reqwest::Response> {
-        Ok(reqwest::Client::new()
-            .post(format!("{}/v1/approvals/{id}/decision", self.approvals.url))
-            .bearer_auth(token)
-            .json(&json!({"verdict": verdict, "reason": reason}))
-            .send()
-            .await?)
-    }
 }
 
 #[tokio::test]

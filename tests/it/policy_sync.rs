@@ -2,7 +2,8 @@
 //! a change applies within seconds, without restarting Envoy or cutting a
 //! connection, and a gateway that has no policy yet refuses everything.
 
-use crate::filter::{ENGINEERS, Gateway, call, legacy_stream, policies};
+use crate::filter::legacy_stream;
+use airlock_tests::gateway::{ENGINEERS, Gateway, call, policies};
 use airlock_tests::peers::{McpServer, Transport};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};

@@ -116,6 +116,10 @@ impl Envoy {
             .unwrap_or(0))
     }
 
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     pub fn log(&self) -> String {
         self.process.log_tail()
     }

@@ -8,13 +8,15 @@
 //! - [`peers`]: MCP servers and clients on the official SDKs;
 //! - [`issuer::Issuer`]: the development Entra-shaped token issuer over HTTP;
 //! - [`recorder::Recorder`]: an upstream that records exactly what reached it;
-//! - [`approvals::Approvals`]: the real approval service on a SQLite store.
+//! - [`approvals::Approvals`]: the real approval service on a SQLite store;
+//! - [`gateway::Gateway`]: issuer + approval service + Envoy running the filter.
 //!
 //! Tools come from `.tools/` (installed by `make setup`).
 
 pub mod approvals;
 pub mod cluster;
 pub mod envoy;
+pub mod gateway;
 pub mod issuer;
 pub mod paths;
 pub mod peers;

@@ -1,5 +1,6 @@
 //! Audit events: streams enqueue, the root context flushes batches to
-//! `POST /v1/audit` on its timer. The queue is bounded: when the approval
+//! `POST /v1/audit` on its timer, and the next batch as soon as the service
+//! has taken the previous one. The queue is bounded: when the approval
 //! service is slow or down and the queue is full, new events are dropped,
 //! counted (`airlock.audit.dropped`) and logged — never lost silently.
 
@@ -59,7 +60,8 @@ impl AuditQueue {
         self.dropped += count;
     }
 
-    /// On the root's timer: sends the oldest events when nothing is in flight.
+    /// Sends the oldest events when nothing is in flight and no failure is
+    /// being waited out: on the root's timer and after every callout answer.
     pub fn flush(&mut self, config: &FilterConfig, now: u64) {
         if self.in_flight.is_some()
             || self.queued.is_empty()

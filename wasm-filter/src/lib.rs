@@ -78,6 +78,8 @@ impl Context for AirlockRoot {
                     .audit
                     .borrow_mut()
                     .on_flushed(token, status, now, &gateway.metrics);
+            // A backlog of audit events goes out batch after batch, not one batch a tick.
+            gateway.audit.borrow_mut().flush(&gateway.config, now);
         }
     }
 }

@@ -60,22 +60,29 @@ impl AuditLog {
         &self.path
     }
 
-    /// Appends one event and syncs it to disk before returning.
-    pub fn append(&self, event: &AuditEvent) -> Result<u64, AuditError> {
+    /// Appends events in order and syncs them to disk once before returning:
+    /// a batch costs one sync, not one per event. The chain advances only
+    /// when every line is written and synced.
+    pub fn append_all(&self, events: &[AuditEvent]) -> Result<(), AuditError> {
         let mut state = self.state.lock().map_err(|_| AuditError::Poisoned)?;
         let (file, chain) = &mut *state;
         let mut next = chain.clone();
-        let line = next.append(event).map_err(|source| AuditError::Broken {
-            path: self.path.clone(),
-            source,
-        })?;
+        let mut lines = String::new();
+        for event in events {
+            let line = next.append(event).map_err(|source| AuditError::Broken {
+                path: self.path.clone(),
+                source,
+            })?;
+            lines.push_str(&line);
+            lines.push('\n');
+        }
         let io = |source| AuditError::Io {
             path: self.path.clone(),
             source,
         };
-        file.write_all(format!("{line}\n").as_bytes()).map_err(io)?;
+        file.write_all(lines.as_bytes()).map_err(io)?;
         file.sync_data().map_err(io)?;
         *chain = next;
-        Ok(chain.next_seq - 1)
+        Ok(())
     }
 }

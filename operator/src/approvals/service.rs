@@ -431,13 +431,19 @@ impl<S: Store> ApprovalService<S> {
     }
 
     fn record(&self, event: AuditEvent) -> Result<(), ApiError> {
-        match self.audit.append(&event) {
-            Ok(_) => {
-                self.metrics.audit_written.inc();
+        self.record_all(std::slice::from_ref(&event))
+    }
+
+    /// Appends events to the audit log, all or none, counting either way.
+    fn record_all(&self, events: &[AuditEvent]) -> Result<(), ApiError> {
+        let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
+        match self.audit.append_all(events) {
+            Ok(()) => {
+                self.metrics.audit_written.inc_by(count);
                 Ok(())
             }
             Err(e) => {
-                self.metrics.audit_dropped.inc();
+                self.metrics.audit_dropped.inc_by(count);
                 log_error(&format!("audit event not written: {e}"));
                 Err(e.into())
             }
@@ -890,9 +896,7 @@ async fn audit<S: Store>(
 ) -> ApiResult {
     service.check_gateway(&headers)?;
     let events: Vec<AuditEvent> = body(&bytes)?;
-    for event in &events {
-        service.record(event.clone())?;
-    }
+    service.record_all(&events)?;
     ok(StatusCode::ACCEPTED, json!({"accepted": events.len()}))
 }
 

@@ -1,0 +1,292 @@
+//! `make bench`: Airlock's figures, measured in one run on one machine.
+//!
+//! - tools/call throughput and p50/p99 latency: direct to the MCP server,
+//!   through Envoy without the filter, through Envoy with the filter (allow
+//!   path, warm token cache), and with a new token on every call (cold RS256);
+//! - callgrind instruction counts of the filter's request path (native);
+//! - time from `approve` to the held call's response;
+//! - audit intake throughput of the approval service.
+//!
+//! The bench process (load generator, upstream, approval service, issuer) is
+//! pinned to core 0 and Envoy (one worker) to core 1.
+
+mod approvals;
+mod cpu;
+mod load;
+mod report;
+mod request_path;
+mod upstream;
+
+use airlock_tests::envoy::{Envoy, EnvoyOptions};
+use airlock_tests::gateway::{ENGINEERS, Gateway, filter_config, policies};
+use airlock_tests::issuer::TENANT;
+use anyhow::{Context, ensure};
+use clap::Parser;
+use load::{Load, Target, Tokens};
+use report::{Path, Report};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(about = "Airlock's benchmarks; prints a Markdown report")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Runs the filter's request path natively (the target callgrind measures).
+    RequestPath(request_path::RequestPathArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct RunArgs {
+    /// Seconds each throughput run measures, after its warm-up.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 2)]
+    warmup_seconds: u64,
+    /// Connections of the loaded runs (the latency runs use one).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Calls of the cold-token run, each with a token never seen before.
+    #[arg(long, default_value_t = 1000)]
+    cold_calls: usize,
+    /// Held calls approved one after another.
+    #[arg(long, default_value_t = 200)]
+    approvals: usize,
+    /// Skip the callgrind counts (valgrind missing, or in a hurry).
+    #[arg(long)]
+    no_callgrind: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::RequestPath(args)) = &cli.command {
+        return request_path::run(args);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    ensure!(
+        cores >= 2,
+        "the bench needs two cores (load on one, Envoy on the other); this machine has {cores}"
+    );
+    // Before any thread starts: every thread of this process inherits it.
+    cpu::pin_this_thread(0)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run(&cli.run))
+}
+
+const BODY: &str = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"get_status","arguments":{"service":"api"}}}"#;
+/// What an answered call's body contains, and a refusal's does not.
+const SERVED: &str = r#""isError":false"#;
+
+async fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let upstream = upstream::Upstream::start()?;
+    let mut report = Report::new(args.connections);
+    let latency = Load {
+        connections: 1,
+        warmup: Duration::from_secs(args.warmup_seconds),
+        measure: Duration::from_secs(args.seconds),
+    };
+    let loaded = Load {
+        connections: args.connections,
+        ..latency
+    };
+
+    // The gateway first: its issuer mints the token every path carries, so
+    // each path sees the same request bytes.
+    let gateway =
+        Gateway::launch_with_workers(1, upstream.port, Some(policies()), json!({})).await?;
+    gateway.wait_until_ready().await?;
+    let token = gateway.token(&[ENGINEERS])?;
+    let target = |port: u16, tokens: Tokens| {
+        Arc::new(Target {
+            port,
+            path: "/mcp".into(),
+            body: BODY.into(),
+            tokens,
+            expect: SERVED,
+        })
+    };
+    let measure = |path: Path, port: u16, pid: Option<u32>, load: Load, tokens: Tokens| {
+        let target = target(port, tokens);
+        async move {
+            eprintln!(
+                "bench: {} with {} connection(s)",
+                path.label(),
+                load.connections
+            );
+            let before = pid.map(cpu::process_time).transpose()?;
+            let sample = tokio::task::spawn_blocking(move || load::run(target, load)).await??;
+            let cpu = match (pid, before) {
+                (Some(pid), Some(before)) => Some(cpu::process_time(pid)? - before),
+                _ => None,
+            };
+            anyhow::Ok((path, load.connections, sample, cpu))
+        }
+    };
+
+    for load in [latency, loaded] {
+        let row = measure(
+            Path::Direct,
+            upstream.port,
+            None,
+            load,
+            Tokens::Same(token.clone()),
+        )
+        .await?;
+        report.data_path(row);
+    }
+    {
+        let mut options = EnvoyOptions::plain(upstream.port);
+        options.concurrency = 1;
+        let envoy = Envoy::start(options).await?;
+        cpu::pin_process(envoy.pid(), 1)?;
+        let port = port_of(&envoy.url)?;
+        for load in [latency, loaded] {
+            let row = measure(
+                Path::Envoy,
+                port,
+                Some(envoy.pid()),
+                load,
+                Tokens::Same(token.clone()),
+            )
+            .await?;
+            report.data_path(row);
+        }
+    }
+    let envoy = &gateway.envoy;
+    cpu::pin_process(envoy.pid(), 1)?;
+    let port = port_of(&envoy.url)?;
+    for load in [latency, loaded] {
+        let row = measure(
+            Path::Filter,
+            port,
+            Some(envoy.pid()),
+            load,
+            Tokens::Same(token.clone()),
+        )
+        .await?;
+        report.data_path(row);
+    }
+    eprintln!("bench: minting {} tokens for the cold run", args.cold_calls);
+    let cold: Vec<String> = (0..args.cold_calls)
+        .map(|i| {
+            let mut request = gateway.request(&[ENGINEERS]);
+            request.oid = format!("oid-cold-{i}");
+            gateway.issuer.issuer.mint(&request)
+        })
+        .collect::<Result<_, _>>()?;
+    let cold_load = Load {
+        warmup: Duration::ZERO,
+        measure: Duration::from_secs(600),
+        ..latency
+    };
+    let row = measure(
+        Path::FilterCold,
+        port,
+        Some(envoy.pid()),
+        cold_load,
+        Tokens::EachOnce(cold.clone()),
+    )
+    .await?;
+    report.data_path(row);
+    report.audit_dropped = envoy.stat("wasmcustom.airlock.audit.dropped").await?;
+
+    if args.no_callgrind {
+        report.callgrind_skipped = Some("--no-callgrind".into());
+    } else {
+        let inputs = request_path::Inputs {
+            config: filter_config(&gateway.issuer.jwks_path, json!({})),
+            policies: policies(),
+            jwks: gateway.issuer.issuer.jwks()?,
+            tenant: TENANT.into(),
+            warm: token.clone(),
+            cold: cold.into_iter().take(CALLGRIND_COLD).collect(),
+        };
+        match callgrind(&inputs) {
+            Ok(counts) => report.callgrind = Some(counts),
+            Err(e) => report.callgrind_skipped = Some(format!("{e:#}")),
+        }
+    }
+
+    eprintln!("bench: approving {} held calls", args.approvals);
+    report.approvals = approvals::approve_to_response(&gateway, args.approvals).await?;
+    eprintln!("bench: audit intake");
+    let event = approvals::last_event(&gateway.approvals.audit_log)?;
+    report.intake = Some(
+        approvals::audit_intake(
+            &gateway.approvals.url,
+            &event,
+            256,
+            4,
+            Duration::from_secs(args.seconds.min(5)),
+        )
+        .await?,
+    );
+    drop(upstream);
+    println!("{}", report.render());
+    Ok(())
+}
+
+fn port_of(url: &str) -> anyhow::Result<u16> {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("no port in {url}"))
+}
+
+const CALLGRIND_WARM: usize = 1000;
+const CALLGRIND_COLD: usize = 20;
+
+/// Instructions per request of the request path, warm and cold: each count
+/// is (instructions over N requests − over none) / N, so setup cancels out.
+fn callgrind(inputs: &request_path::Inputs) -> anyhow::Result<report::Callgrind> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("inputs.json");
+    inputs.write(&path)?;
+    let count = |cold: bool, iterations: usize| -> anyhow::Result<u64> {
+        eprintln!(
+            "bench: callgrind, {iterations} {} request(s)",
+            if cold { "cold" } else { "warm" }
+        );
+        let output = std::process::Command::new("valgrind")
+            .arg("--tool=callgrind")
+            .arg("--collect-atstart=no")
+            .arg(format!("--toggle-collect={}", request_path::COLLECT))
+            .arg(format!(
+                "--callgrind-out-file={}",
+                dir.path().join("callgrind.out").display()
+            ))
+            .arg(std::env::current_exe()?)
+            .args(["request-path", "--inputs"])
+            .arg(&path)
+            .args(["--iterations", &iterations.to_string()])
+            .args(cold.then_some("--cold"))
+            .output()
+            .context("running valgrind (Debian package valgrind)")?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(output.status.success(), "valgrind failed:\n{stderr}");
+        stderr
+            .lines()
+            .find_map(|l| {
+                l.split_once("Collected :")
+                    .map(|(_, n)| n.trim().parse::<u64>())
+            })
+            .context("callgrind printed no count")?
+            .context("callgrind's count")
+    };
+    let baseline = count(false, 0)?;
+    let per = |total: u64, n: usize| total.saturating_sub(baseline) / n as u64;
+    Ok(report::Callgrind {
+        warm: per(count(false, CALLGRIND_WARM)?, CALLGRIND_WARM),
+        cold: per(count(true, CALLGRIND_COLD)?, CALLGRIND_COLD),
+    })
+}

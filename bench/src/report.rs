@@ -1,0 +1,179 @@
+//! The Markdown report `make bench` prints, figures side by side with ratios.
+
+use crate::approvals::Intake;
+use crate::load::{Sample, quantile_micros as quantile};
+use std::fmt::Write;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    Direct,
+    Envoy,
+    Filter,
+    FilterCold,
+}
+
+impl Path {
+    pub fn label(self) -> &'static str {
+        match self {
+            Path::Direct => "direct to the MCP server",
+            Path::Envoy => "Envoy, no filter",
+            Path::Filter => "Envoy + Airlock filter (warm token cache)",
+            Path::FilterCold => "Envoy + Airlock filter, new token every call (cold RS256)",
+        }
+    }
+}
+
+pub struct Row {
+    path: Path,
+    connections: usize,
+    sample: Sample,
+    /// Envoy's CPU time over the run, warm-up included.
+    envoy_cpu: Option<Duration>,
+}
+
+pub struct Callgrind {
+    pub warm: u64,
+    pub cold: u64,
+}
+
+pub struct Report {
+    connections: usize,
+    rows: Vec<Row>,
+    pub audit_dropped: i64,
+    pub callgrind: Option<Callgrind>,
+    pub callgrind_skipped: Option<String>,
+    /// Sorted.
+    pub approvals: Vec<Duration>,
+    pub intake: Option<Intake>,
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+impl Report {
+    pub fn new(connections: usize) -> Report {
+        Report {
+            connections,
+            rows: Vec::new(),
+            audit_dropped: 0,
+            callgrind: None,
+            callgrind_skipped: None,
+            approvals: Vec::new(),
+            intake: None,
+        }
+    }
+
+    pub fn data_path(
+        &mut self,
+        (path, connections, sample, envoy_cpu): (Path, usize, Sample, Option<Duration>),
+    ) {
+        self.rows.push(Row {
+            path,
+            connections,
+            sample,
+            envoy_cpu,
+        });
+    }
+
+    fn row(&self, path: Path, connections: usize) -> Option<&Row> {
+        self.rows
+            .iter()
+            .find(|r| r.path == path && r.connections == connections)
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "### tools/call through each path\n");
+        let _ = writeln!(
+            out,
+            "| path | connections | calls/s | p50 µs | p99 µs | Envoy CPU µs/call |\n|---|---:|---:|---:|---:|---:|"
+        );
+        for row in &self.rows {
+            let cpu = row
+                .envoy_cpu
+                .map(|cpu| format!("{:.1}", micros(cpu) / row.sample.completed.max(1) as f64))
+                .unwrap_or_else(|| "–".into());
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {cpu} |",
+                row.path.label(),
+                row.connections,
+                row.sample.per_second(),
+                row.sample.quantile_micros(0.5),
+                row.sample.quantile_micros(0.99),
+            );
+        }
+        let _ = writeln!(out, "\n### Ratios\n");
+        for connections in [1, self.connections] {
+            let (Some(direct), Some(envoy), Some(filter)) = (
+                self.row(Path::Direct, connections),
+                self.row(Path::Envoy, connections),
+                self.row(Path::Filter, connections),
+            ) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "- {connections} connection(s): the filter keeps **{:.0}%** of plain Envoy's throughput ({:.0}% of direct) and adds **{:+.0} µs** at p50, {:+.0} µs at p99 over plain Envoy; plain Envoy adds {:+.0} µs at p50 over direct.",
+                100.0 * filter.sample.per_second() / envoy.sample.per_second(),
+                100.0 * filter.sample.per_second() / direct.sample.per_second(),
+                filter.sample.quantile_micros(0.5) - envoy.sample.quantile_micros(0.5),
+                filter.sample.quantile_micros(0.99) - envoy.sample.quantile_micros(0.99),
+                envoy.sample.quantile_micros(0.5) - direct.sample.quantile_micros(0.5),
+            );
+        }
+        if let (Some(warm), Some(cold)) = (self.row(Path::Filter, 1), self.row(Path::FilterCold, 1))
+        {
+            let _ = writeln!(
+                out,
+                "- A cold RS256 verification in the filter costs **{:+.0} µs** at p50 over a cache hit ({} calls, each with a new token).",
+                cold.sample.quantile_micros(0.5) - warm.sample.quantile_micros(0.5),
+                cold.sample.latencies.len(),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "- Audit events the filter dropped during these runs: {}.",
+            self.audit_dropped
+        );
+        let _ = writeln!(
+            out,
+            "\n### Filter request path, instructions per call (callgrind, native x86-64)\n"
+        );
+        match (&self.callgrind, &self.callgrind_skipped) {
+            (Some(c), _) => {
+                let _ = writeln!(
+                    out,
+                    "| token | instructions/call |\n|---|---:|\n| cached (warm) | {} |\n| new, RS256 verified (cold) | {} |",
+                    c.warm, c.cold
+                );
+            }
+            (None, why) => {
+                let _ = writeln!(out, "skipped: {}", why.as_deref().unwrap_or("not run"));
+            }
+        }
+        if !self.approvals.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n### Approve → held call's response\n\n{} held calls approved one at a time: p50 **{:.1} ms**, p99 **{:.1} ms**, max {:.1} ms.",
+                self.approvals.len(),
+                quantile(&self.approvals, 0.5) / 1000.0,
+                quantile(&self.approvals, 0.99) / 1000.0,
+                quantile(&self.approvals, 1.0) / 1000.0,
+            );
+        }
+        if let Some(intake) = &self.intake {
+            let _ = writeln!(
+                out,
+                "\n### Audit intake\n\n4 senders posting batches of 256 real events ({} KiB a batch) to `POST /v1/audit`: **{:.0} events/s** ({} events in {:.1} s, each batch hash-chained and synced to disk once).",
+                intake.batch_bytes / 1024,
+                intake.events as f64 / intake.elapsed.as_secs_f64(),
+                intake.events,
+                intake.elapsed.as_secs_f64(),
+            );
+        }
+        out
+    }
+}

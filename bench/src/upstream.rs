@@ -1,0 +1,118 @@
+//! The MCP server behind every benchmarked path: a minimal Streamable HTTP
+//! server (JSON responses, no sessions) on hyper, on its own thread and
+//! single-threaded runtime, so the figures measure the proxy and not the
+//! server.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use std::convert::Infallible;
+
+pub struct Upstream {
+    pub port: u16,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Upstream {
+    pub fn start() -> anyhow::Result<Upstream> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (shutdown, mut stop) = tokio::sync::oneshot::channel();
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                loop {
+                    tokio::select! {
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            let _ = stream.set_nodelay(true);
+                            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                                TokioIo::new(stream),
+                                hyper::service::service_fn(answer),
+                            ));
+                        }
+                        _ = &mut stop => break,
+                    }
+                }
+            });
+        });
+        Ok(Upstream {
+            port,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let body = match request.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let (status, reply) = match serde_json::from_slice::<Value>(&body) {
+        Ok(message) => match message.get("id") {
+            Some(id) => (StatusCode::OK, Some(result(id, &message))),
+            None => (StatusCode::ACCEPTED, None),
+        },
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Some(
+                json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": e.to_string()}}),
+            ),
+        ),
+    };
+    let mut response = Response::new(Full::new(
+        reply
+            .map(|r| Bytes::from(r.to_string()))
+            .unwrap_or_default(),
+    ));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+fn result(id: &Value, message: &Value) -> Value {
+    let result = match message["method"].as_str() {
+        Some("initialize") => json!({
+            "protocolVersion": "2025-06-18",
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "airlock-bench-upstream", "version": "1"},
+        }),
+        Some("tools/list") => json!({"tools": [
+            {"name": "get_status", "inputSchema": {"type": "object"}},
+            {"name": "deploy_model", "inputSchema": {"type": "object"}},
+        ]}),
+        Some("tools/call") => {
+            json!({"content": [{"type": "text", "text": "ok"}], "isError": false})
+        }
+        Some("ping") => json!({}),
+        _ => {
+            return json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "method not found"}});
+        }
+    };
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
