@@ -62,6 +62,9 @@ struct RunArgs {
     /// Skip the callgrind counts (valgrind missing, or in a hurry).
     #[arg(long)]
     no_callgrind: bool,
+    /// Keep callgrind's inputs and profiles here (for `callgrind_annotate DIR/warm.out`).
+    #[arg(long)]
+    callgrind_dir: Option<std::path::PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -211,7 +214,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
             warm: token.clone(),
             cold: cold.into_iter().take(CALLGRIND_COLD).collect(),
         };
-        match callgrind(&inputs) {
+        match callgrind(&inputs, args.callgrind_dir.as_deref()) {
             Ok(counts) => report.callgrind = Some(counts),
             Err(e) => report.callgrind_skipped = Some(format!("{e:#}")),
         }
@@ -248,22 +251,34 @@ const CALLGRIND_COLD: usize = 20;
 
 /// Instructions per request of the request path, warm and cold: each count
 /// is (instructions over N requests − over none) / N, so setup cancels out.
-fn callgrind(inputs: &request_path::Inputs) -> anyhow::Result<report::Callgrind> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("inputs.json");
+fn callgrind(
+    inputs: &request_path::Inputs,
+    keep: Option<&std::path::Path>,
+) -> anyhow::Result<report::Callgrind> {
+    let scratch = tempfile::tempdir()?;
+    let dir = match keep {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            dir
+        }
+        None => scratch.path(),
+    };
+    let path = dir.join("inputs.json");
     inputs.write(&path)?;
     let count = |cold: bool, iterations: usize| -> anyhow::Result<u64> {
-        eprintln!(
-            "bench: callgrind, {iterations} {} request(s)",
-            if cold { "cold" } else { "warm" }
-        );
+        let name = match (cold, iterations) {
+            (_, 0) => "baseline",
+            (true, _) => "cold",
+            (false, _) => "warm",
+        };
+        eprintln!("bench: callgrind, {iterations} {name} request(s)");
         let output = std::process::Command::new("valgrind")
             .arg("--tool=callgrind")
             .arg("--collect-atstart=no")
             .arg(format!("--toggle-collect={}", request_path::COLLECT))
             .arg(format!(
                 "--callgrind-out-file={}",
-                dir.path().join("callgrind.out").display()
+                dir.join(format!("{name}.out")).display()
             ))
             .arg(std::env::current_exe()?)
             .args(["request-path", "--inputs"])

@@ -23,7 +23,10 @@ pub fn digest(value: &Value) -> String {
 
 /// `sha256:` followed by the hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    let mut text = String::with_capacity(7 + 64);
+    text.push_str("sha256:");
+    text.push_str(&hex::encode(Sha256::digest(bytes)));
+    text
 }
 
 /// Digest of a call's `params` without the fields that change between two

@@ -75,6 +75,9 @@ pub struct AirlockStream {
     replied: bool,
     response: ResponseWork,
     record: Record,
+    /// The request's headers as the client sent them, read once: every host
+    /// call costs more than a lookup here.
+    request_headers: Vec<(String, String)>,
 }
 
 /// What the stream's audit events need, gathered as it goes.
@@ -174,6 +177,7 @@ impl AirlockStream {
             replied: false,
             response: ResponseWork::Pass,
             record: Record::default(),
+            request_headers: Vec::new(),
         }
     }
 
@@ -195,7 +199,7 @@ impl AirlockStream {
     }
 
     fn header(&self, name: &str) -> Option<String> {
-        self.get_http_request_header(name)
+        first(&self.request_headers, name)
     }
 
     fn verify(
@@ -232,6 +236,7 @@ impl AirlockStream {
     }
 
     fn on_headers(&mut self, gateway: &Gateway, end_of_stream: bool) -> Result<Flow, Reply> {
+        self.request_headers = self.get_http_request_headers();
         let method = self.header(":method").unwrap_or_default();
         let path = self.header(":path").unwrap_or_default();
         let authority = self.header(":authority").unwrap_or_default();
@@ -248,7 +253,7 @@ impl AirlockStream {
             )
         })?;
         let metadata_url = resource_metadata_url(&gateway.config, &authority);
-        let headers = self.get_http_request_headers();
+        let headers = std::mem::take(&mut self.request_headers);
         for (name, _) in headers.iter().filter(|(n, _)| is_gateway_header(n)) {
             self.set_http_request_header(name, None);
         }
@@ -282,6 +287,7 @@ impl AirlockStream {
         if method == "POST" {
             self.token = Some(token.to_string());
         }
+        self.request_headers = headers;
         if !gateway.config.forward_token {
             self.set_http_request_header("authorization", None);
         }
@@ -631,20 +637,16 @@ impl HttpContext for AirlockStream {
         if self.replied {
             return Flow::Continue;
         }
-        self.record.upstream_status = self
-            .get_http_response_header(":status")
-            .and_then(|s| s.parse().ok());
+        let headers = self.get_http_response_headers();
+        let status = first(&headers, ":status");
+        self.record.upstream_status = status.as_deref().and_then(|s| s.parse().ok());
         self.set_http_response_header(FILTER_HEADER, Some(env!("CARGO_PKG_VERSION")));
         if let Some(dry_run) = &self.dry_run {
             self.set_http_response_header(DRY_RUN_HEADER, Some(dry_run));
         }
-        let success = self
-            .get_http_response_header(":status")
-            .is_some_and(|s| s.starts_with('2'));
-        let content_type = self
-            .get_http_response_header("content-type")
-            .unwrap_or_default();
-        let new_session = self.get_http_response_header("mcp-session-id");
+        let success = status.is_some_and(|s| s.starts_with('2'));
+        let content_type = first(&headers, "content-type").unwrap_or_default();
+        let new_session = first(&headers, "mcp-session-id");
         match &mut self.response {
             ResponseWork::BindSession => {
                 if let (Some(session), Some(principal)) = (new_session, &self.principal)
@@ -727,6 +729,14 @@ impl HttpContext for AirlockStream {
         self.end_hold();
         self.write_audit();
     }
+}
+
+/// The first value of header `name` (headers arrive with lower-case names).
+fn first(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
 }
 
 fn seconds(time: SystemTime) -> u64 {

@@ -34,9 +34,13 @@ pub const DRY_RUN_HEADER: &str = "x-airlock-dry-run";
 /// Makes a value safe for an HTTP header: printable ASCII stays, everything
 /// else (control characters, non-ASCII, `%`) is percent-encoded.
 pub fn header_safe(value: &str) -> String {
+    let safe = |byte: u8| (0x20..0x7f).contains(&byte) && byte != b'%';
+    if value.bytes().all(safe) {
+        return value.to_string();
+    }
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
-        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+        if safe(byte) {
             out.push(byte as char);
         } else {
             out.push_str(&format!("%{byte:02X}"));
