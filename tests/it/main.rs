@@ -2,6 +2,7 @@
 
 mod approvals_api;
 mod audit;
+mod conformance;
 mod filter;
 mod harness_cluster;
 mod harness_envoy;

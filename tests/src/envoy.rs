@@ -22,6 +22,9 @@ pub struct EnvoyOptions {
     pub concurrency: u32,
     /// More clusters (name, port on 127.0.0.1) the filter calls out to.
     pub clusters: Vec<(String, u16)>,
+    /// Headers Envoy adds to every request it forwards (a client that cannot
+    /// send a bearer token gets one from a hop in front of the gateway).
+    pub add_request_headers: Vec<(String, String)>,
 }
 
 impl EnvoyOptions {
@@ -32,6 +35,7 @@ impl EnvoyOptions {
             filter_config: json!({}),
             concurrency: 2,
             clusters: Vec::new(),
+            add_request_headers: Vec::new(),
         }
     }
 
@@ -75,7 +79,16 @@ impl Envoy {
             .prefix("airlock-envoy-")
             .tempdir()?;
         let config_path = dir.path().join("envoy.json");
-        std::fs::write(&config_path, bootstrap(&options).render().to_string())?;
+        let mut rendered = bootstrap(&options).render();
+        if !options.add_request_headers.is_empty() {
+            rendered["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+                ["route_config"]["virtual_hosts"][0]["request_headers_to_add"] = options
+                .add_request_headers
+                .iter()
+                .map(|(key, value)| json!({"header": {"key": key, "value": value}}))
+                .collect();
+        }
+        std::fs::write(&config_path, rendered.to_string())?;
         let admin_path = dir.path().join("admin-address");
         let mut command = Command::new(tool("envoy")?);
         command.args(envoy::arguments(

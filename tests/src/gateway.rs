@@ -54,8 +54,8 @@ impl Gateway {
     }
 
     /// Waits until the filter has loaded signing keys and policy: until then
-    /// the gateway answers 503. The probe is a call the policy denies, so it
-    /// never reaches the upstream.
+    /// it answers 503. The probe is a call [`policies`] denies, so under them
+    /// it never reaches the upstream.
     pub async fn wait_until_ready(&self) -> anyhow::Result<()> {
         let token = self.token(&[ENGINEERS])?;
         let http = reqwest::Client::new();
@@ -68,7 +68,7 @@ impl Gateway {
                     .send();
                 async move {
                     Ok(match request.await {
-                        Ok(r) if r.status() == 200 => Some(()),
+                        Ok(r) if r.status() != 503 => Some(()),
                         _ => None,
                     })
                 }

