@@ -18,7 +18,7 @@ mod request_path;
 mod upstream;
 
 use airlock_tests::envoy::{Envoy, EnvoyOptions};
-use airlock_tests::gateway::{ENGINEERS, Gateway, filter_config, policies};
+use airlock_tests::gateway::{ENGINEERS, Gateway, Sidecar, filter_config, policies};
 use airlock_tests::issuer::TENANT;
 use anyhow::{Context, ensure};
 use clap::Parser;
@@ -105,8 +105,11 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
 
     // The gateway first: its issuer mints the token every path carries, so
     // each path sees the same request bytes.
-    let gateway =
-        Gateway::launch_with_workers(1, upstream.port, Some(policies()), json!({})).await?;
+    let sidecar = Sidecar {
+        workers: 1,
+        ..Sidecar::standard()?
+    };
+    let gateway = Gateway::launch_on(sidecar, upstream.port, Some(policies()), json!({})).await?;
     gateway.wait_until_ready().await?;
     let token = gateway.token(&[ENGINEERS])?;
     let target = |port: u16, tokens: Tokens| {

@@ -3,8 +3,9 @@
 
 use airlock_operator::dev_issuer::{DevIssuer, TokenRequest};
 use airlock_policy::entra::TokenVersion;
-use airlock_tests::gateway::{ENGINEERS, Gateway, call, ping};
+use airlock_tests::gateway::{ENGINEERS, Gateway, Sidecar, call, ping, policies};
 use airlock_tests::issuer::TENANT;
+use airlock_tests::paths::crash_hook_wasm;
 use airlock_tests::peers::{McpServer, Transport, python_client};
 use airlock_tests::recorder::Recorder;
 use airlock_tests::wait_for;
@@ -594,6 +595,77 @@ async fn a_rotated_signing_key_is_fetched_on_its_first_unknown_kid() -> anyhow::
     assert_eq!(
         gateway.post(&http, &old, &ping(2)).send().await?.status(),
         200
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_crashed_vm_refuses_the_call_instead_of_passing_it() -> anyhow::Result<()> {
+    let upstream = Recorder::start().await?;
+    let sidecar = Sidecar {
+        module: crash_hook_wasm()?,
+        ..Sidecar::standard()?
+    };
+    let gateway = Gateway::launch_on(sidecar, upstream.port, Some(policies()), json!({})).await?;
+    gateway.wait_until_ready().await?;
+    let token = gateway.token(&[ENGINEERS])?;
+    let http = reqwest::Client::new();
+    let allowed = gateway
+        .post(
+            &http,
+            &token,
+            &call(1, "get_status", json!({"marker": "before"})),
+        )
+        .send()
+        .await?;
+    assert_eq!(allowed.status(), 200);
+
+    // An allowed call whose headers make the VM trap mid-request.
+    let crashed = gateway
+        .post(
+            &http,
+            &token,
+            &call(2, "get_status", json!({"marker": "crash"})),
+        )
+        .header("x-airlock-test-crash", "1")
+        .send()
+        .await?;
+    let status = crashed.status();
+    let body = crashed.text().await?;
+    assert!(
+        status.is_server_error(),
+        "a crashed filter must refuse: {status} {body}\n{}",
+        gateway.envoy.log()
+    );
+
+    // Whatever worker serves them, later calls are refused or judged; none
+    // reaches the upstream unjudged, and the crashed call never did.
+    for id in 3..9 {
+        let later = gateway
+            .post(
+                &http,
+                &token,
+                &call(id, "read_secret", json!({"marker": "after"})),
+            )
+            .send()
+            .await?;
+        let (status, text) = (later.status(), later.text().await?);
+        assert!(
+            status.is_server_error() || text.contains("read_secret"),
+            "{status} {text}"
+        );
+    }
+    let seen: Vec<String> = upstream
+        .requests()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert!(seen.iter().any(|b| b.contains("before")), "{seen:?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|b| b.contains("crash") || b.contains("after")),
+        "the upstream saw calls the filter did not pass: {seen:?}"
     );
     Ok(())
 }

@@ -9,6 +9,7 @@ use crate::paths::filter_wasm;
 use crate::wait_for;
 use airlock_operator::dev_issuer::TokenRequest;
 use serde_json::{Value, json};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The approvers of held calls in [`policies`].
@@ -85,12 +86,12 @@ impl Gateway {
         policies: Option<Value>,
         extra: Value,
     ) -> anyhow::Result<Gateway> {
-        Gateway::launch_with_workers(2, upstream_port, policies, extra).await
+        Gateway::launch_on(Sidecar::standard()?, upstream_port, policies, extra).await
     }
 
-    /// [`Gateway::launch`] with `workers` Envoy worker threads.
-    pub async fn launch_with_workers(
-        workers: u32,
+    /// [`Gateway::launch`] with another filter module or worker count.
+    pub async fn launch_on(
+        sidecar: Sidecar,
         upstream_port: u16,
         policies: Option<Value>,
         extra: Value,
@@ -103,8 +104,8 @@ impl Gateway {
             approvals.stop();
         }
         let config = filter_config(&issuer.jwks_path, extra);
-        let mut options = EnvoyOptions::with_filter(upstream_port, filter_wasm()?, config);
-        options.concurrency = workers;
+        let mut options = EnvoyOptions::with_filter(upstream_port, sidecar.module, config);
+        options.concurrency = sidecar.workers;
         options.clusters.push(("jwks".into(), issuer.port));
         options.clusters.push(("approvals".into(), approvals.port));
         let envoy = Envoy::start(options).await?;
@@ -167,6 +168,23 @@ pub fn ping(id: u32) -> Value {
 
 pub fn call(id: u32, tool: &str, arguments: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}})
+}
+
+/// The Envoy that runs the filter: which module, how many workers.
+pub struct Sidecar {
+    pub module: PathBuf,
+    pub workers: u32,
+}
+
+impl Sidecar {
+    /// The module `make wasm` builds, on two workers so that cross-worker
+    /// behaviour is exercised.
+    pub fn standard() -> anyhow::Result<Sidecar> {
+        Ok(Sidecar {
+            module: filter_wasm()?,
+            workers: 2,
+        })
+    }
 }
 
 /// The filter configuration of these gateways: the test tenant and audience,

@@ -46,11 +46,20 @@ pub fn node() -> anyhow::Result<PathBuf> {
 
 /// The filter module built by `make wasm`.
 pub fn filter_wasm() -> anyhow::Result<PathBuf> {
+    built_module("wasm", "make wasm")
+}
+
+/// The filter built with its test-only crash hook (`make wasm-crash-hook`).
+pub fn crash_hook_wasm() -> anyhow::Result<PathBuf> {
+    built_module("debug", "make wasm-crash-hook")
+}
+
+fn built_module(profile_dir: &str, make: &str) -> anyhow::Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
-    let path = target.join("wasm32-wasip1/wasm/airlock_filter.wasm");
+    let path = target.join(format!("wasm32-wasip1/{profile_dir}/airlock_filter.wasm"));
     path.exists()
         .then_some(path.clone())
-        .with_context(|| format!("{} is missing: run `make wasm`", path.display()))
+        .with_context(|| format!("{} is missing: run `{make}`", path.display()))
 }

@@ -594,6 +594,14 @@ fn parse_refusal(message: &str) -> Reply {
 
 impl HttpContext for AirlockStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Flow {
+        #[cfg(feature = "crash-hook")]
+        if self
+            .get_http_request_header("x-airlock-test-crash")
+            .is_some()
+        {
+            // A trap, as a bug would cause one.
+            std::process::abort();
+        }
         self.record.started = Some(self.get_current_time());
         let Some(gateway) = self.gateway.clone() else {
             return self.reply(&Reply::http_error(
