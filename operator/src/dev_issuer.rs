@@ -354,6 +354,7 @@ mod tests {
             clock_skew_seconds: 60,
             allow_app_only: true,
             groups_overage: OverageAction::Deny,
+            issuers: Vec::new(),
         };
         principal(&decoded.claims, &config, now()).unwrap()
     }

@@ -27,6 +27,24 @@ pub struct TrustConfig {
     /// What to do when the token says the user is in too many groups to list.
     #[serde(default)]
     pub groups_overage: OverageAction,
+    /// Issuers other than Entra's whose Entra-shaped tokens are trusted too:
+    /// an on-premises mirror, a test issuer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<OtherIssuer>,
+}
+
+/// An issuer that is not Entra's but signs Entra-shaped tokens for a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OtherIssuer {
+    /// The exact `iss` of its tokens.
+    pub issuer: String,
+    /// The tenant its tokens name in `tid`; its keys are that tenant's key set.
+    pub tenant: String,
+    /// Which Entra token format its tokens follow.
+    #[serde(default = "TokenVersion::v2")]
+    pub version: TokenVersion,
 }
 
 fn default_skew() -> u64 {
@@ -46,9 +64,16 @@ pub enum OverageAction {
 
 /// The token format version, from the issuer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum TokenVersion {
     V1,
     V2,
+}
+
+impl TokenVersion {
+    fn v2() -> TokenVersion {
+        TokenVersion::V2
+    }
 }
 
 /// The verified caller, the same for v1 and v2 tokens.
@@ -138,7 +163,7 @@ pub fn trusted_issuer<'a>(
     config: &'a TrustConfig,
     issuer: &str,
 ) -> Option<(&'a str, TokenVersion)> {
-    config.tenants.iter().find_map(|tenant| {
+    let entra = config.tenants.iter().find_map(|tenant| {
         if issuer == v1_issuer(tenant) {
             Some((tenant.as_str(), TokenVersion::V1))
         } else if issuer == v2_issuer(tenant) {
@@ -146,6 +171,13 @@ pub fn trusted_issuer<'a>(
         } else {
             None
         }
+    });
+    entra.or_else(|| {
+        config
+            .issuers
+            .iter()
+            .find(|other| other.issuer == issuer)
+            .map(|other| (other.tenant.as_str(), other.version))
     })
 }
 
@@ -320,6 +352,7 @@ mod tests {
             clock_skew_seconds: 60,
             allow_app_only: false,
             groups_overage: OverageAction::Deny,
+            issuers: Vec::new(),
         }
     }
 
@@ -360,6 +393,44 @@ mod tests {
         assert_eq!(b.display_name, "bob@contoso.com");
         assert_eq!(b.app_id, "app-2");
         assert_eq!(b.version, TokenVersion::V2);
+    }
+
+    #[test]
+    fn a_configured_other_issuer_is_trusted_for_its_tenant_only() {
+        const MIRROR: &str = "https://idp.example.test/airlock";
+        let mut trust = config();
+        trust.issuers.push(OtherIssuer {
+            issuer: MIRROR.into(),
+            tenant: TENANT.into(),
+            version: TokenVersion::V2,
+        });
+        let mut claims = v2();
+        claims["iss"] = json!(MIRROR);
+        let p = principal(&claims, &trust, NOW).unwrap();
+        assert_eq!(
+            (p.tenant_id.as_str(), p.version),
+            (TENANT, TokenVersion::V2)
+        );
+        // Entra's own issuers stay trusted beside it.
+        assert!(principal(&v2(), &trust, NOW).is_ok());
+        // Its tokens must still name its tenant, and not by a prefix of its URL.
+        claims["tid"] = json!(OTHER);
+        assert!(matches!(
+            principal(&claims, &trust, NOW),
+            Err(ClaimsError::TenantMismatch { .. })
+        ));
+        claims["tid"] = json!(TENANT);
+        claims["iss"] = json!(format!("{MIRROR}/"));
+        assert!(matches!(
+            principal(&claims, &trust, NOW),
+            Err(ClaimsError::UntrustedIssuer(_))
+        ));
+        // Without the configuration, the same token is refused.
+        claims["iss"] = json!(MIRROR);
+        assert!(matches!(
+            principal(&claims, &config(), NOW),
+            Err(ClaimsError::UntrustedIssuer(_))
+        ));
     }
 
     fn refused(mut claims: Value, edit: impl FnOnce(&mut Value)) -> ClaimsError {

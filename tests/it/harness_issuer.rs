@@ -24,6 +24,7 @@ async fn tokens_verify_against_the_served_key_set() -> anyhow::Result<()> {
         clock_skew_seconds: 60,
         allow_app_only: false,
         groups_overage: OverageAction::Deny,
+        issuers: Vec::new(),
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?

@@ -2,12 +2,14 @@
 //! the filter → the rmcp demo server, the approval service on SQLite, the
 //! development issuer, and the CLI's own code deciding approvals.
 
+use airlock_operator::dev_issuer::TokenRequest;
 use airlock_operator::local::people::{self, ApprovalCommand, Connection, Output, TokenArgs};
 use airlock_operator::local::up::{Running, UpArgs};
+use airlock_tests::issuer::{AUDIENCE, Issuer, TENANT};
 use airlock_tests::paths::{filter_wasm, repo_root, tool};
 use airlock_tests::peers::{Transport, python_client};
 use airlock_tests::wait_for;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,10 +21,27 @@ struct Local {
 impl Local {
     /// `airlock up --demo --policy FILE --port 0` in a fresh state directory.
     async fn start(policy: &str, max_hold_seconds: u64) -> anyhow::Result<Local> {
+        Local::start_with(
+            policy,
+            max_hold_seconds,
+            |_| {},
+            |local| local.token("probe", &[]),
+        )
+        .await
+    }
+
+    /// [`Local::start`] with more options, probing readiness with the
+    /// token `probe` mints.
+    async fn start_with(
+        policy: &str,
+        max_hold_seconds: u64,
+        options: impl FnOnce(&mut UpArgs),
+        probe: impl FnOnce(&Local) -> anyhow::Result<String>,
+    ) -> anyhow::Result<Local> {
         let dir = tempfile::Builder::new().prefix("airlock-up-").tempdir()?;
         let policy_file = dir.path().join("policy.yaml");
         std::fs::write(&policy_file, policy)?;
-        let args = UpArgs {
+        let mut args = UpArgs {
             demo: true,
             upstream: None,
             policies: vec![policy_file],
@@ -34,15 +53,17 @@ impl Local {
             tenant: None,
             audience: None,
             jwks_url: None,
+            issuer: None,
             envoy: Some(tool("envoy")?),
             filter: Some(filter_wasm()?),
             state_dir: dir.path().join("state"),
             max_hold_seconds,
         };
+        options(&mut args);
         let running = Running::start(&args).await?;
         let local = Local { running, dir };
         // The gateway loads keys and policy asynchronously after Envoy starts.
-        let probe = local.token("probe", &[])?;
+        let probe = probe(&local)?;
         wait_for(
             "the gateway to load keys and policy",
             Duration::from_secs(30),
@@ -338,5 +359,62 @@ async fn expiry_and_a_retry_under_a_single_use_grant() -> anyhow::Result<()> {
     })?;
     assert_eq!(again["isError"], true, "{again}");
     local.running.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn up_trusts_a_non_entra_issuer_named_with_issuer_and_jwks_url() -> anyhow::Result<()> {
+    const MIRROR: &str = "https://idp.example.test/airlock";
+    let keys = Issuer::start().await?;
+    let mint = |iss: &str, groups: &[&str]| -> anyhow::Result<String> {
+        let mut request = TokenRequest::user("oid-ada", "ada@contoso.com", AUDIENCE);
+        request.groups = groups.iter().map(|g| g.to_string()).collect();
+        request.overrides.insert("iss".into(), json!(iss));
+        Ok(keys.issuer.mint(&request)?)
+    };
+    let local = Local::start_with(
+        &example_policy()?,
+        45,
+        |args| {
+            args.tenant = Some(TENANT.into());
+            args.audience = Some(AUDIENCE.into());
+            args.jwks_url = Some(keys.jwks_url.clone());
+            args.issuer = Some(MIRROR.into());
+        },
+        |_| mint(MIRROR, &[]),
+    )
+    .await?;
+    assert!(
+        local.running.endpoints.issuer.is_none(),
+        "no development issuer when a tenant is trusted"
+    );
+
+    let ada = mint(MIRROR, &["engineers"])?;
+    let status = local.call(&ada, "get_status", "{}").await?;
+    assert_eq!(status["isError"], false, "{status}");
+    // The approval service trusts the same issuer: the CLI works with its tokens.
+    let listed = local.approvals(&ada, ApprovalCommand::List).await?;
+    assert_eq!(listed, json!([]));
+
+    // Same keys, another issuer: refused by the gateway and by the service.
+    let stranger = mint("https://elsewhere.example.test/", &["engineers"])?;
+    let refused = reqwest::Client::new()
+        .post(&local.running.endpoints.gateway)
+        .bearer_auth(&stranger)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 401);
+    let www = refused
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(www.contains("issuer"), "{www}");
+    let cli = local.approvals(&stranger, ApprovalCommand::List).await;
+    assert!(cli.is_err(), "{cli:?}");
     Ok(())
 }

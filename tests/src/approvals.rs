@@ -80,6 +80,7 @@ impl Approvals {
                 clock_skew_seconds: 60,
                 allow_app_only: false,
                 groups_overage: OverageAction::Deny,
+                issuers: Vec::new(),
             },
             jwks: vec![(TENANT.into(), jwks_url.clone())],
             gateway_credential: CREDENTIAL.into(),

@@ -8,7 +8,7 @@ use crate::approvals::service::{ApprovalService, Catalog, ServerEntry, ServiceCo
 use crate::approvals::store::SqliteStore;
 use crate::dev_issuer::DevIssuer;
 use crate::envoy::{self, Bootstrap, Cluster, FilterModule};
-use airlock_policy::entra::{OverageAction, TrustConfig};
+use airlock_policy::entra::{OtherIssuer, OverageAction, TokenVersion, TrustConfig};
 use airlock_policy::gateway::config::{FilterConfig, PolicyDocument};
 use anyhow::{Context, bail};
 use serde_json::json;
@@ -55,6 +55,10 @@ pub struct UpArgs {
     /// Fetch the tenant's signing keys from this URL instead of Entra's (a mirror, a test issuer).
     #[arg(long, requires = "tenant")]
     pub jwks_url: Option<String>,
+    /// Also trust tokens whose `iss` is this URL, when the issuer behind --jwks-url is not Entra's
+    /// (its tokens still carry Entra's claims: tid, oid, groups).
+    #[arg(long, requires = "jwks_url")]
+    pub issuer: Option<String>,
     /// The Envoy binary (default: .tools/bin/envoy, then envoy on PATH).
     #[arg(long)]
     pub envoy: Option<PathBuf>,
@@ -202,6 +206,15 @@ impl Running {
             clock_skew_seconds: 120,
             allow_app_only: false,
             groups_overage: OverageAction::Deny,
+            issuers: args
+                .issuer
+                .iter()
+                .map(|issuer| OtherIssuer {
+                    issuer: issuer.clone(),
+                    tenant: tenant.clone(),
+                    version: TokenVersion::V2,
+                })
+                .collect(),
         };
 
         // The approval service.

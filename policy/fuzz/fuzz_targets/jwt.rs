@@ -13,6 +13,7 @@ fuzz_target!(|token: &str| {
             clock_skew_seconds: 60,
             allow_app_only: true,
             groups_overage: OverageAction::Deny,
+            issuers: Vec::new(),
         };
         let _ = principal(&decoded.claims, &config, 1_800_000_000);
     }
