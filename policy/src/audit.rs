@@ -35,26 +35,61 @@ pub fn rfc3339(seconds: u64) -> String {
     )
 }
 
-/// Arguments as the deciding rules allow them to be recorded: nothing unless
-/// one of them captures arguments (or sessions), with every rule's
-/// redactions applied.
+/// What the rules deciding a message ask the trail to keep of it: the most
+/// any of them asks for, with every pointer any of them redacts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Keep {
+    pub capture: Capture,
+    pub redact: Vec<String>,
+}
+
+pub fn keep(policies: &[CompiledPolicy], decision: &Decision) -> Keep {
+    let audits: Vec<_> = decision
+        .deciding_rules(policies)
+        .into_iter()
+        .filter_map(|r| r.audit.as_ref())
+        .collect();
+    Keep {
+        capture: audits.iter().map(|a| a.capture).max().unwrap_or_default(),
+        redact: audits
+            .iter()
+            .flat_map(|a| a.redact.iter().cloned())
+            .collect(),
+    }
+}
+
+/// `value` with each pointer that resolves in it replaced by `"[redacted]"`.
+pub fn redacted(value: &Value, pointers: &[String]) -> Value {
+    let mut value = value.clone();
+    for pointer in pointers {
+        if let Some(found) = value.pointer_mut(pointer) {
+            *found = Value::String("[redacted]".into());
+        }
+    }
+    value
+}
+
+/// The arguments as the deciding rules allow them to be recorded, if at all.
 pub fn captured_arguments(
     policies: &[CompiledPolicy],
     decision: &Decision,
     arguments: Option<&Value>,
 ) -> Option<Value> {
-    let rules = decision.deciding_rules(policies);
-    let audits = || rules.iter().filter_map(|r| r.audit.as_ref());
-    if audits().all(|a| a.capture == Capture::None) {
-        return None;
+    let keep = keep(policies, decision);
+    match keep.capture {
+        Capture::None => None,
+        Capture::Arguments | Capture::Session => Some(redacted(arguments?, &keep.redact)),
     }
-    let mut arguments = arguments?.clone();
-    for pointer in audits().flat_map(|a| a.redact.iter()) {
-        if let Some(value) = arguments.pointer_mut(pointer) {
-            *value = Value::String("[redacted]".into());
-        }
+}
+
+/// A whole message as `Session` capture records it: redacted at each
+/// pointer, and at each pointer inside its arguments.
+pub fn captured_message(message: &Value, redact: &[String]) -> Value {
+    let mut message = redacted(message, redact);
+    if let Some(arguments) = message.pointer_mut("/params/arguments") {
+        *arguments = redacted(arguments, redact);
     }
-    Some(arguments)
+    message
 }
 
 /// `prev` of the first record in a chain.
@@ -108,6 +143,13 @@ pub struct AuditEvent {
     pub gateway_micros: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_micros: Option<u64>,
+    /// The request message, redacted, where a rule captures the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Value>,
+    /// What the server answered, message by message, redacted, where a rule
+    /// captures the session.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub responses: Vec<Value>,
 }
 
 /// Who an event is about: always tenant and object id, the rest for people reading.
@@ -222,6 +264,20 @@ pub fn verify(log: &str) -> Result<u64, ChainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_captured_message_is_redacted_in_itself_and_in_its_arguments() {
+        let message = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "login", "arguments": {"user": "ada", "password": "pw"}}});
+        let pointers = vec!["/password".to_string(), "/params/name".to_string()];
+        assert_eq!(
+            captured_message(&message, &pointers),
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "[redacted]", "arguments": {"user": "ada", "password": "[redacted]"}}})
+        );
+        // A pointer that resolves nowhere changes nothing.
+        assert_eq!(redacted(&message, &["/nothing/here".into()]), message);
+    }
 
     #[test]
     fn formats_utc() {

@@ -317,12 +317,15 @@ impl<'de> Deserialize<'de> for Grant {
 pub struct AuditCapture {
     #[serde(default)]
     pub capture: Capture,
-    /// JSON pointers into the arguments (or messages) replaced by `"[redacted]"`.
+    /// JSON pointers replaced by `"[redacted]"`: each applies to the
+    /// arguments and, with `Session` capture, to every captured message too
+    /// (`/password` for an argument, `/result/content` for a response's content).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redact: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Ordered by how much is kept: where several rules decide, the most wins.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 pub enum Capture {
     /// Only the digest of the arguments.

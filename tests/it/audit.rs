@@ -134,3 +134,84 @@ async fn audit_events_the_gateway_cannot_deliver_are_counted_and_logged() -> any
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn session_capture_records_each_exchange_redacted_and_airlock_audit_session_shows_it()
+-> anyhow::Result<()> {
+    let server = McpServer::python(Transport::StreamableSse).await?;
+    let policies = json!([{
+        "name": "test/captured",
+        "version": "1",
+        "spec": {
+            "defaultAction": "Deny",
+            "rules": [
+                {"name": "handshake", "match": {"methods": ["initialize", "notifications/*"]}, "action": "Allow"},
+                {"name": "echo", "match": {"tools": ["echo"]}, "action": "Allow",
+                 "audit": {"capture": "Session", "redact": ["/message", "/result/content/0/text", "/result/structuredContent"]}},
+                {"name": "status", "match": {"tools": ["get_status"]}, "action": "Allow"}
+            ]
+        }
+    }]);
+    let gateway = Gateway::launch(server.port, Some(policies), json!({})).await?;
+    gateway.wait_until_ready().await?;
+    let http = reqwest::Client::new();
+    let ada = gateway.token(&[ENGINEERS])?;
+    let session = gateway.open_session(&http, &ada).await?;
+    for body in [
+        call(21, "echo", json!({"message": "the password is swordfish"})),
+        call(22, "get_status", json!({})),
+    ] {
+        let answer = gateway
+            .post(&http, &ada, &body)
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .send()
+            .await?;
+        assert_eq!(answer.status(), 200);
+        // The client still gets the answer unredacted: capture only observes.
+        let text = answer.text().await?;
+        assert!(text.contains("\"id\":2"), "{text}");
+    }
+
+    let log = gateway.approvals.audit_log.clone();
+    let recorded = wait_for("the captured exchange", Duration::from_secs(30), || {
+        let found = events(&log);
+        let done = found.iter().any(|e| e["target"] == "get_status");
+        async move { Ok(done.then_some(found)) }
+    })
+    .await?;
+    let echo = recorded
+        .iter()
+        .find(|e| e["target"] == "echo")
+        .ok_or_else(|| anyhow::anyhow!("no echo event: {recorded:#?}"))?;
+    assert_eq!(
+        echo["request"],
+        json!({"jsonrpc": "2.0", "id": 21, "method": "tools/call",
+               "params": {"name": "echo", "arguments": {"message": "[redacted]"}}})
+    );
+    let responses = echo["responses"].as_array().cloned().unwrap_or_default();
+    let answer = responses
+        .iter()
+        .find(|m| m["id"] == 21)
+        .ok_or_else(|| anyhow::anyhow!("no captured answer: {echo:#}"))?;
+    assert_eq!(answer["result"]["content"][0]["text"], "[redacted]");
+    assert!(!echo.to_string().contains("swordfish"), "{echo:#}");
+    // A rule without session capture records no messages.
+    let status = recorded
+        .iter()
+        .find(|e| e["target"] == "get_status")
+        .ok_or_else(|| anyhow::anyhow!("no status event"))?;
+    assert!(status.get("request").is_none() && status.get("responses").is_none());
+    assert!(verify(&std::fs::read_to_string(&log)?).is_ok());
+
+    // `airlock audit session ID`: the exchange, in order.
+    let shown = airlock_operator::local::people::session_events(&log, &session)?;
+    let echo_at = shown.find("-> {").unwrap_or(usize::MAX);
+    let answer_at = shown.find("<- {").unwrap_or(0);
+    assert!(echo_at < answer_at, "{shown}");
+    assert!(
+        shown.contains("[redacted]") && !shown.contains("swordfish"),
+        "{shown}"
+    );
+    Ok(())
+}

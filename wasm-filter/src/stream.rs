@@ -4,9 +4,12 @@ use crate::{FILTER_HEADER, Gateway, now_seconds, service, sessions};
 use airlock_policy::audit::{AuditEvent, rfc3339};
 use airlock_policy::entra::Principal;
 use airlock_policy::gateway::auth::{AuthError, authenticate};
+use airlock_policy::gateway::capture::ResponseCapture;
 use airlock_policy::gateway::hold::{Next, Stage, on_answer};
 use airlock_policy::gateway::judge::{Answering, Outcome, judge, refuse};
-use airlock_policy::gateway::record::{Seen, judged_events, refusal_reason, refused_event};
+use airlock_policy::gateway::record::{
+    Seen, judged_events, refusal_reason, refused_event, session_capture,
+};
 use airlock_policy::gateway::reply::{
     Reply, codes, credentials_required, error_object, error_response, unauthorized,
 };
@@ -78,6 +81,10 @@ pub struct AirlockStream {
     /// The request's headers as the client sent them, read once: every host
     /// call costs more than a lookup here.
     request_headers: Vec<(String, String)>,
+    /// Session capture: what to redact in the answer, until its headers
+    /// arrive; then the answer's messages as they stream past.
+    capture_redact: Option<Vec<String>>,
+    capture: Option<ResponseCapture>,
 }
 
 /// What the stream's audit events need, gathered as it goes.
@@ -178,6 +185,8 @@ impl AirlockStream {
             response: ResponseWork::Pass,
             record: Record::default(),
             request_headers: Vec::new(),
+            capture_redact: None,
+            capture: None,
         }
     }
 
@@ -403,6 +412,10 @@ impl AirlockStream {
             protocol_version: protocol_version.map(|v| v.as_str()),
         };
         self.record.events = judged_events(&seen, &envelope, &judged, &self.policies);
+        if self.route == Route::Mcp {
+            // Legacy answers travel on the GET stream, which is not captured.
+            self.capture_redact = session_capture(&envelope, &judged, &self.policies);
+        }
         self.dry_run = judged.dry_run.clone();
         if let Some(would) = judged
             .verdicts
@@ -541,6 +554,11 @@ impl AirlockStream {
             .unwrap_or_default()
             .saturating_sub(record.held_for);
         let reason = record.refusal.as_ref().and_then(refusal_reason);
+        if let Some(capture) = self.capture.take()
+            && let Some(event) = events.iter_mut().find(|e| e.request.is_some())
+        {
+            event.responses = capture.finish();
+        }
         let mut queue = gateway.audit.borrow_mut();
         for (index, mut event) in events.into_iter().enumerate() {
             event.upstream_status = record.upstream_status;
@@ -679,10 +697,26 @@ impl HttpContext for AirlockStream {
             }
             ResponseWork::LegacyStream { .. } | ResponseWork::Pass => {}
         }
+        if let Some(redact) = self.capture_redact.take()
+            && matches!(self.response, ResponseWork::Pass)
+        {
+            self.capture = Some(ResponseCapture::new(
+                content_type.starts_with("text/event-stream"),
+                redact,
+            ));
+        }
         Flow::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
+        if self.capture.is_some() {
+            let chunk = self
+                .get_http_response_body(0, body_size)
+                .unwrap_or_default();
+            if let Some(capture) = &mut self.capture {
+                capture.push(&chunk);
+            }
+        }
         match std::mem::replace(&mut self.response, ResponseWork::Pass) {
             ResponseWork::FilterToolsList { id, event_stream } => {
                 if !end_of_stream {

@@ -425,7 +425,7 @@ pub fn session_events(file: &std::path::Path, session: &str) -> anyhow::Result<S
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|e| e["session"] == session)
         .map(|e| {
-            printable(&format!(
+            let mut text = printable(&format!(
                 "#{} {} {} {} {} {} {}",
                 e["seq"],
                 e["time"].as_str().unwrap_or(""),
@@ -439,7 +439,15 @@ pub fn session_events(file: &std::path::Path, session: &str) -> anyhow::Result<S
                     .as_object()
                     .map(|_| e["arguments"].to_string())
                     .unwrap_or_default()
-            ))
+            ));
+            // Session capture: the whole exchange, in order.
+            if let Some(request) = e.get("request") {
+                text.push_str(&format!("\n    -> {}", printable(&request.to_string())));
+            }
+            for response in e["responses"].as_array().into_iter().flatten() {
+                text.push_str(&format!("\n    <- {}", printable(&response.to_string())));
+            }
+            text
         })
         .collect();
     if lines.is_empty() {

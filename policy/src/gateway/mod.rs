@@ -7,6 +7,7 @@
 //! [`reply::Reply`], or hold for approval.
 
 pub mod auth;
+pub mod capture;
 pub mod config;
 pub mod hold;
 pub mod judge;

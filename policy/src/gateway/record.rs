@@ -3,11 +3,11 @@
 
 use super::judge::Judged;
 use super::reply::Reply;
-use crate::audit::{AuditEvent, AuditPrincipal, captured_arguments};
+use crate::audit::{AuditEvent, AuditPrincipal, Keep, captured_arguments, captured_message, keep};
 use crate::entra::Principal;
-use crate::mcp::Envelope;
-use crate::model::CompiledPolicy;
-use serde_json::Value;
+use crate::mcp::{Envelope, Message, MessageKind};
+use crate::model::{Capture, CompiledPolicy};
+use serde_json::{Map, Value};
 
 /// What every event of one HTTP request shares.
 #[derive(Debug, Clone, Default)]
@@ -49,7 +49,10 @@ pub fn judged_events(
         .zip(&judged.verdicts)
         .map(|(message, verdict)| {
             let decision = verdict.decision.as_ref();
+            let keep = decision.map(|d| keep(policies, d)).unwrap_or_default();
             AuditEvent {
+                request: (keep.capture == Capture::Session)
+                    .then(|| captured_message(&message_json(message), &keep.redact)),
                 method: message.method.clone(),
                 target: message.target.name().map(str::to_string),
                 arguments_digest: message.params_digest.clone(),
@@ -68,6 +71,40 @@ pub fn judged_events(
             }
         })
         .collect()
+}
+
+/// The pointers to redact in the server's answers when a rule deciding any
+/// of these messages captures the session; `None` when none does.
+pub fn session_capture(
+    envelope: &Envelope,
+    judged: &Judged,
+    policies: &[CompiledPolicy],
+) -> Option<Vec<String>> {
+    let kept: Vec<Keep> = envelope
+        .messages
+        .iter()
+        .zip(&judged.verdicts)
+        .filter_map(|(_, verdict)| verdict.decision.as_ref())
+        .map(|d| keep(policies, d))
+        .filter(|k| k.capture == Capture::Session)
+        .collect();
+    (!kept.is_empty()).then(|| kept.into_iter().flat_map(|k| k.redact).collect())
+}
+
+/// A client message as JSON again, from what classification kept of it.
+fn message_json(message: &Message) -> Value {
+    let mut json = Map::new();
+    json.insert("jsonrpc".into(), "2.0".into());
+    if let MessageKind::Request { id } = &message.kind {
+        json.insert("id".into(), id.to_json());
+    }
+    if let Some(method) = &message.method {
+        json.insert("method".into(), method.as_str().into());
+    }
+    if let Some(params) = &message.params {
+        json.insert("params".into(), params.clone());
+    }
+    Value::Object(json)
 }
 
 /// The event of a request refused before judging (no token, malformed body,
