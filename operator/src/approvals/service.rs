@@ -491,39 +491,41 @@ impl<S: Store> ApprovalService<S> {
     }
 
     /// Loads an approval, settling expiry (and recording it) on the way.
-    fn load(&self, id: &str) -> Result<Approval, ApiError> {
-        let mut approval = self.store.get(id)?.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_approval",
-                format!("no approval {id:?}"),
-            )
-        })?;
-        let before = approval.version;
-        if approval.settle(now_seconds()) {
+    async fn load(&self, id: &str) -> Result<Approval, ApiError> {
+        loop {
+            let mut approval = self.store.get(id).await?.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_approval",
+                    format!("no approval {id:?}"),
+                )
+            })?;
+            let before = approval.version;
+            if !approval.settle(now_seconds()) {
+                return Ok(approval);
+            }
             approval.version += 1;
-            if self.store.update(&approval, before)? {
+            if self.store.update(&approval, before).await? {
                 self.metrics.expiries.inc();
                 self.record(self.approval_event("approval.expired", &approval, None, None))?;
                 let _ = self.changes.send(approval.id.clone());
-            } else {
-                return self.load(id);
+                return Ok(approval);
             }
+            // Another writer moved it first: read it again.
         }
-        Ok(approval)
     }
 
     /// Applies `change` with compare-and-set, retrying on a lost race.
-    fn change(
+    async fn change(
         &self,
         id: &str,
         mut change: impl FnMut(&mut Approval) -> Result<(), ApprovalError>,
     ) -> Result<Approval, ApiError> {
         for _ in 0..8 {
-            let mut approval = self.load(id)?;
+            let mut approval = self.load(id).await?;
             let before = approval.version;
             change(&mut approval)?;
-            if self.store.update(&approval, before)? {
+            if self.store.update(&approval, before).await? {
                 let _ = self.changes.send(approval.id.clone());
                 return Ok(approval);
             }
@@ -537,7 +539,7 @@ impl<S: Store> ApprovalService<S> {
 
     /// [`change`](Self::change), then the transition's audit record: what
     /// happened (`kind`), who did it and what they said.
-    fn change_and_record(
+    async fn change_and_record(
         &self,
         id: &str,
         kind: &str,
@@ -545,7 +547,7 @@ impl<S: Store> ApprovalService<S> {
         said: Option<String>,
         change: impl FnMut(&mut Approval) -> Result<(), ApprovalError>,
     ) -> Result<Approval, ApiError> {
-        let approval = self.change(id, change)?;
+        let approval = self.change(id, change).await?;
         self.record(self.approval_event(kind, &approval, who, said))?;
         Ok(approval)
     }
@@ -646,7 +648,7 @@ async fn ask<S: Store>(
         digest: derived.digest.clone(),
     };
     let now = now_seconds();
-    if let Some(existing) = service.store.latest_for(&binding)? {
+    if let Some(existing) = service.store.latest_for(&binding).await? {
         let state = existing.state_at(now);
         if state.waiting() || state == State::Approved {
             return ok(StatusCode::OK, view(&existing, now));
@@ -654,7 +656,8 @@ async fn ask<S: Store>(
     }
     let pending = service
         .store
-        .list()?
+        .list()
+        .await?
         .iter()
         .filter(|a| {
             a.requester.tid == principal.tenant_id
@@ -732,7 +735,7 @@ async fn ask<S: Store>(
         releases: 0,
         version: 0,
     };
-    service.store.insert(&approval)?;
+    service.store.insert(&approval).await?;
     service.record(service.approval_event("approval.asked", &approval, None, None))?;
     let _ = service.changes.send(approval.id.clone());
     ok(StatusCode::CREATED, view(&approval, now))
@@ -746,7 +749,7 @@ async fn show<S: Store>(
 ) -> ApiResult {
     let principal = service.principal(&headers).await?;
     let mut changes = service.changes.subscribe();
-    let approval = service.load(&id)?;
+    let approval = service.load(&id).await?;
     if !service.visible_to(&approval, &principal) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -770,7 +773,7 @@ async fn show<S: Store>(
             Ok(Err(broadcast::error::RecvError::Closed)) => break,
             _ => {}
         }
-        current = service.load(&id)?;
+        current = service.load(&id).await?;
     }
     ok(StatusCode::OK, view(&current, now_seconds()))
 }
@@ -795,9 +798,11 @@ async fn consume<S: Store>(
         digest: derived.digest,
     };
     let now = now_seconds();
-    let approval = service.change_and_record(&id, "approval.executed", None, None, |a| {
-        a.consume(&binding, now)
-    })?;
+    let approval = service
+        .change_and_record(&id, "approval.executed", None, None, |a| {
+            a.consume(&binding, now)
+        })
+        .await?;
     ok(StatusCode::OK, view(&approval, now))
 }
 
@@ -810,13 +815,15 @@ async fn decide<S: Store>(
     let approver = service.principal(&headers).await?;
     let decision: DecisionBody = body(&bytes)?;
     let now = now_seconds();
-    let approval = service.change_and_record(
-        &id,
-        "approval.decided",
-        Some(&approver),
-        Some(decision.reason.clone()),
-        |a| a.decide(&approver, decision.verdict, &decision.reason, now),
-    )?;
+    let approval = service
+        .change_and_record(
+            &id,
+            "approval.decided",
+            Some(&approver),
+            Some(decision.reason.clone()),
+            |a| a.decide(&approver, decision.verdict, &decision.reason, now),
+        )
+        .await?;
     let verdict = match decision.verdict {
         Verdict::Approve => "approve",
         Verdict::Deny => "deny",
@@ -844,13 +851,15 @@ async fn ask_info<S: Store>(
     let approver = service.principal(&headers).await?;
     let question: MessageBody = body(&bytes)?;
     let now = now_seconds();
-    let approval = service.change_and_record(
-        &id,
-        "approval.info_requested",
-        Some(&approver),
-        Some(question.message.clone()),
-        |a| a.ask(&approver, &question.message, now),
-    )?;
+    let approval = service
+        .change_and_record(
+            &id,
+            "approval.info_requested",
+            Some(&approver),
+            Some(question.message.clone()),
+            |a| a.ask(&approver, &question.message, now),
+        )
+        .await?;
     ok(StatusCode::OK, view(&approval, now))
 }
 
@@ -863,13 +872,15 @@ async fn answer<S: Store>(
     let requester = service.principal(&headers).await?;
     let reply: MessageBody = body(&bytes)?;
     let now = now_seconds();
-    let approval = service.change_and_record(
-        &id,
-        "approval.answered",
-        None,
-        Some(reply.message.clone()),
-        |a| a.answer(&requester, &reply.message, now),
-    )?;
+    let approval = service
+        .change_and_record(
+            &id,
+            "approval.answered",
+            None,
+            Some(reply.message.clone()),
+            |a| a.answer(&requester, &reply.message, now),
+        )
+        .await?;
     ok(StatusCode::OK, view(&approval, now))
 }
 
@@ -881,7 +892,8 @@ async fn list<S: Store>(
     let now = now_seconds();
     let visible: Vec<Value> = service
         .store
-        .list()?
+        .list()
+        .await?
         .iter()
         .filter(|a| service.visible_to(a, &principal))
         .map(|a| view(a, now))
@@ -935,7 +947,8 @@ async fn metrics<S: Store>(AppState(service): AppState<Arc<ApprovalService<S>>>)
     let now = now_seconds();
     let waiting = service
         .store
-        .list()?
+        .list()
+        .await?
         .iter()
         .filter(|a| a.state_at(now).waiting())
         .count();

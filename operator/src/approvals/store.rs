@@ -21,14 +21,23 @@ pub enum StoreError {
 }
 
 /// Persistence for approvals; implementations must make `update` atomic.
+/// Asynchronous, so that a store behind a network API (the Kubernetes one)
+/// implements it as naturally as the local file does.
 pub trait Store: Send + Sync + 'static {
-    fn insert(&self, approval: &Approval) -> Result<(), StoreError>;
-    fn get(&self, id: &str) -> Result<Option<Approval>, StoreError>;
+    fn insert(&self, approval: &Approval) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn get(&self, id: &str) -> impl Future<Output = Result<Option<Approval>, StoreError>> + Send;
     /// The newest approval for exactly this binding, in any state.
-    fn latest_for(&self, binding: &Binding) -> Result<Option<Approval>, StoreError>;
+    fn latest_for(
+        &self,
+        binding: &Binding,
+    ) -> impl Future<Output = Result<Option<Approval>, StoreError>> + Send;
     /// Writes `approval` if the stored version is still `expected`; false if it moved.
-    fn update(&self, approval: &Approval, expected: u64) -> Result<bool, StoreError>;
-    fn list(&self) -> Result<Vec<Approval>, StoreError>;
+    fn update(
+        &self,
+        approval: &Approval,
+        expected: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn list(&self) -> impl Future<Output = Result<Vec<Approval>, StoreError>> + Send;
 }
 
 /// Approvals in a SQLite file (local mode).
@@ -70,7 +79,7 @@ fn decode(body: String) -> Result<Approval, StoreError> {
 }
 
 impl Store for SqliteStore {
-    fn insert(&self, approval: &Approval) -> Result<(), StoreError> {
+    async fn insert(&self, approval: &Approval) -> Result<(), StoreError> {
         let body = serde_json::to_string(approval)?;
         self.with(|c| {
             c.execute(
@@ -81,7 +90,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn get(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+    async fn get(&self, id: &str) -> Result<Option<Approval>, StoreError> {
         let body: Option<String> = self.with(|c| {
             Ok(c.query_row(
                 "SELECT body FROM approvals WHERE id = ?1",
@@ -93,7 +102,7 @@ impl Store for SqliteStore {
         body.map(decode).transpose()
     }
 
-    fn latest_for(&self, binding: &Binding) -> Result<Option<Approval>, StoreError> {
+    async fn latest_for(&self, binding: &Binding) -> Result<Option<Approval>, StoreError> {
         let body: Option<String> = self.with(|c| {
             Ok(c.query_row(
                 "SELECT body FROM approvals WHERE binding_key = ?1 ORDER BY created_at DESC, rowid DESC LIMIT 1",
@@ -105,7 +114,7 @@ impl Store for SqliteStore {
         body.map(decode).transpose()
     }
 
-    fn update(&self, approval: &Approval, expected: u64) -> Result<bool, StoreError> {
+    async fn update(&self, approval: &Approval, expected: u64) -> Result<bool, StoreError> {
         let body = serde_json::to_string(approval)?;
         self.with(|c| {
             let changed = c.execute(
@@ -116,7 +125,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn list(&self) -> Result<Vec<Approval>, StoreError> {
+    async fn list(&self) -> Result<Vec<Approval>, StoreError> {
         let bodies: Vec<String> = self.with(|c| {
             let mut statement =
                 c.prepare("SELECT body FROM approvals ORDER BY created_at, rowid")?;
@@ -132,26 +141,26 @@ mod tests {
     use super::*;
     use crate::approvals::model::tests::{approval, binding};
 
-    #[test]
-    fn survives_reopening_and_compares_and_sets() {
+    #[tokio::test]
+    async fn survives_reopening_and_compares_and_sets() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("approvals.db");
         let mut a = approval(1, false, None);
         {
             let store = SqliteStore::open(&path).unwrap();
-            store.insert(&a).unwrap();
+            store.insert(&a).await.unwrap();
         }
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(store.get("ar-1").unwrap(), Some(a.clone()));
+        assert_eq!(store.get("ar-1").await.unwrap(), Some(a.clone()));
         assert_eq!(
-            store.latest_for(&binding()).unwrap().map(|x| x.id),
+            store.latest_for(&binding()).await.unwrap().map(|x| x.id),
             Some("ar-1".into())
         );
         a.version = 1;
-        assert!(store.update(&a, 0).unwrap());
+        assert!(store.update(&a, 0).await.unwrap());
         // A second writer that read version 0 loses.
-        assert!(!store.update(&a, 0).unwrap());
-        assert_eq!(store.list().unwrap().len(), 1);
-        assert_eq!(store.get("nope").unwrap(), None);
+        assert!(!store.update(&a, 0).await.unwrap());
+        assert_eq!(store.list().await.unwrap().len(), 1);
+        assert_eq!(store.get("nope").await.unwrap(), None);
     }
 }
