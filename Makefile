@@ -45,6 +45,7 @@ demo: setup wasm
 ## bench: tools/call direct vs plain Envoy vs filter, cold RS256, callgrind, approvals, audit intake (docs/BENCHMARKS.md)
 bench: setup wasm
 	cargo build --release --locked -p airlock-bench
+	cargo build --locked -p airlock-noop-filter --target wasm32-wasip1 --profile wasm
 	target/release/airlock-bench $(BENCH_ARGS)
 
 ## fuzz: run each cargo-fuzz target for FUZZ_SECONDS (default 60)

@@ -150,21 +150,20 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
         .await?;
         report.data_path(row);
     }
-    {
-        let mut options = EnvoyOptions::plain(upstream.port);
+    // Plain Envoy, then Envoy hosting a filter that does nothing (the V8 floor).
+    let noop = noop_filter()?;
+    for (path, filter) in [(Path::Envoy, None), (Path::NoopFilter, Some(noop))] {
+        let mut options = match filter {
+            Some(module) => EnvoyOptions::with_filter(upstream.port, module, json!({})),
+            None => EnvoyOptions::plain(upstream.port),
+        };
         options.concurrency = 1;
         let envoy = Envoy::start(options).await?;
         cpu::pin_process(envoy.pid(), 1)?;
         let port = port_of(&envoy.url)?;
         for load in [latency, loaded] {
-            let row = measure(
-                Path::Envoy,
-                port,
-                Some(envoy.pid()),
-                load,
-                Tokens::Same(token.clone()),
-            )
-            .await?;
+            let tokens = Tokens::Same(token.clone());
+            let row = measure(path, port, Some(envoy.pid()), load, tokens).await?;
             report.data_path(row);
         }
     }
@@ -240,6 +239,18 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
     drop(upstream);
     println!("{}", report.render());
     Ok(())
+}
+
+/// The do-nothing module `make bench` builds beside the filter.
+fn noop_filter() -> anyhow::Result<std::path::PathBuf> {
+    let path = airlock_tests::paths::repo_root()
+        .join("target/wasm32-wasip1/wasm/airlock_noop_filter.wasm");
+    ensure!(
+        path.is_file(),
+        "{} is missing: run `make bench`, which builds it",
+        path.display()
+    );
+    Ok(path)
 }
 
 fn port_of(url: &str) -> anyhow::Result<u16> {

@@ -9,6 +9,7 @@ use std::time::Duration;
 pub enum Path {
     Direct,
     Envoy,
+    NoopFilter,
     Filter,
     FilterCold,
 }
@@ -18,6 +19,7 @@ impl Path {
         match self {
             Path::Direct => "direct to the MCP server",
             Path::Envoy => "Envoy, no filter",
+            Path::NoopFilter => "Envoy + a do-nothing wasm filter (V8 floor)",
             Path::Filter => "Envoy + Airlock filter (warm token cache)",
             Path::FilterCold => "Envoy + Airlock filter, new token every call (cold RS256)",
         }
@@ -107,21 +109,26 @@ impl Report {
         }
         let _ = writeln!(out, "\n### Ratios\n");
         for connections in [1, self.connections] {
-            let (Some(direct), Some(envoy), Some(filter)) = (
+            let (Some(direct), Some(envoy), Some(noop), Some(filter)) = (
                 self.row(Path::Direct, connections),
                 self.row(Path::Envoy, connections),
+                self.row(Path::NoopFilter, connections),
                 self.row(Path::Filter, connections),
             ) else {
                 continue;
             };
+            let throughput = |row: &Row| row.sample.per_second();
+            let p50 = |row: &Row| row.sample.quantile_micros(0.5);
             let _ = writeln!(
                 out,
-                "- {connections} connection(s): the filter keeps **{:.0}%** of plain Envoy's throughput ({:.0}% of direct) and adds **{:+.0} µs** at p50, {:+.0} µs at p99 over plain Envoy; plain Envoy adds {:+.0} µs at p50 over direct.",
-                100.0 * filter.sample.per_second() / envoy.sample.per_second(),
-                100.0 * filter.sample.per_second() / direct.sample.per_second(),
-                filter.sample.quantile_micros(0.5) - envoy.sample.quantile_micros(0.5),
+                "- {connections} connection(s): the filter keeps **{:.0}%** of plain Envoy's throughput ({:.0}% of direct) and adds **{:+.0} µs** at p50, {:+.0} µs at p99 over plain Envoy; a do-nothing wasm filter keeps {:.0}% and adds {:+.0} µs at p50; plain Envoy adds {:+.0} µs at p50 over direct.",
+                100.0 * throughput(filter) / throughput(envoy),
+                100.0 * throughput(filter) / throughput(direct),
+                p50(filter) - p50(envoy),
                 filter.sample.quantile_micros(0.99) - envoy.sample.quantile_micros(0.99),
-                envoy.sample.quantile_micros(0.5) - direct.sample.quantile_micros(0.5),
+                100.0 * throughput(noop) / throughput(envoy),
+                p50(noop) - p50(envoy),
+                p50(envoy) - p50(direct),
             );
         }
         if let (Some(warm), Some(cold)) = (self.row(Path::Filter, 1), self.row(Path::FilterCold, 1))
