@@ -339,7 +339,7 @@ impl DevIssuer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use airlock_policy::entra::{OverageAction, TrustConfig, principal};
+    use airlock_policy::entra::{TrustConfig, principal};
     use airlock_policy::jwt::{JwkSet, decode};
 
     const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
@@ -349,12 +349,8 @@ mod tests {
         let decoded = decode(token).unwrap();
         decoded.verify(&keys).unwrap();
         let config = TrustConfig {
-            tenants: vec![TENANT.into()],
-            audiences: vec!["api://airlock".into()],
-            clock_skew_seconds: 60,
             allow_app_only: true,
-            groups_overage: OverageAction::Deny,
-            issuers: Vec::new(),
+            ..TrustConfig::tenant(TENANT, "api://airlock")
         };
         principal(&decoded.claims, &config, now()).unwrap()
     }

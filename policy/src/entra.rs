@@ -51,6 +51,21 @@ fn default_skew() -> u64 {
     60
 }
 
+impl TrustConfig {
+    /// One tenant's tokens for one audience; everything else as a
+    /// configuration that leaves it out gets it.
+    pub fn tenant(tenant: &str, audience: &str) -> TrustConfig {
+        TrustConfig {
+            tenants: vec![tenant.to_string()],
+            audiences: vec![audience.to_string()],
+            clock_skew_seconds: default_skew(),
+            allow_app_only: false,
+            groups_overage: OverageAction::default(),
+            issuers: Vec::new(),
+        }
+    }
+}
+
 /// Handling of the groups-overage claim.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

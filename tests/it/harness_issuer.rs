@@ -2,7 +2,7 @@
 //! production verification code, across a key rotation.
 
 use airlock_operator::dev_issuer::TokenRequest;
-use airlock_policy::entra::{OverageAction, TokenVersion, TrustConfig, principal};
+use airlock_policy::entra::{TokenVersion, TrustConfig, principal};
 use airlock_policy::jwt::{JwkSet, decode};
 use airlock_tests::issuer::{AUDIENCE, Issuer, TENANT};
 
@@ -18,14 +18,7 @@ async fn fetch_keys(issuer: &Issuer) -> anyhow::Result<JwkSet> {
 #[tokio::test]
 async fn tokens_verify_against_the_served_key_set() -> anyhow::Result<()> {
     let issuer = Issuer::start().await?;
-    let config = TrustConfig {
-        tenants: vec![TENANT.into()],
-        audiences: vec![AUDIENCE.into()],
-        clock_skew_seconds: 60,
-        allow_app_only: false,
-        groups_overage: OverageAction::Deny,
-        issuers: Vec::new(),
-    };
+    let config = TrustConfig::tenant(TENANT, AUDIENCE);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();

@@ -4,7 +4,7 @@ use crate::issuer::{AUDIENCE, Issuer, TENANT};
 use airlock_operator::approvals::audit_log::AuditLog;
 use airlock_operator::approvals::service::{ApprovalService, Catalog, ServerEntry, ServiceConfig};
 use airlock_operator::approvals::store::SqliteStore;
-use airlock_policy::entra::{OverageAction, TrustConfig};
+use airlock_policy::entra::TrustConfig;
 use airlock_policy::gateway::config::NamedPolicy;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -74,14 +74,7 @@ impl Approvals {
         let store = SqliteStore::open(&dir.path().join("approvals.db"))?;
         let audit_log = dir.path().join("audit.jsonl");
         let config = ServiceConfig {
-            trust: TrustConfig {
-                tenants: vec![TENANT.into()],
-                audiences: vec![AUDIENCE.into()],
-                clock_skew_seconds: 60,
-                allow_app_only: false,
-                groups_overage: OverageAction::Deny,
-                issuers: Vec::new(),
-            },
+            trust: TrustConfig::tenant(TENANT, AUDIENCE),
             jwks: vec![(TENANT.into(), jwks_url.clone())],
             gateway_credential: CREDENTIAL.into(),
             max_pending_per_principal: 20,

@@ -256,6 +256,22 @@ struct DerivedCall {
     digest: String,
 }
 
+impl DerivedCall {
+    /// What a grant for this call is bound to. Asking and releasing both
+    /// bind through here, so a grant matches exactly the call it was asked for.
+    fn binding(&self, caller: &Principal, server: &str) -> Binding {
+        Binding {
+            tid: caller.tenant_id.clone(),
+            oid: caller.object_id.clone(),
+            app_id: caller.app_id.clone(),
+            server: server.to_string(),
+            method: self.method.clone(),
+            target: self.target.name().map(str::to_string),
+            digest: self.digest.clone(),
+        }
+    }
+}
+
 fn derive(call: &CallBody) -> Result<DerivedCall, ApiError> {
     let message = json!({"jsonrpc": "2.0", "id": 0, "method": call.method, "params": call.params});
     let envelope = classify(message.to_string().as_bytes(), &RequestContext::default())
@@ -638,15 +654,7 @@ async fn ask<S: Store>(
             ));
         }
     }
-    let binding = Binding {
-        tid: principal.tenant_id.clone(),
-        oid: principal.object_id.clone(),
-        app_id: principal.app_id.clone(),
-        server: call.server.clone(),
-        method: derived.method.clone(),
-        target: derived.target.name().map(str::to_string),
-        digest: derived.digest.clone(),
-    };
+    let binding = derived.binding(&principal, &call.server);
     let now = now_seconds();
     if let Some(existing) = service.store.latest_for(&binding).await? {
         let state = existing.state_at(now);
@@ -788,15 +796,7 @@ async fn consume<S: Store>(
     let principal = service.principal(&headers).await?;
     let call: CallBody = body(&bytes)?;
     let derived = derive(&call)?;
-    let binding = Binding {
-        tid: principal.tenant_id.clone(),
-        oid: principal.object_id.clone(),
-        app_id: principal.app_id.clone(),
-        server: call.server.clone(),
-        method: derived.method,
-        target: derived.target.name().map(str::to_string),
-        digest: derived.digest,
-    };
+    let binding = derived.binding(&principal, &call.server);
     let now = now_seconds();
     let approval = service
         .change_and_record(&id, "approval.executed", None, None, |a| {

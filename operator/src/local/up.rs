@@ -8,7 +8,7 @@ use crate::approvals::service::{ApprovalService, Catalog, ServerEntry, ServiceCo
 use crate::approvals::store::SqliteStore;
 use crate::dev_issuer::DevIssuer;
 use crate::envoy::{self, Bootstrap, Cluster, FilterModule};
-use airlock_policy::entra::{OtherIssuer, OverageAction, TokenVersion, TrustConfig};
+use airlock_policy::entra::{OtherIssuer, TokenVersion, TrustConfig};
 use airlock_policy::gateway::config::{FilterConfig, PolicyDocument};
 use anyhow::{Context, bail};
 use serde_json::json;
@@ -201,11 +201,7 @@ impl Running {
             }
         };
         let trust = TrustConfig {
-            tenants: vec![tenant.clone()],
-            audiences: vec![audience.clone()],
             clock_skew_seconds: 120,
-            allow_app_only: false,
-            groups_overage: OverageAction::Deny,
             issuers: args
                 .issuer
                 .iter()
@@ -215,6 +211,7 @@ impl Running {
                     version: TokenVersion::V2,
                 })
                 .collect(),
+            ..TrustConfig::tenant(&tenant, &audience)
         };
 
         // The approval service.
