@@ -108,7 +108,7 @@ fn request_path(core: &mut Core, authorization: &str, now: u64) -> anyhow::Resul
         protocol_version: Some("2025-06-18"),
     };
     let mut queued = routed.forward_path.len() + headers.len();
-    for event in judged_events(&seen, &envelope, &judged, &core.policies) {
+    for event in judged_events(&seen, &envelope, &judged, &core.policies).events {
         queued += serde_json::to_string(&event)?.len();
     }
     Ok(queued)

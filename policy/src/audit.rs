@@ -69,17 +69,23 @@ pub fn redacted(value: &Value, pointers: &[String]) -> Value {
     value
 }
 
+impl Keep {
+    /// The arguments as these rules allow them to be recorded, if at all.
+    pub fn arguments(&self, arguments: Option<&Value>) -> Option<Value> {
+        match self.capture {
+            Capture::None => None,
+            Capture::Arguments | Capture::Session => Some(redacted(arguments?, &self.redact)),
+        }
+    }
+}
+
 /// The arguments as the deciding rules allow them to be recorded, if at all.
 pub fn captured_arguments(
     policies: &[CompiledPolicy],
     decision: &Decision,
     arguments: Option<&Value>,
 ) -> Option<Value> {
-    let keep = keep(policies, decision);
-    match keep.capture {
-        Capture::None => None,
-        Capture::Arguments | Capture::Session => Some(redacted(arguments?, &keep.redact)),
-    }
+    keep(policies, decision).arguments(arguments)
 }
 
 /// A whole message as `Session` capture records it: redacted at each

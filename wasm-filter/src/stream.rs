@@ -7,9 +7,7 @@ use airlock_policy::gateway::auth::{AuthError, authenticate};
 use airlock_policy::gateway::capture::ResponseCapture;
 use airlock_policy::gateway::hold::{Next, Stage, on_answer};
 use airlock_policy::gateway::judge::{Answering, Outcome, judge, refuse};
-use airlock_policy::gateway::record::{
-    Seen, judged_events, refusal_reason, refused_event, session_capture,
-};
+use airlock_policy::gateway::record::{Seen, judged_events, refusal_reason, refused_event};
 use airlock_policy::gateway::reply::{
     Reply, codes, credentials_required, error_object, error_response, unauthorized,
 };
@@ -411,10 +409,11 @@ impl AirlockStream {
             session: self.record.session.clone(),
             protocol_version: protocol_version.map(|v| v.as_str()),
         };
-        self.record.events = judged_events(&seen, &envelope, &judged, &self.policies);
+        let kept = judged_events(&seen, &envelope, &judged, &self.policies);
+        self.record.events = kept.events;
         if self.route == Route::Mcp {
             // Legacy answers travel on the GET stream, which is not captured.
-            self.capture_redact = session_capture(&envelope, &judged, &self.policies);
+            self.capture_redact = kept.answer_redact;
         }
         self.dry_run = judged.dry_run.clone();
         if let Some(would) = judged

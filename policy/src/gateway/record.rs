@@ -3,7 +3,7 @@
 
 use super::judge::Judged;
 use super::reply::Reply;
-use crate::audit::{AuditEvent, AuditPrincipal, Keep, captured_arguments, captured_message, keep};
+use crate::audit::{AuditEvent, AuditPrincipal, captured_message, keep};
 use crate::entra::Principal;
 use crate::mcp::{Envelope, Message, MessageKind};
 use crate::model::{Capture, CompiledPolicy};
@@ -35,60 +35,52 @@ impl Seen<'_> {
     }
 }
 
-/// One event per message of a judged body, with the decision, the rule that
-/// made it, and the arguments where the deciding rules capture them.
+/// What the trail keeps of a judged body.
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// One event per message, with the decision, the rule that made it, and
+    /// the arguments (or whole message) where the deciding rules capture them.
+    pub events: Vec<AuditEvent>,
+    /// Where a deciding rule captures the session: the pointers to redact in
+    /// the server's answer, which is then captured too.
+    pub answer_redact: Option<Vec<String>>,
+}
+
 pub fn judged_events(
     seen: &Seen<'_>,
     envelope: &Envelope,
     judged: &Judged,
     policies: &[CompiledPolicy],
-) -> Vec<AuditEvent> {
-    envelope
-        .messages
-        .iter()
-        .zip(&judged.verdicts)
-        .map(|(message, verdict)| {
-            let decision = verdict.decision.as_ref();
-            let keep = decision.map(|d| keep(policies, d)).unwrap_or_default();
-            AuditEvent {
-                request: (keep.capture == Capture::Session)
-                    .then(|| captured_message(&message_json(message), &keep.redact)),
-                method: message.method.clone(),
-                target: message.target.name().map(str::to_string),
-                arguments_digest: message.params_digest.clone(),
-                arguments: decision
-                    .and_then(|d| captured_arguments(policies, d, message.arguments.as_ref())),
-                // A response to the server is not policed.
-                decision: Some(decision.map_or("Response".into(), |d| d.action.to_string())),
-                rule: decision.map(|d| d.reason()),
-                dry_run: decision.and_then(|d| {
-                    d.dry_run
-                        .iter()
-                        .find(|v| v.action > d.action)
-                        .map(|v| format!("{} {}", v.action, v.policy))
-                }),
-                ..seen.event()
-            }
-        })
-        .collect()
-}
-
-/// The pointers to redact in the server's answers when a rule deciding any
-/// of these messages captures the session; `None` when none does.
-pub fn session_capture(
-    envelope: &Envelope,
-    judged: &Judged,
-    policies: &[CompiledPolicy],
-) -> Option<Vec<String>> {
-    let kept: Vec<Keep> = envelope
-        .messages
-        .iter()
-        .zip(&judged.verdicts)
-        .filter_map(|(_, verdict)| verdict.decision.as_ref())
-        .map(|d| keep(policies, d))
-        .filter(|k| k.capture == Capture::Session)
-        .collect();
-    (!kept.is_empty()).then(|| kept.into_iter().flat_map(|k| k.redact).collect())
+) -> Kept {
+    let mut kept = Kept::default();
+    for (message, verdict) in envelope.messages.iter().zip(&judged.verdicts) {
+        let decision = verdict.decision.as_ref();
+        let keep = decision.map(|d| keep(policies, d)).unwrap_or_default();
+        let session = keep.capture == Capture::Session;
+        kept.events.push(AuditEvent {
+            request: session.then(|| captured_message(&message_json(message), &keep.redact)),
+            method: message.method.clone(),
+            target: message.target.name().map(str::to_string),
+            arguments_digest: message.params_digest.clone(),
+            arguments: keep.arguments(message.arguments.as_ref()),
+            // A response to the server is not policed.
+            decision: Some(decision.map_or("Response".into(), |d| d.action.to_string())),
+            rule: decision.map(|d| d.reason()),
+            dry_run: decision.and_then(|d| {
+                d.dry_run
+                    .iter()
+                    .find(|v| v.action > d.action)
+                    .map(|v| format!("{} {}", v.action, v.policy))
+            }),
+            ..seen.event()
+        });
+        if session {
+            kept.answer_redact
+                .get_or_insert_with(Vec::new)
+                .extend(keep.redact);
+        }
+    }
+    kept
 }
 
 /// A client message as JSON again, from what classification kept of it.
@@ -188,7 +180,7 @@ mod tests {
             session: Some("s-1".into()),
             protocol_version: Some("2025-03-26"),
         };
-        let events = judged_events(&seen, &envelope, &judged, &policies);
+        let events = judged_events(&seen, &envelope, &judged, &policies).events;
         let summary: Vec<(Option<&str>, Option<&str>, Option<&str>)> = events
             .iter()
             .map(|e| {
