@@ -260,7 +260,7 @@ impl AirlockStream {
             )
         })?;
         let metadata_url = resource_metadata_url(&gateway.config, &authority);
-        let headers = std::mem::take(&mut self.request_headers);
+        let headers = &self.request_headers;
         for (name, _) in headers.iter().filter(|(n, _)| is_gateway_header(n)) {
             self.set_http_request_header(name, None);
         }
@@ -280,7 +280,7 @@ impl AirlockStream {
             .map(|(_, v)| v.as_str())
             .collect();
         let token = match bearer_token(&authorization) {
-            Ok(Some(token)) => token,
+            Ok(Some(token)) => token.to_string(),
             Ok(None) => {
                 gateway.metrics.token_failure("missing");
                 return Err(credentials_required(&metadata_url));
@@ -290,11 +290,10 @@ impl AirlockStream {
                 return Err(unauthorized(why, &metadata_url));
             }
         };
-        let principal = self.verify(gateway, token, &metadata_url)?;
+        let principal = self.verify(gateway, &token, &metadata_url)?;
         if method == "POST" {
-            self.token = Some(token.to_string());
+            self.token = Some(token);
         }
-        self.request_headers = headers;
         if !gateway.config.forward_token {
             self.set_http_request_header("authorization", None);
         }
@@ -708,13 +707,13 @@ impl HttpContext for AirlockStream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
-        if self.capture.is_some() {
-            let chunk = self
-                .get_http_response_body(0, body_size)
-                .unwrap_or_default();
-            if let Some(capture) = &mut self.capture {
-                capture.push(&chunk);
-            }
+        if let Some(mut capture) = self.capture.take() {
+            capture.push(
+                &self
+                    .get_http_response_body(0, body_size)
+                    .unwrap_or_default(),
+            );
+            self.capture = Some(capture);
         }
         match std::mem::replace(&mut self.response, ResponseWork::Pass) {
             ResponseWork::FilterToolsList { id, event_stream } => {
