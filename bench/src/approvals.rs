@@ -1,6 +1,7 @@
 //! Approval-side figures: how long after `approve` the held call's response
 //! arrives, and how many audit events a second the approval service takes in.
 
+use airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER;
 use airlock_tests::approvals::CREDENTIAL;
 use airlock_tests::gateway::{ENGINEERS, Gateway, LEADS, call};
 use anyhow::{Context, ensure};
@@ -133,7 +134,7 @@ pub async fn audit_intake(
             while Instant::now() < until {
                 let response = http
                     .post(&url)
-                    .header("x-airlock-gateway-credential", CREDENTIAL)
+                    .header(GATEWAY_CREDENTIAL_HEADER, CREDENTIAL)
                     .header("content-type", "application/json")
                     .body(body.clone())
                     .send()

@@ -160,7 +160,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
         options.concurrency = 1;
         let envoy = Envoy::start(options).await?;
         cpu::pin_process(envoy.pid(), 1)?;
-        let port = port_of(&envoy.url)?;
+        let port = envoy.port;
         for load in [latency, loaded] {
             let tokens = Tokens::Same(token.clone());
             let row = measure(path, port, Some(envoy.pid()), load, tokens).await?;
@@ -169,7 +169,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
     let envoy = &gateway.envoy;
     cpu::pin_process(envoy.pid(), 1)?;
-    let port = port_of(&envoy.url)?;
+    let port = envoy.port;
     for load in [latency, loaded] {
         let row = measure(
             Path::Filter,
@@ -251,13 +251,6 @@ fn noop_filter() -> anyhow::Result<std::path::PathBuf> {
         path.display()
     );
     Ok(path)
-}
-
-fn port_of(url: &str) -> anyhow::Result<u16> {
-    url.rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .with_context(|| format!("no port in {url}"))
 }
 
 const CALLGRIND_WARM: usize = 1000;

@@ -8,7 +8,7 @@ use airlock_tests::issuer::{AUDIENCE, Issuer};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-const GATEWAY: &str = "x-airlock-gateway-credential";
+use airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER as GATEWAY;
 
 /// Name, method, path, bearer token, with the gateway credential, body, expected status.
 type Case<'a> = (&'a str, Method, String, Option<&'a str>, bool, String, u16);

@@ -87,15 +87,7 @@ async fn conformance_checks_pass_through_the_gateway_as_they_pass_directly() -> 
     let gateway = Gateway::launch(server.port, Some(allow_everything()), json!({})).await?;
     gateway.wait_until_ready().await?;
     let token = gateway.token(&[ENGINEERS])?;
-    let mut hop = EnvoyOptions::plain(
-        gateway
-            .envoy
-            .url
-            .rsplit(':')
-            .next()
-            .unwrap_or_default()
-            .parse()?,
-    );
+    let mut hop = EnvoyOptions::plain(gateway.envoy.port);
     hop.add_request_headers = vec![("authorization".into(), format!("Bearer {token}"))];
     let hop = Envoy::start(hop).await?;
 

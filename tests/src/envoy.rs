@@ -51,6 +51,8 @@ impl EnvoyOptions {
 pub struct Envoy {
     /// `http://127.0.0.1:PORT` of the listener.
     pub url: String,
+    /// The listener's port on 127.0.0.1.
+    pub port: u16,
     /// `http://127.0.0.1:PORT` of the admin interface.
     pub admin_url: String,
     process: Process,
@@ -106,6 +108,7 @@ impl Envoy {
         .with_context(|| process.log_tail())?;
         Ok(Envoy {
             url: format!("http://127.0.0.1:{port}"),
+            port,
             admin_url,
             process,
             _dir: dir,
