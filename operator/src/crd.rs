@@ -150,23 +150,21 @@ pub struct AppliedPolicy {
 pub struct ApprovalRequestSpec {
     /// `namespace/name` of the McpServer.
     pub server: String,
-    pub policy: String,
-    pub policy_version: String,
-    pub rule: String,
+    /// Who asked, as their verified token says.
     pub requester: Requester,
     pub call: HeldCall,
+    /// Every policy rule that asked for approval of this call; each needs its
+    /// own quorum.
+    #[x_kube(validation = Rule::new("size(self) >= 1").message("at least one requirement"))]
+    pub requirements: Vec<RequiredApproval>,
     /// One line for people: who wants to do what.
     pub summary: String,
+    /// RFC 3339, by the approval service's clock.
+    #[schemars(extend("format" = "date-time"))]
+    pub requested_at: String,
     /// RFC 3339; after this the request is expired, whatever its decisions.
+    #[schemars(extend("format" = "date-time"))]
     pub expires_at: String,
-    /// Distinct approvers needed.
-    pub required_approvals: i32,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub approver_groups: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub approver_users: Vec<String>,
-    #[serde(default)]
-    pub allow_self_approval: bool,
     /// Seconds an approval lets identical calls through; absent means once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_window_seconds: Option<i64>,
@@ -175,11 +173,14 @@ pub struct ApprovalRequestSpec {
 #[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Requester {
+    /// Entra tenant ID.
     pub tid: String,
+    /// Entra object ID.
     pub oid: String,
     /// Display only.
     #[serde(default)]
     pub name: String,
+    /// The client application (`azp`/`appid`) the call came through.
     #[serde(default)]
     pub app_id: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -205,6 +206,25 @@ pub struct HeldCall {
     pub protocol_version: Option<String>,
 }
 
+/// One rule's demand: who may approve, how many.
+#[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequiredApproval {
+    /// `namespace/policy/rule`.
+    pub rule: String,
+    pub policy_version: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approver_groups: Vec<String>,
+    /// Entra object IDs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approver_users: Vec<String>,
+    /// Distinct approvers needed.
+    #[x_kube(validation = Rule::new("self >= 1").message("at least one approver"))]
+    pub min_approvals: i32,
+    #[serde(default)]
+    pub allow_self_approval: bool,
+}
+
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
 )]
@@ -224,12 +244,23 @@ pub enum Phase {
 pub struct ApprovalRequestStatus {
     #[serde(default)]
     pub phase: Phase,
-    /// Append-only; user, uid and groups are stamped by the server.
+    /// Append-only; who decided is stamped by the server that verified them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decisions: Vec<Decision>,
     /// Questions from approvers and answers from the requester.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conversation: Vec<Remark>,
+    /// RFC 3339; when the last required approval arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub approved_at: Option<String>,
+    /// Held calls (or retries) this approval has let through.
+    #[serde(default)]
+    pub releases: i64,
+    /// Bumped by the approval service on every change; with `resourceVersion`
+    /// it makes each change a compare-and-set.
+    #[serde(default)]
+    pub revision: i64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -241,25 +272,43 @@ pub enum Verdict {
     Deny,
 }
 
+/// A person as the server that verified them recorded them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Actor {
+    /// Display name.
+    pub user: String,
+    /// Entra object ID.
+    pub uid: String,
+    /// Entra tenant ID.
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+/// One approver's verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Decision {
-    pub user: String,
-    #[serde(default)]
-    pub uid: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub groups: Vec<String>,
+    #[serde(flatten)]
+    pub by: Actor,
     pub verdict: Verdict,
     #[serde(default)]
     pub reason: String,
+    /// RFC 3339.
+    #[schemars(extend("format" = "date-time"))]
     pub time: String,
 }
 
+/// A question from an approver or the requester's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Remark {
-    pub user: String,
+    #[serde(flatten)]
+    pub by: Actor,
     pub message: String,
+    /// RFC 3339.
+    #[schemars(extend("format" = "date-time"))]
     pub time: String,
 }
 

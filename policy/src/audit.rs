@@ -35,6 +35,70 @@ pub fn rfc3339(seconds: u64) -> String {
     )
 }
 
+/// Seconds since the epoch for an RFC 3339 date-time (`2026-11-25T06:55:42Z`,
+/// `…42.5+01:00`); fractions of a second are dropped. `None` for anything
+/// else, or a time before 1970.
+pub fn parse_rfc3339(text: &str) -> Option<u64> {
+    let bytes = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = bytes.get(range)?;
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| part.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    let separators = [(4, b'-'), (7, b'-'), (13, b':'), (16, b':')];
+    if separators.iter().any(|(i, c)| bytes.get(*i) != Some(c))
+        || !matches!(bytes.get(10), Some(b'T' | b't'))
+    {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    let days_in_month = match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        1..=12 => 31,
+        _ => return None,
+    };
+    if day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut rest = &text[19..];
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let end = fraction
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(fraction.len());
+        if end == 0 {
+            return None;
+        }
+        rest = &fraction[end..];
+    }
+    let at = text.len() - rest.len();
+    let offset = match rest.as_bytes() {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (hours, minutes) = (digits(at + 1..at + 3)?, digits(at + 4..at + 6)?);
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let seconds = hours * 3600 + minutes * 60;
+            if *sign == b'+' { seconds } else { -seconds }
+        }
+        _ => return None,
+    };
+    // Days since 1970-01-01 from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    u64::try_from(seconds).ok()
+}
+
 /// What the rules deciding a message ask the trail to keep of it: the most
 /// any of them asks for, with every pointer any of them redacts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -290,6 +354,36 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_589_742), "2026-11-25T06:55:42Z");
+    }
+
+    #[test]
+    fn parses_what_it_formats_and_other_offsets() {
+        for seconds in [0, 951_782_400, 1_795_589_742, 4_102_444_800, 59, 86_399] {
+            assert_eq!(parse_rfc3339(&rfc3339(seconds)), Some(seconds));
+        }
+        assert_eq!(
+            parse_rfc3339("2026-11-25T07:55:42.123+01:00"),
+            Some(1_795_589_742)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-25t01:25:42-05:30"),
+            Some(1_795_589_742)
+        );
+        for bad in [
+            "",
+            "2026-11-25",
+            "2026-11-25T06:55:42",
+            "2026-13-01T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "2026-11-25T24:00:00Z",
+            "2026-11-25T06:55:42.Z",
+            "2026-11-25T06:55:42+0100",
+            "2026-11-25 06:55:42Z",
+            "1969-12-31T23:59:59Z",
+            "२०२६-11-25T06:55:42Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -1,40 +1,15 @@
 //! The real control plane: generated CRDs apply, RBAC tells users apart,
 //! the controller manager runs, and CRD validation refuses bad objects.
 
-use airlock_operator::crd::{ApprovalPolicy, ApprovalRequest, McpServer};
-use airlock_tests::cluster::{ADMIN, Cluster, OUTSIDER, REQUESTER_1, REQUESTERS_GROUP};
+use airlock_operator::crd::{ApprovalPolicy, ApprovalRequest};
+use airlock_tests::cluster::{ADMIN, Cluster, OUTSIDER, REQUESTER_1, REQUESTERS_GROUP, apply};
 use airlock_tests::wait_for;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{CustomResourceExt, ResourceExt};
 use serde_json::json;
 use std::time::Duration;
 
 const NS: &str = "team-a";
-
-fn apply() -> PatchParams {
-    PatchParams::apply("airlock-tests").force()
-}
-
-async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [
-        McpServer::crd(),
-        ApprovalPolicy::crd(),
-        ApprovalRequest::crd(),
-    ] {
-        let name = crd.name_any();
-        crds.patch(&name, &apply(), &Patch::Apply(&crd)).await?;
-        let established = kube::runtime::wait::await_condition(
-            crds.clone(),
-            &name,
-            kube::runtime::wait::conditions::is_crd_established(),
-        );
-        tokio::time::timeout(Duration::from_secs(60), established).await??;
-    }
-    Ok(())
-}
 
 fn status_code(error: &kube::Error) -> Option<u16> {
     match error {
@@ -47,18 +22,8 @@ fn status_code(error: &kube::Error) -> Option<u16> {
 async fn crds_apply_and_rbac_tells_users_apart() -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
     let admin = cluster.client(ADMIN).await?;
-    install_crds(&admin).await?;
-
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    namespaces
-        .patch(
-            NS,
-            &apply(),
-            &Patch::Apply(
-                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
-            ),
-        )
-        .await?;
+    cluster.install_crds().await?;
+    cluster.namespace(NS).await?;
     // The controller manager is running: it creates the namespace's default ServiceAccount.
     let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), NS);
     wait_for(
@@ -167,12 +132,13 @@ spec:
         "apiVersion": "mcp.airlock.dev/v1alpha1", "kind": "ApprovalRequest",
         "metadata": {"name": "req-1", "namespace": NS},
         "spec": {
-            "server": "team-a/model-server", "policy": "team-a/model-ops", "policyVersion": "1",
-            "rule": "deploy-to-prod",
+            "server": "team-a/model-server",
             "requester": {"tid": "t", "oid": "o", "name": "Ada"},
             "call": {"method": "tools/call", "target": "deploy_model", "argumentsDigest": "sha256:00"},
-            "summary": "Ada wants to deploy_model", "expiresAt": "2030-01-01T00:00:00Z",
-            "requiredApprovals": 1, "approverGroups": ["leads"]
+            "requirements": [{"rule": "team-a/model-ops/deploy-to-prod", "policyVersion": "1",
+                              "approverGroups": ["leads"], "minApprovals": 1}],
+            "summary": "Ada wants to deploy_model",
+            "requestedAt": "2029-12-31T23:00:00Z", "expiresAt": "2030-01-01T00:00:00Z"
         }
     }))?;
     requests.create(&PostParams::default(), &request).await?;

@@ -10,3 +10,4 @@ mod harness_issuer;
 mod hold;
 mod local;
 mod policy_sync;
+mod stores;

@@ -6,8 +6,15 @@
 use crate::paths::tool;
 use crate::process::Process;
 use crate::{free_port, wait_for};
+use airlock_operator::crd::{ApprovalPolicy, ApprovalRequest, McpServer};
 use anyhow::Context;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use serde_json::json;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -49,14 +56,20 @@ pub const OUTSIDER: User = User {
     name: "outsider",
     groups: &[],
 };
+/// Stands in for the operator's ServiceAccount: granted only what tests bind.
+pub const OPERATOR: User = User {
+    name: "airlock-operator",
+    groups: &[],
+};
 
-pub const USERS: [User; 6] = [
+pub const USERS: [User; 7] = [
     ADMIN,
     REQUESTER_1,
     REQUESTER_2,
     APPROVER_1,
     APPROVER_2,
     OUTSIDER,
+    OPERATOR,
 ];
 
 const STARTUP: Duration = Duration::from_secs(120);
@@ -176,13 +189,65 @@ impl Cluster {
 
     /// A client acting as `user`.
     pub async fn client(&self, user: User) -> anyhow::Result<kube::Client> {
-        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig(user))?;
-        let config = kube::Config::from_custom_kubeconfig(
-            kubeconfig,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await?;
-        Ok(kube::Client::try_from(config)?)
+        client_from(&self.kubeconfig(user)).await
+    }
+
+    /// Installs Airlock's CRDs (as generated from the Rust types) and waits
+    /// until the API server serves them.
+    pub async fn install_crds(&self) -> anyhow::Result<()> {
+        use kube::CustomResourceExt;
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client(ADMIN).await?);
+        for crd in [
+            McpServer::crd(),
+            ApprovalPolicy::crd(),
+            ApprovalRequest::crd(),
+        ] {
+            let name = crd.name_any();
+            crds.patch(&name, &apply(), &Patch::Apply(&crd)).await?;
+            let established = kube::runtime::wait::await_condition(
+                crds.clone(),
+                &name,
+                kube::runtime::wait::conditions::is_crd_established(),
+            );
+            tokio::time::timeout(STARTUP, established).await??;
+        }
+        Ok(())
+    }
+
+    /// Creates (or keeps) namespace `name`.
+    pub async fn namespace(&self, name: &str) -> anyhow::Result<()> {
+        let namespaces: Api<Namespace> = Api::all(self.client(ADMIN).await?);
+        let namespace =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        namespaces
+            .patch(name, &apply(), &Patch::Apply(namespace))
+            .await?;
+        Ok(())
+    }
+
+    /// Grants [`OPERATOR`] in `namespace` exactly what the approval service's
+    /// Kubernetes store needs, and nothing else.
+    pub async fn grant_approval_store(&self, namespace: &str) -> anyhow::Result<()> {
+        let admin = self.client(ADMIN).await?;
+        let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "airlock-approval-store", "namespace": namespace},
+        "rules": [
+            {"apiGroups": ["mcp.airlock.dev"], "resources": ["approvalrequests"],
+             "verbs": ["create", "get", "list", "watch"]},
+            {"apiGroups": ["mcp.airlock.dev"], "resources": ["approvalrequests/status"],
+             "verbs": ["update"]}
+        ]});
+        let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "airlock-approval-store", "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "airlock-approval-store"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": OPERATOR.name}]});
+        Api::<Role>::namespaced(admin.clone(), namespace)
+            .patch("airlock-approval-store", &apply(), &Patch::Apply(role))
+            .await?;
+        Api::<RoleBinding>::namespaced(admin, namespace)
+            .patch("airlock-approval-store", &apply(), &Patch::Apply(binding))
+            .await?;
+        Ok(())
     }
 
     /// Runs `kubectl` as `user`.
@@ -197,6 +262,22 @@ impl Cluster {
     pub fn apiserver_log(&self) -> String {
         self.apiserver.log_tail()
     }
+}
+
+/// Server-side apply as the tests' field manager.
+pub fn apply() -> PatchParams {
+    PatchParams::apply("airlock-tests").force()
+}
+
+/// A client configured by the kubeconfig file at `path`.
+pub async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    Ok(kube::Client::try_from(config)?)
 }
 
 fn http_client(root: &Path) -> anyhow::Result<reqwest::Client> {

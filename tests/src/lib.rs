@@ -8,8 +8,9 @@
 //! - [`peers`]: MCP servers and clients on the official SDKs;
 //! - [`issuer::Issuer`]: the development Entra-shaped token issuer over HTTP;
 //! - [`recorder::Recorder`]: an upstream that records exactly what reached it;
-//! - [`approvals::Approvals`]: the real approval service on a SQLite store;
-//! - [`gateway::Gateway`]: issuer + approval service + Envoy running the filter.
+//! - [`approvals::Approvals`]: the real approval service on a SQLite or Kubernetes store;
+//! - [`gateway::Gateway`]: issuer + approval service + Envoy running the filter;
+//! - [`store_contract`]: what every approval store must do, run against each.
 //!
 //! Tools come from `.tools/` (installed by `make setup`).
 
@@ -22,6 +23,7 @@ pub mod paths;
 pub mod peers;
 pub mod process;
 pub mod recorder;
+pub mod store_contract;
 
 use anyhow::Context;
 use std::time::{Duration, Instant};

@@ -2,6 +2,7 @@
 //! cluster and by `airlock up` on one machine.
 
 pub mod audit_log;
+pub mod kubernetes;
 pub mod metrics;
 pub mod model;
 pub mod service;

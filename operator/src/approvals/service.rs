@@ -325,6 +325,23 @@ impl<S: Store> ApprovalService<S> {
         }))
     }
 
+    /// Serves the API on `listener` until it fails, waking long-polls on
+    /// changes other writers make to the store all the while.
+    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        let changes = self.store.changes();
+        let forward = async {
+            futures::pin_mut!(changes);
+            while let Some(id) = futures::StreamExt::next(&mut changes).await {
+                let _ = self.changes.send(id);
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            served = axum::serve(listener, self.router()) => served,
+            () = forward => Ok(()),
+        }
+    }
+
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/v1/approvals", post(ask::<S>).get(list::<S>))
@@ -585,7 +602,7 @@ fn unknown_server(server: &str) -> ApiError {
     )
 }
 
-fn log_error(message: &str) {
+pub(crate) fn log_error(message: &str) {
     eprintln!(
         "{}",
         json!({"level": "error", "component": "approval-service", "message": message})

@@ -1,10 +1,11 @@
 //! Where approvals live. Every change is a compare-and-set on the approval's
 //! `version`, so two racing releases (or replicas, or retries) cannot both
 //! spend one grant. The embedded store is a SQLite file; the Kubernetes store
-//! (ApprovalRequest resources, `resourceVersion` as the CAS) implements the
-//! same trait.
+//! ([`KubeStore`](super::kubernetes::KubeStore): ApprovalRequest resources,
+//! `resourceVersion` as the CAS) implements the same trait.
 
 use super::model::{Approval, Binding};
+use futures::Stream;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 use std::sync::Mutex;
@@ -18,6 +19,12 @@ pub enum StoreError {
     Corrupt(#[from] serde_json::Error),
     #[error("approval store lock poisoned")]
     Poisoned,
+    #[error("approval store (Kubernetes API): {0}")]
+    Kube(#[from] kube::Error),
+    #[error("approval {id} is stored in a form this service cannot read: {reason}")]
+    Unreadable { id: String, reason: String },
+    #[error("approval {0}: what was asked cannot change after the ask")]
+    Immutable(String),
 }
 
 /// Persistence for approvals; implementations must make `update` atomic.
@@ -38,6 +45,10 @@ pub trait Store: Send + Sync + 'static {
         expected: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     fn list(&self) -> impl Future<Output = Result<Vec<Approval>, StoreError>> + Send;
+    /// Ids of approvals that other writers (another replica, `kubectl`)
+    /// changed, so the service wakes the long-polls waiting on them. A store
+    /// with no other writers never yields.
+    fn changes(&self) -> impl Stream<Item = String> + Send + 'static;
 }
 
 /// Approvals in a SQLite file (local mode).
@@ -134,33 +145,9 @@ impl Store for SqliteStore {
         })?;
         bodies.into_iter().map(decode).collect()
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::approvals::model::tests::{approval, binding};
-
-    #[tokio::test]
-    async fn survives_reopening_and_compares_and_sets() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("approvals.db");
-        let mut a = approval(1, false, None);
-        {
-            let store = SqliteStore::open(&path).unwrap();
-            store.insert(&a).await.unwrap();
-        }
-        let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(store.get("ar-1").await.unwrap(), Some(a.clone()));
-        assert_eq!(
-            store.latest_for(&binding()).await.unwrap().map(|x| x.id),
-            Some("ar-1".into())
-        );
-        a.version = 1;
-        assert!(store.update(&a, 0).await.unwrap());
-        // A second writer that read version 0 loses.
-        assert!(!store.update(&a, 0).await.unwrap());
-        assert_eq!(store.list().await.unwrap().len(), 1);
-        assert_eq!(store.get("nope").await.unwrap(), None);
+    /// The file has one writer, this process, which announces its own changes.
+    fn changes(&self) -> impl Stream<Item = String> + Send + 'static {
+        futures::stream::pending()
     }
 }

@@ -239,9 +239,8 @@ impl Running {
         .map_err(anyhow::Error::msg)?;
         let approvals_listener = listen(args.approvals_port).await?;
         let approvals_address = approvals_listener.local_addr()?;
-        let router = service.router();
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(approvals_listener, router).await {
+            if let Err(e) = service.serve(approvals_listener).await {
                 eprintln!("approval service stopped: {e}");
             }
         }));

@@ -1,0 +1,471 @@
+//! Approvals as `ApprovalRequest` resources: the API server (etcd) is the
+//! durable record, `resourceVersion` the compare-and-set, and a watch tells
+//! every replica of the service when another writer moved an approval.
+//!
+//! The service's model maps onto the resource field by field: what is fixed
+//! when the call is held goes in the immutable spec, what happens afterwards
+//! (phase, decisions, conversation, releases) in the status subresource.
+
+use super::model::{Approval, Binding, Decision, Person, Remark, Requirement, State, Verdict};
+use super::store::{Store, StoreError};
+use crate::crd::{
+    self, Actor, ApprovalRequest, ApprovalRequestSpec, ApprovalRequestStatus, HeldCall, Phase,
+    Requester, RequiredApproval,
+};
+use airlock_policy::audit::{parse_rfc3339, rfc3339};
+use futures::{Stream, StreamExt};
+use kube::api::{Api, ListParams, ObjectMeta, PartialObjectMeta, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+
+/// Label holding a prefix of the binding's key, so identical asks are found
+/// with a label selector instead of a scan (the full binding is compared after).
+const BINDING_LABEL: &str = "mcp.airlock.dev/binding";
+/// 128 bits of the binding key: a label value may not exceed 63 characters.
+const BINDING_LABEL_LENGTH: usize = 32;
+const PAGE: u32 = 500;
+
+/// ApprovalRequests in one namespace.
+#[derive(Clone)]
+pub struct KubeStore {
+    api: Api<ApprovalRequest>,
+    /// The same resources, names and versions only: all a watch needs.
+    metadata: Api<PartialObjectMeta<ApprovalRequest>>,
+}
+
+impl KubeStore {
+    pub fn new(client: kube::Client, namespace: &str) -> KubeStore {
+        KubeStore {
+            api: Api::namespaced(client.clone(), namespace),
+            metadata: Api::namespaced(client, namespace),
+        }
+    }
+
+    async fn all(&self, selector: Option<&str>) -> Result<Vec<Approval>, StoreError> {
+        let mut params = ListParams::default().limit(PAGE);
+        if let Some(selector) = selector {
+            params = params.labels(selector);
+        }
+        let mut approvals = Vec::new();
+        loop {
+            let page = self.api.list(&params).await?;
+            for resource in &page.items {
+                approvals.push(from_resource(resource)?);
+            }
+            match page.metadata.continue_ {
+                Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                _ => break,
+            }
+        }
+        approvals.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(approvals)
+    }
+}
+
+fn binding_label(binding: &Binding) -> String {
+    let key = binding.key();
+    let hex = key.strip_prefix("sha256:").unwrap_or(&key);
+    hex.chars().take(BINDING_LABEL_LENGTH).collect()
+}
+
+/// A Kubernetes object name (DNS-1123 subdomain). Anything else is refused
+/// before it reaches a URL: `x/status` would otherwise name a subresource.
+fn valid_name(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 253
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.is_conflict())
+}
+
+impl Store for KubeStore {
+    async fn insert(&self, approval: &Approval) -> Result<(), StoreError> {
+        let resource = to_resource(approval)?;
+        let created = self.api.create(&PostParams::default(), &resource).await?;
+        // The API server ignores status on create; write it so `kubectl get`
+        // shows the phase at once. Losing the race to another writer is fine:
+        // its status is newer.
+        let mut with_status = created;
+        with_status.status = resource.status;
+        match self
+            .api
+            .replace_status(&approval.id, &PostParams::default(), &with_status)
+            .await
+        {
+            Err(e) if !conflict(&e) => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        if !valid_name(id) {
+            return Ok(None);
+        }
+        self.api
+            .get_opt(id)
+            .await?
+            .map(|resource| from_resource(&resource))
+            .transpose()
+    }
+
+    async fn latest_for(&self, binding: &Binding) -> Result<Option<Approval>, StoreError> {
+        let selector = format!("{BINDING_LABEL}={}", binding_label(binding));
+        Ok(self
+            .all(Some(&selector))
+            .await?
+            .into_iter()
+            .rfind(|approval| approval.binding == *binding))
+    }
+
+    async fn update(&self, approval: &Approval, expected: u64) -> Result<bool, StoreError> {
+        if !valid_name(&approval.id) {
+            return Ok(false);
+        }
+        let Some(mut current) = self.api.get_opt(&approval.id).await? else {
+            return Ok(false);
+        };
+        if from_resource(&current)?.version != expected {
+            return Ok(false);
+        }
+        let wanted = to_resource(approval)?;
+        if wanted.spec != current.spec {
+            return Err(StoreError::Immutable(approval.id.clone()));
+        }
+        let conditions = current
+            .status
+            .take()
+            .map(|status| status.conditions)
+            .unwrap_or_default();
+        current.status = wanted.status.map(|status| ApprovalRequestStatus {
+            conditions,
+            ..status
+        });
+        // `current` carries the resourceVersion read above: if anyone wrote
+        // since, the API server refuses with a conflict.
+        match self
+            .api
+            .replace_status(&approval.id, &PostParams::default(), &current)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if conflict(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Approval>, StoreError> {
+        self.all(None).await
+    }
+
+    fn changes(&self) -> impl Stream<Item = String> + Send + 'static {
+        watcher(self.metadata.clone(), watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .filter_map(|event| async move {
+                match event {
+                    Ok(meta) => meta.metadata.name,
+                    Err(e) => {
+                        super::service::log_error(&format!("watching ApprovalRequests: {e}"));
+                        None
+                    }
+                }
+            })
+    }
+}
+
+fn seconds(text: &str, field: &str, id: &str) -> Result<u64, StoreError> {
+    parse_rfc3339(text).ok_or_else(|| StoreError::Unreadable {
+        id: id.to_string(),
+        reason: format!("{field} {text:?} is not an RFC 3339 time"),
+    })
+}
+
+fn number<T: TryFrom<i64>>(value: i64, field: &str, id: &str) -> Result<T, StoreError> {
+    T::try_from(value).map_err(|_| StoreError::Unreadable {
+        id: id.to_string(),
+        reason: format!("{field} {value} is out of range"),
+    })
+}
+
+fn wide<T: TryInto<i64>>(value: T, field: &str, id: &str) -> Result<i64, StoreError> {
+    value.try_into().map_err(|_| StoreError::Unreadable {
+        id: id.to_string(),
+        reason: format!("{field} does not fit a Kubernetes integer"),
+    })
+}
+
+fn actor(person: &Person) -> Actor {
+    Actor {
+        user: person.name.clone(),
+        uid: person.oid.clone(),
+        tenant: person.tid.clone(),
+        groups: person.groups.clone(),
+    }
+}
+
+fn person(actor: &Actor) -> Person {
+    Person {
+        tid: actor.tenant.clone(),
+        oid: actor.uid.clone(),
+        name: actor.user.clone(),
+        groups: actor.groups.clone(),
+    }
+}
+
+impl From<State> for Phase {
+    fn from(state: State) -> Phase {
+        match state {
+            State::Pending => Phase::Pending,
+            State::InfoRequested => Phase::InfoRequested,
+            State::Approved => Phase::Approved,
+            State::Denied => Phase::Denied,
+            State::Expired => Phase::Expired,
+            State::Executed => Phase::Executed,
+            State::Cancelled => Phase::Cancelled,
+        }
+    }
+}
+
+impl From<Phase> for State {
+    fn from(phase: Phase) -> State {
+        match phase {
+            Phase::Pending => State::Pending,
+            Phase::InfoRequested => State::InfoRequested,
+            Phase::Approved => State::Approved,
+            Phase::Denied => State::Denied,
+            Phase::Expired => State::Expired,
+            Phase::Executed => State::Executed,
+            Phase::Cancelled => State::Cancelled,
+        }
+    }
+}
+
+impl From<Verdict> for crd::Verdict {
+    fn from(verdict: Verdict) -> crd::Verdict {
+        match verdict {
+            Verdict::Approve => crd::Verdict::Approve,
+            Verdict::Deny => crd::Verdict::Deny,
+        }
+    }
+}
+
+impl From<crd::Verdict> for Verdict {
+    fn from(verdict: crd::Verdict) -> Verdict {
+        match verdict {
+            crd::Verdict::Approve => Verdict::Approve,
+            crd::Verdict::Deny => Verdict::Deny,
+        }
+    }
+}
+
+fn to_resource(approval: &Approval) -> Result<ApprovalRequest, StoreError> {
+    let id = approval.id.as_str();
+    let requirements = approval
+        .requirements
+        .iter()
+        .map(|r| {
+            Ok(RequiredApproval {
+                rule: r.rule.clone(),
+                policy_version: r.policy_version.clone(),
+                approver_groups: r.approver_groups.clone(),
+                approver_users: r.approver_users.clone(),
+                min_approvals: number(i64::from(r.min_approvals), "minApprovals", id)?,
+                allow_self_approval: r.allow_self_approval,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let binding = &approval.binding;
+    let spec = ApprovalRequestSpec {
+        server: binding.server.clone(),
+        requester: Requester {
+            tid: binding.tid.clone(),
+            oid: binding.oid.clone(),
+            name: approval.requester.name.clone(),
+            app_id: binding.app_id.clone(),
+            groups: approval.requester.groups.clone(),
+        },
+        call: HeldCall {
+            method: binding.method.clone(),
+            target: binding.target.clone(),
+            arguments_digest: binding.digest.clone(),
+            arguments: approval.arguments.clone(),
+            session_id: approval.session_id.clone(),
+            protocol_version: approval.protocol_version.clone(),
+        },
+        requirements,
+        summary: approval.summary.clone(),
+        requested_at: rfc3339(approval.created_at),
+        expires_at: rfc3339(approval.expires_at),
+        grant_window_seconds: approval
+            .grant_window
+            .map(|w| wide(w, "grantWindowSeconds", id))
+            .transpose()?,
+    };
+    let status = ApprovalRequestStatus {
+        phase: approval.state.into(),
+        decisions: approval
+            .decisions
+            .iter()
+            .map(|d| crd::Decision {
+                by: actor(&d.approver),
+                verdict: d.verdict.into(),
+                reason: d.reason.clone(),
+                time: rfc3339(d.at),
+            })
+            .collect(),
+        conversation: approval
+            .conversation
+            .iter()
+            .map(|r| crd::Remark {
+                by: actor(&r.by),
+                message: r.message.clone(),
+                time: rfc3339(r.at),
+            })
+            .collect(),
+        approved_at: approval.approved_at.map(rfc3339),
+        releases: i64::from(approval.releases),
+        revision: wide(approval.version, "revision", id)?,
+        conditions: Vec::new(),
+    };
+    let mut resource = ApprovalRequest::new(id, spec);
+    resource.metadata = ObjectMeta {
+        name: Some(approval.id.clone()),
+        labels: Some([(BINDING_LABEL.to_string(), binding_label(binding))].into()),
+        ..ObjectMeta::default()
+    };
+    resource.status = Some(status);
+    Ok(resource)
+}
+
+fn from_resource(resource: &ApprovalRequest) -> Result<Approval, StoreError> {
+    let id = resource.metadata.name.clone().unwrap_or_default();
+    let spec = &resource.spec;
+    let status = resource.status.clone().unwrap_or_default();
+    let requirements = spec
+        .requirements
+        .iter()
+        .map(|r| {
+            Ok(Requirement {
+                rule: r.rule.clone(),
+                policy_version: r.policy_version.clone(),
+                approver_groups: r.approver_groups.clone(),
+                approver_users: r.approver_users.clone(),
+                min_approvals: number(i64::from(r.min_approvals), "minApprovals", &id)?,
+                allow_self_approval: r.allow_self_approval,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let decisions = status
+        .decisions
+        .iter()
+        .map(|d| {
+            Ok(Decision {
+                approver: person(&d.by),
+                verdict: d.verdict.into(),
+                reason: d.reason.clone(),
+                at: seconds(&d.time, "decision time", &id)?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let conversation = status
+        .conversation
+        .iter()
+        .map(|r| {
+            Ok(Remark {
+                by: person(&r.by),
+                message: r.message.clone(),
+                at: seconds(&r.time, "remark time", &id)?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(Approval {
+        binding: Binding {
+            tid: spec.requester.tid.clone(),
+            oid: spec.requester.oid.clone(),
+            app_id: spec.requester.app_id.clone(),
+            server: spec.server.clone(),
+            method: spec.call.method.clone(),
+            target: spec.call.target.clone(),
+            digest: spec.call.arguments_digest.clone(),
+        },
+        requester: Person {
+            tid: spec.requester.tid.clone(),
+            oid: spec.requester.oid.clone(),
+            name: spec.requester.name.clone(),
+            groups: spec.requester.groups.clone(),
+        },
+        requirements,
+        summary: spec.summary.clone(),
+        arguments: spec.call.arguments.clone(),
+        session_id: spec.call.session_id.clone(),
+        protocol_version: spec.call.protocol_version.clone(),
+        grant_window: spec
+            .grant_window_seconds
+            .map(|w| number(w, "grantWindowSeconds", &id))
+            .transpose()?,
+        state: status.phase.into(),
+        created_at: seconds(&spec.requested_at, "requestedAt", &id)?,
+        expires_at: seconds(&spec.expires_at, "expiresAt", &id)?,
+        decisions,
+        conversation,
+        approved_at: status
+            .approved_at
+            .as_deref()
+            .map(|t| seconds(t, "approvedAt", &id))
+            .transpose()?,
+        releases: number(status.releases, "releases", &id)?,
+        version: number(status.revision, "revision", &id)?,
+        id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::approvals::model::tests::{approval, person};
+
+    #[test]
+    fn an_approval_survives_the_trip_through_the_resource() {
+        let mut a = approval(2, false, Some(600));
+        a.arguments = Some(serde_json::json!({"model": "m-7", "replicas": 3}));
+        a.session_id = Some("s-1".into());
+        a.ask(&person("lea", &["leads"]), "which model?", 200)
+            .unwrap();
+        a.answer(&person("ada", &[]), "m-7", 201).unwrap();
+        a.decide(&person("lea", &["leads"]), Verdict::Approve, "ok", 202)
+            .unwrap();
+        a.decide(&person("max", &["leads"]), Verdict::Approve, "ok", 203)
+            .unwrap();
+        a.consume(&a.binding.clone(), 204).unwrap();
+        let resource = to_resource(&a).unwrap();
+        assert_eq!(
+            resource.status.as_ref().map(|s| s.phase),
+            Some(Phase::Approved)
+        );
+        assert_eq!(from_resource(&resource).unwrap(), a);
+    }
+
+    #[test]
+    fn an_unreadable_resource_names_the_field() {
+        let mut resource = to_resource(&approval(1, false, None)).unwrap();
+        resource.spec.expires_at = "tomorrow".into();
+        let error = from_resource(&resource).unwrap_err().to_string();
+        assert!(
+            error.contains("ar-1") && error.contains("expiresAt"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn only_object_names_reach_the_api() {
+        assert!(valid_name("ar-0123abcd"));
+        for bad in ["", "ar-1/status", "../ar-1", "AR-1", "-ar", "ar-", "ar 1"] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! Both approval stores keep one contract; the Kubernetes one keeps it in a
+//! real API server, where several replicas of the approval service share
+//! approvals, wake each other's long-polls and spend a grant exactly once.
+
+use airlock_operator::approvals::kubernetes::KubeStore;
+use airlock_operator::approvals::store::{SqliteStore, Store};
+use airlock_operator::dev_issuer::TokenRequest;
+use airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER as GATEWAY;
+use airlock_tests::approvals::{Approvals, CREDENTIAL, OpenStore};
+use airlock_tests::cluster::{ADMIN, Cluster, OPERATOR, client_from};
+use airlock_tests::gateway::{ENGINEERS, LEADS, policies};
+use airlock_tests::issuer::{AUDIENCE, Issuer};
+use airlock_tests::store_contract;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const NS: &str = "airlock-approvals";
+const SERVER: &str = "test/mcp";
+const WATCH: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn the_sqlite_store_keeps_the_contract_and_survives_reopening() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("approvals.db");
+    store_contract::check(&SqliteStore::open(&path)?).await?;
+    let reopened = SqliteStore::open(&path)?;
+    assert_eq!(reopened.list().await?.len(), 3);
+    assert_eq!(
+        reopened.get("ar-contract-1").await?.map(|a| a.version),
+        Some(2)
+    );
+    Ok(())
+}
+
+/// A cluster with the CRDs, the namespace, and the operator's user granted
+/// only what the store needs.
+async fn cluster() -> anyhow::Result<Cluster> {
+    let cluster = Cluster::start().await?;
+    cluster.install_crds().await?;
+    cluster.namespace(NS).await?;
+    cluster.grant_approval_store(NS).await?;
+    Ok(cluster)
+}
+
+fn kubectl(cluster: &Cluster, args: &[&str]) -> anyhow::Result<String> {
+    let output = cluster.kubectl(ADMIN, args)?;
+    anyhow::ensure!(
+        output.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_requests_keep_the_contract_and_announce_other_writers() -> anyhow::Result<()> {
+    let cluster = cluster().await?;
+    let store = KubeStore::new(cluster.client(OPERATOR).await?, NS);
+    store_contract::check(&store).await?;
+
+    // People see the same approvals with kubectl, in the CRD's own words.
+    let phase = |name: &str| {
+        kubectl(
+            &cluster,
+            &[
+                "get",
+                "areq",
+                "-n",
+                NS,
+                name,
+                "-o",
+                "jsonpath={.status.phase}",
+            ],
+        )
+    };
+    assert_eq!(phase("ar-contract-1")?, "Approved");
+    assert_eq!(phase("ar-contract-2")?, "Pending");
+    let decided_by = kubectl(
+        &cluster,
+        &[
+            "get",
+            "areq",
+            "-n",
+            NS,
+            "ar-contract-1",
+            "-o",
+            "jsonpath={.status.decisions[0].uid} {.status.decisions[0].verdict}",
+        ],
+    )?;
+    assert_eq!(decided_by, "lea Approve");
+
+    // A watch first lists what exists, then reports each change by another
+    // writer: here an administrator cancelling a request by hand.
+    let changes = store.changes();
+    futures::pin_mut!(changes);
+    let mut listed = BTreeSet::new();
+    while listed.len() < 3 {
+        let name = tokio::time::timeout(WATCH, changes.next()).await?;
+        listed.insert(name.unwrap_or_default());
+    }
+    assert_eq!(
+        listed,
+        BTreeSet::from(["ar-contract-1", "ar-contract-2", "ar-contract-3"].map(String::from))
+    );
+    kubectl(
+        &cluster,
+        &[
+            "patch",
+            "areq",
+            "-n",
+            NS,
+            "ar-contract-2",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status": {"phase": "Cancelled", "revision": 1}}"#,
+        ],
+    )?;
+    let announced = tokio::time::timeout(WATCH, changes.next()).await?;
+    assert_eq!(announced.as_deref(), Some("ar-contract-2"));
+    assert_eq!(
+        store.get("ar-contract-2").await?.map(|a| a.state),
+        Some(airlock_operator::approvals::model::State::Cancelled)
+    );
+
+    // What the store cannot read is an error naming the request, not a guess;
+    // times the CRD schema cannot parse never get that far.
+    let refused = cluster.kubectl(
+        ADMIN,
+        &[
+            "patch",
+            "areq",
+            "-n",
+            NS,
+            "ar-contract-3",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status": {"approvedAt": "yesterday"}}"#,
+        ],
+    )?;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("status.approvedAt"));
+    kubectl(
+        &cluster,
+        &[
+            "patch",
+            "areq",
+            "-n",
+            NS,
+            "ar-contract-3",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status": {"revision": -1}}"#,
+        ],
+    )?;
+    let unreadable = store.get("ar-contract-3").await.unwrap_err().to_string();
+    assert!(
+        unreadable.contains("ar-contract-3") && unreadable.contains("revision"),
+        "{unreadable}"
+    );
+    Ok(())
+}
+
+fn token(issuer: &Issuer, oid: &str, groups: &[&str]) -> anyhow::Result<String> {
+    let mut request = TokenRequest::user(oid, &format!("{oid}@contoso.com"), AUDIENCE);
+    request.groups = groups.iter().map(|g| g.to_string()).collect();
+    Ok(issuer.issuer.mint(&request)?)
+}
+
+async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_the_api_server_share_approvals_and_spend_a_grant_once() -> anyhow::Result<()> {
+    let cluster = cluster().await?;
+    let issuer = Issuer::start().await?;
+    let kubeconfig = cluster.kubeconfig(OPERATOR);
+    let open: OpenStore<KubeStore> = Arc::new(move |_| {
+        let kubeconfig = kubeconfig.clone();
+        Box::pin(async move { Ok(KubeStore::new(client_from(&kubeconfig).await?, NS)) })
+    });
+    let served = serde_json::from_value(policies())?;
+    let mut first = Approvals::start_on(&issuer, SERVER, served, open.clone()).await?;
+    let second =
+        Approvals::start_on(&issuer, SERVER, serde_json::from_value(policies())?, open).await?;
+    let http = reqwest::Client::new();
+    let ada = token(&issuer, "oid-ada", &[ENGINEERS])?;
+    let lea = token(&issuer, "oid-lea", &[LEADS])?;
+    let call = json!({"server": SERVER, "method": "tools/call",
+        "params": {"name": "deploy_model", "arguments": {"model": "m-7", "environment": "prod"}}});
+
+    let (status, asked) = send(
+        http.post(format!("{}/v1/approvals", first.url))
+            .bearer_auth(&ada)
+            .header(GATEWAY, CREDENTIAL)
+            .json(&call),
+    )
+    .await?;
+    assert_eq!(status, 201, "{asked}");
+    let id = asked["id"].as_str().unwrap_or_default().to_string();
+
+    // The same ask through the other replica finds the same request.
+    let (status, again) = send(
+        http.post(format!("{}/v1/approvals", second.url))
+            .bearer_auth(&ada)
+            .header(GATEWAY, CREDENTIAL)
+            .json(&call),
+    )
+    .await?;
+    assert_eq!((status, again["id"].as_str()), (200, Some(id.as_str())));
+
+    // A long-poll on the first replica wakes when a lead approves on the second.
+    let poll = tokio::spawn(send(
+        http.get(format!("{}/v1/approvals/{id}?wait=40", first.url))
+            .bearer_auth(&ada),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, approved) = send(
+        http.post(format!("{}/v1/approvals/{id}/decision", second.url))
+            .bearer_auth(&lea)
+            .json(&json!({"verdict": "approve", "reason": "canary was clean"})),
+    )
+    .await?;
+    assert_eq!(status, 200, "{approved}");
+    let approved_at = Instant::now();
+    let (status, woken) = tokio::time::timeout(Duration::from_secs(60), poll).await???;
+    let wake = approved_at.elapsed();
+    assert_eq!(
+        (status, woken["state"].as_str()),
+        (200, Some("approved")),
+        "{woken}"
+    );
+    assert!(
+        wake < Duration::from_secs(30),
+        "the long-poll ran to its deadline"
+    );
+    eprintln!("long-poll on one replica woke {wake:?} after an approval on another");
+
+    // Both replicas race to release the held call: exactly one may.
+    let release = |url: &str| {
+        send(
+            http.post(format!("{url}/v1/approvals/{id}/consume"))
+                .bearer_auth(&ada)
+                .header(GATEWAY, CREDENTIAL)
+                .json(&call),
+        )
+    };
+    let (one, two) = tokio::join!(release(&first.url), release(&second.url));
+    let mut statuses = [one?.0, two?.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409]);
+
+    // A restarted replica reads the outcome back from the API server.
+    first.restart()?;
+    let (status, shown) = send(
+        http.get(format!("{}/v1/approvals/{id}", first.url))
+            .bearer_auth(&lea),
+    )
+    .await?;
+    assert_eq!(
+        (status, shown["state"].as_str()),
+        (200, Some("executed")),
+        "{shown}"
+    );
+    assert_eq!(shown["releases"], 1);
+    assert_eq!(
+        kubectl(
+            &cluster,
+            &[
+                "get",
+                "areq",
+                "-n",
+                NS,
+                &id,
+                "-o",
+                "jsonpath={.status.phase} {.status.decisions[0].uid} {.spec.requester.oid}"
+            ],
+        )?,
+        "Executed oid-lea oid-ada"
+    );
+
+    // Each replica's trail verifies; together they hold the ask, the approval
+    // and one release.
+    let mut kinds = Vec::new();
+    for log in [&first.audit_log, &second.audit_log] {
+        let text = std::fs::read_to_string(log)?;
+        airlock_policy::audit::verify(&text)?;
+        for line in text.lines() {
+            let event: Value = serde_json::from_str(line)?;
+            kinds.push(event["kind"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["approval.asked", "approval.decided", "approval.executed"]
+    );
+    Ok(())
+}
