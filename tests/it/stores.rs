@@ -27,7 +27,7 @@ async fn the_sqlite_store_keeps_the_contract_and_survives_reopening() -> anyhow:
     let path = dir.path().join("approvals.db");
     store_contract::check(&SqliteStore::open(&path)?).await?;
     let reopened = SqliteStore::open(&path)?;
-    assert_eq!(reopened.list().await?.len(), 3);
+    assert_eq!(reopened.list().await?.len(), 4);
     assert_eq!(
         reopened.get("ar-contract-1").await?.map(|a| a.version),
         Some(2)
@@ -97,13 +97,21 @@ async fn approval_requests_keep_the_contract_and_announce_other_writers() -> any
     let changes = store.changes();
     futures::pin_mut!(changes);
     let mut listed = BTreeSet::new();
-    while listed.len() < 3 {
+    while listed.len() < 4 {
         let name = tokio::time::timeout(WATCH, changes.next()).await?;
         listed.insert(name.unwrap_or_default());
     }
     assert_eq!(
         listed,
-        BTreeSet::from(["ar-contract-1", "ar-contract-2", "ar-contract-3"].map(String::from))
+        BTreeSet::from(
+            [
+                "ar-contract-1",
+                "ar-contract-2",
+                "ar-contract-3",
+                "ar-contract-4"
+            ]
+            .map(String::from)
+        )
     );
     kubectl(
         &cluster,

@@ -98,6 +98,21 @@ pub async fn check<S: Store>(store: &S) -> anyhow::Result<()> {
         "another caller's ask matched"
     );
 
+    let mut eve = sample("ar-contract-4", "sha256:aa", 1_790_000_300);
+    eve.binding.oid = "eve".into();
+    eve.requester.oid = "eve".into();
+    store.insert(&eve).await?;
+    let by_ada: Vec<String> = store
+        .by_requester("tenant-1", "ada")
+        .await?
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    ensure!(
+        by_ada == ["ar-contract-1", "ar-contract-2", "ar-contract-3"],
+        "ada's asks: {by_ada:?}"
+    );
+
     // Every change is a compare-and-set on the version.
     let mut decided = first.clone();
     decided.conversation.push(Remark {
@@ -148,7 +163,12 @@ pub async fn check<S: Store>(store: &S) -> anyhow::Result<()> {
 
     let ids: Vec<String> = store.list().await?.into_iter().map(|a| a.id).collect();
     ensure!(
-        ids == ["ar-contract-1", "ar-contract-2", "ar-contract-3"],
+        ids == [
+            "ar-contract-1",
+            "ar-contract-2",
+            "ar-contract-3",
+            "ar-contract-4"
+        ],
         "list gave {ids:?}"
     );
 

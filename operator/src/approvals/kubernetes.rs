@@ -17,11 +17,13 @@ use futures::{Stream, StreamExt};
 use kube::api::{Api, ListParams, ObjectMeta, PartialObjectMeta, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
-/// Label holding a prefix of the binding's key, so identical asks are found
-/// with a label selector instead of a scan (the full binding is compared after).
+/// Label holding a digest of the binding, so identical asks are found with a
+/// label selector instead of a scan (the full binding is compared after).
 const BINDING_LABEL: &str = "mcp.airlock.dev/binding";
-/// 128 bits of the binding key: a label value may not exceed 63 characters.
-const BINDING_LABEL_LENGTH: usize = 32;
+/// Label holding a digest of the requester's tenant and object ID.
+const REQUESTER_LABEL: &str = "mcp.airlock.dev/requester";
+/// 128 bits of a SHA-256: a label value may not exceed 63 characters.
+const LABEL_DIGEST_LENGTH: usize = 32;
 const PAGE: u32 = 500;
 
 /// ApprovalRequests in one namespace.
@@ -61,10 +63,18 @@ impl KubeStore {
     }
 }
 
+fn label_digest(text: &str) -> String {
+    let digest = airlock_policy::canonical::sha256_hex(text.as_bytes());
+    let hex = digest.strip_prefix("sha256:").unwrap_or(&digest);
+    hex.chars().take(LABEL_DIGEST_LENGTH).collect()
+}
+
 fn binding_label(binding: &Binding) -> String {
-    let key = binding.key();
-    let hex = key.strip_prefix("sha256:").unwrap_or(&key);
-    hex.chars().take(BINDING_LABEL_LENGTH).collect()
+    label_digest(&binding.key())
+}
+
+fn requester_label(tid: &str, oid: &str) -> String {
+    label_digest(&format!("{tid}/{oid}"))
 }
 
 /// A Kubernetes object name (DNS-1123 subdomain). Anything else is refused
@@ -120,6 +130,13 @@ impl Store for KubeStore {
             .await?
             .into_iter()
             .rfind(|approval| approval.binding == *binding))
+    }
+
+    async fn by_requester(&self, tid: &str, oid: &str) -> Result<Vec<Approval>, StoreError> {
+        let selector = format!("{REQUESTER_LABEL}={}", requester_label(tid, oid));
+        let mut approvals = self.all(Some(&selector)).await?;
+        approvals.retain(|a| a.requester.tid == tid && a.requester.oid == oid);
+        Ok(approvals)
     }
 
     async fn update(&self, approval: &Approval, expected: u64) -> Result<bool, StoreError> {
@@ -335,7 +352,16 @@ fn to_resource(approval: &Approval) -> Result<ApprovalRequest, StoreError> {
     let mut resource = ApprovalRequest::new(id, spec);
     resource.metadata = ObjectMeta {
         name: Some(approval.id.clone()),
-        labels: Some([(BINDING_LABEL.to_string(), binding_label(binding))].into()),
+        labels: Some(
+            [
+                (BINDING_LABEL.to_string(), binding_label(binding)),
+                (
+                    REQUESTER_LABEL.to_string(),
+                    requester_label(&binding.tid, &binding.oid),
+                ),
+            ]
+            .into(),
+        ),
         ..ObjectMeta::default()
     };
     resource.status = Some(status);

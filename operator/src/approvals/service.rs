@@ -681,14 +681,10 @@ async fn ask<S: Store>(
     }
     let pending = service
         .store
-        .list()
+        .by_requester(&principal.tenant_id, &principal.object_id)
         .await?
         .iter()
-        .filter(|a| {
-            a.requester.tid == principal.tenant_id
-                && a.requester.oid == principal.object_id
-                && a.state_at(now).waiting()
-        })
+        .filter(|a| a.state_at(now).waiting())
         .count();
     if pending >= service.config.max_pending_per_principal {
         return Err(ApiError::new(

@@ -45,6 +45,12 @@ pub trait Store: Send + Sync + 'static {
         expected: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     fn list(&self) -> impl Future<Output = Result<Vec<Approval>, StoreError>> + Send;
+    /// Every approval `tid`/`oid` asked for, in any state (to cap pending asks).
+    fn by_requester(
+        &self,
+        tid: &str,
+        oid: &str,
+    ) -> impl Future<Output = Result<Vec<Approval>, StoreError>> + Send;
     /// Ids of approvals that other writers (another replica, `kubectl`)
     /// changed, so the service wakes the long-polls waiting on them. A store
     /// with no other writers never yields.
@@ -144,6 +150,13 @@ impl Store for SqliteStore {
             Ok(rows.collect::<Result<Vec<String>, _>>()?)
         })?;
         bodies.into_iter().map(decode).collect()
+    }
+
+    /// A scan: local mode holds few approvals.
+    async fn by_requester(&self, tid: &str, oid: &str) -> Result<Vec<Approval>, StoreError> {
+        let mut approvals = self.list().await?;
+        approvals.retain(|a| a.requester.tid == tid && a.requester.oid == oid);
+        Ok(approvals)
     }
 
     /// The file has one writer, this process, which announces its own changes.
