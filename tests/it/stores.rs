@@ -45,6 +45,30 @@ async fn cluster() -> anyhow::Result<Cluster> {
     Ok(cluster)
 }
 
+/// `kubectl patch` of a request's status, as an administrator editing by
+/// hand; the inner error is kubectl's complaint when the API server refused.
+fn patch_status(cluster: &Cluster, name: &str, patch: &str) -> anyhow::Result<Result<(), String>> {
+    let output = cluster.kubectl(
+        ADMIN,
+        &[
+            "patch",
+            "areq",
+            "-n",
+            NS,
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            patch,
+        ],
+    )?;
+    Ok(if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    })
+}
+
 fn kubectl(cluster: &Cluster, args: &[&str]) -> anyhow::Result<String> {
     let output = cluster.kubectl(ADMIN, args)?;
     anyhow::ensure!(
@@ -113,20 +137,12 @@ async fn approval_requests_keep_the_contract_and_announce_other_writers() -> any
             .map(String::from)
         )
     );
-    kubectl(
+    patch_status(
         &cluster,
-        &[
-            "patch",
-            "areq",
-            "-n",
-            NS,
-            "ar-contract-2",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status": {"phase": "Cancelled", "revision": 1}}"#,
-        ],
-    )?;
+        "ar-contract-2",
+        r#"{"status": {"phase": "Cancelled", "revision": 1}}"#,
+    )?
+    .map_err(anyhow::Error::msg)?;
     let announced = tokio::time::timeout(WATCH, changes.next()).await?;
     assert_eq!(announced.as_deref(), Some("ar-contract-2"));
     assert_eq!(
@@ -136,36 +152,17 @@ async fn approval_requests_keep_the_contract_and_announce_other_writers() -> any
 
     // What the store cannot read is an error naming the request, not a guess;
     // times the CRD schema cannot parse never get that far.
-    let refused = cluster.kubectl(
-        ADMIN,
-        &[
-            "patch",
-            "areq",
-            "-n",
-            NS,
-            "ar-contract-3",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status": {"approvedAt": "yesterday"}}"#,
-        ],
-    )?;
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("status.approvedAt"));
-    kubectl(
+    let refused = patch_status(
         &cluster,
-        &[
-            "patch",
-            "areq",
-            "-n",
-            NS,
-            "ar-contract-3",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status": {"revision": -1}}"#,
-        ],
+        "ar-contract-3",
+        r#"{"status": {"approvedAt": "yesterday"}}"#,
     )?;
+    assert!(
+        matches!(&refused, Err(e) if e.contains("status.approvedAt")),
+        "{refused:?}"
+    );
+    patch_status(&cluster, "ar-contract-3", r#"{"status": {"revision": -1}}"#)?
+        .map_err(anyhow::Error::msg)?;
     let unreadable = store.get("ar-contract-3").await.unwrap_err().to_string();
     assert!(
         unreadable.contains("ar-contract-3") && unreadable.contains("revision"),
