@@ -11,6 +11,7 @@ use airlock_tests::cluster::{ADMIN, Cluster, OPERATOR, client_from};
 use airlock_tests::gateway::{ENGINEERS, LEADS, policies};
 use airlock_tests::issuer::{AUDIENCE, Issuer};
 use airlock_tests::store_contract;
+use airlock_tests::wait_for;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -194,7 +195,7 @@ async fn replicas_on_the_api_server_share_approvals_and_spend_a_grant_once() -> 
     });
     let served = serde_json::from_value(policies())?;
     let mut first = Approvals::start_on(&issuer, SERVER, served, open.clone()).await?;
-    let second =
+    let mut second =
         Approvals::start_on(&issuer, SERVER, serde_json::from_value(policies())?, open).await?;
     let http = reqwest::Client::new();
     let ada = token(&issuer, "oid-ada", &[ENGINEERS])?;
@@ -292,8 +293,41 @@ async fn replicas_on_the_api_server_share_approvals_and_spend_a_grant_once() -> 
         "Executed oid-lea oid-ada"
     );
 
-    // Each replica's trail verifies; together they hold the ask, the approval
-    // and one release.
+    // A request nobody decides expires on time, and says so in the API
+    // server and the trail without anyone looking at it.
+    let mut short = policies();
+    short[0]["spec"]["rules"][2]["approval"]["timeout"] = json!("2s");
+    second.set_policies(serde_json::from_value(short)?)?;
+    let mut unattended = call.clone();
+    unattended["params"]["arguments"]["model"] = json!("m-8");
+    let (status, asked) = send(
+        http.post(format!("{}/v1/approvals", second.url))
+            .bearer_auth(&ada)
+            .header(GATEWAY, CREDENTIAL)
+            .json(&unattended),
+    )
+    .await?;
+    assert_eq!(status, 201, "{asked}");
+    let unattended_id = asked["id"].as_str().unwrap_or_default().to_string();
+    wait_for("the unattended request to expire", WATCH, || {
+        let phase = kubectl(
+            &cluster,
+            &[
+                "get",
+                "areq",
+                "-n",
+                NS,
+                &unattended_id,
+                "-o",
+                "jsonpath={.status.phase}",
+            ],
+        );
+        async move { Ok((phase? == "Expired").then_some(())) }
+    })
+    .await?;
+
+    // Each replica's trail verifies; together they hold both asks, the
+    // approval, one release and the expiry.
     let mut kinds = Vec::new();
     for log in [&first.audit_log, &second.audit_log] {
         let text = std::fs::read_to_string(log)?;
@@ -306,7 +340,13 @@ async fn replicas_on_the_api_server_share_approvals_and_spend_a_grant_once() -> 
     kinds.sort();
     assert_eq!(
         kinds,
-        ["approval.asked", "approval.decided", "approval.executed"]
+        [
+            "approval.asked",
+            "approval.asked",
+            "approval.decided",
+            "approval.executed",
+            "approval.expired"
+        ]
     );
     Ok(())
 }

@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
@@ -39,6 +39,9 @@ pub use airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER;
 const MAX_BODY: usize = 1024 * 1024;
 /// Longest long-poll a client may ask for.
 const MAX_WAIT_SECONDS: u64 = 60;
+/// How often the expiry sweeper also reads the whole store, to find requests
+/// it was not told about (asked through a replica that has since stopped).
+const SWEEP_RESCAN: Duration = Duration::from_secs(300);
 
 /// One MCP server the service knows, for selecting policies.
 #[derive(Debug, Clone)]
@@ -99,6 +102,10 @@ pub struct ApprovalService<S: Store> {
     last_fetch: tokio::sync::Mutex<BTreeMap<String, std::time::Instant>>,
     tokens: Mutex<TokenCache>,
     changes: broadcast::Sender<String>,
+    /// Waiting approvals by expiry, so the sweeper records each expiry when
+    /// it happens rather than when someone next looks.
+    expiring: Mutex<BTreeSet<(u64, String)>>,
+    expiring_added: tokio::sync::Notify,
     audit: AuditLog,
     metrics: ServiceMetrics,
     http: reqwest::Client,
@@ -315,6 +322,8 @@ impl<S: Store> ApprovalService<S> {
             last_fetch: tokio::sync::Mutex::new(BTreeMap::new()),
             tokens: Mutex::new(TokenCache::new(4096)),
             changes,
+            expiring: Mutex::new(BTreeSet::new()),
+            expiring_added: tokio::sync::Notify::new(),
             audit,
             metrics: ServiceMetrics::new().map_err(|e| e.to_string())?,
             http: reqwest::Client::builder()
@@ -326,7 +335,8 @@ impl<S: Store> ApprovalService<S> {
     }
 
     /// Serves the API on `listener` until it fails, waking long-polls on
-    /// changes other writers make to the store all the while.
+    /// changes other writers make to the store and expiring requests on
+    /// time all the while.
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
         let changes = self.store.changes();
         let forward = async {
@@ -339,6 +349,61 @@ impl<S: Store> ApprovalService<S> {
         tokio::select! {
             served = axum::serve(listener, self.router()) => served,
             () = forward => Ok(()),
+            () = self.sweep_expiries() => Ok(()),
+        }
+    }
+
+    fn expire_at(&self, approval: &Approval) {
+        if let Ok(mut expiring) = self.expiring.lock() {
+            expiring.insert((approval.expires_at, approval.id.clone()));
+        }
+        self.expiring_added.notify_one();
+    }
+
+    /// Settles each waiting request when it expires, which records
+    /// `approval.expired` and shows `Expired` to anyone reading the store.
+    async fn sweep_expiries(&self) {
+        let mut rescan_at = tokio::time::Instant::now();
+        loop {
+            if tokio::time::Instant::now() >= rescan_at {
+                match self.store.list().await {
+                    Ok(approvals) => approvals
+                        .iter()
+                        .filter(|a| a.state.waiting())
+                        .for_each(|a| self.expire_at(a)),
+                    Err(e) => log_error(&format!("expiry sweep: {e}")),
+                }
+                rescan_at = tokio::time::Instant::now() + SWEEP_RESCAN;
+            }
+            let now = now_seconds();
+            let due: Vec<String> = match self.expiring.lock() {
+                Ok(mut expiring) => {
+                    let later = expiring.split_off(&(now.saturating_add(1), String::new()));
+                    std::mem::replace(&mut *expiring, later)
+                        .into_iter()
+                        .map(|(_, id)| id)
+                        .collect()
+                }
+                Err(_) => Vec::new(),
+            };
+            for id in due {
+                if let Err(e) = self.load(&id).await {
+                    log_error(&format!("expiring {id}: {}", e.message));
+                }
+            }
+            let next = self
+                .expiring
+                .lock()
+                .ok()
+                .and_then(|expiring| expiring.first().map(|(at, _)| *at));
+            let wake = next.map_or(rescan_at, |at| {
+                let until = Duration::from_secs(at.saturating_sub(now_seconds()));
+                rescan_at.min(tokio::time::Instant::now() + until)
+            });
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                () = self.expiring_added.notified() => {}
+            }
         }
     }
 
@@ -757,6 +822,7 @@ async fn ask<S: Store>(
         version: 0,
     };
     service.store.insert(&approval).await?;
+    service.expire_at(&approval);
     service.record(service.approval_event("approval.asked", &approval, None, None))?;
     let _ = service.changes.send(approval.id.clone());
     ok(StatusCode::CREATED, view(&approval, now))
