@@ -70,8 +70,11 @@ fn patch_status(cluster: &Cluster, name: &str, patch: &str) -> anyhow::Result<Re
     })
 }
 
-fn kubectl(cluster: &Cluster, args: &[&str]) -> anyhow::Result<String> {
-    let output = cluster.kubectl(ADMIN, args)?;
+/// Fields of an ApprovalRequest as `kubectl get -o jsonpath=TEMPLATE` prints them.
+fn request_fields(cluster: &Cluster, name: &str, template: &str) -> anyhow::Result<String> {
+    let jsonpath = format!("jsonpath={template}");
+    let args = ["get", "areq", "-n", NS, name, "-o", &jsonpath];
+    let output = cluster.kubectl(ADMIN, &args)?;
     anyhow::ensure!(
         output.status.success(),
         "kubectl {args:?}: {}",
@@ -87,33 +90,13 @@ async fn approval_requests_keep_the_contract_and_announce_other_writers() -> any
     store_contract::check(&store).await?;
 
     // People see the same approvals with kubectl, in the CRD's own words.
-    let phase = |name: &str| {
-        kubectl(
-            &cluster,
-            &[
-                "get",
-                "areq",
-                "-n",
-                NS,
-                name,
-                "-o",
-                "jsonpath={.status.phase}",
-            ],
-        )
-    };
+    let phase = |name: &str| request_fields(&cluster, name, "{.status.phase}");
     assert_eq!(phase("ar-contract-1")?, "Approved");
     assert_eq!(phase("ar-contract-2")?, "Pending");
-    let decided_by = kubectl(
+    let decided_by = request_fields(
         &cluster,
-        &[
-            "get",
-            "areq",
-            "-n",
-            NS,
-            "ar-contract-1",
-            "-o",
-            "jsonpath={.status.decisions[0].uid} {.status.decisions[0].verdict}",
-        ],
+        "ar-contract-1",
+        "{.status.decisions[0].uid} {.status.decisions[0].verdict}",
     )?;
     assert_eq!(decided_by, "lea Approve");
 
@@ -178,6 +161,37 @@ fn token(issuer: &Issuer, oid: &str, groups: &[&str]) -> anyhow::Result<String> 
     Ok(issuer.issuer.mint(&request)?)
 }
 
+/// A POST as the gateway makes it: its credential and the caller's token.
+fn from_gateway(
+    http: &reqwest::Client,
+    url: String,
+    token: &str,
+    body: &Value,
+) -> reqwest::RequestBuilder {
+    http.post(url)
+        .bearer_auth(token)
+        .header(GATEWAY, CREDENTIAL)
+        .json(body)
+}
+
+/// Asks for approval of `call` as the gateway would; the new request's id.
+async fn ask(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    call: &Value,
+) -> anyhow::Result<String> {
+    let (status, asked) = send(from_gateway(
+        http,
+        format!("{url}/v1/approvals"),
+        token,
+        call,
+    ))
+    .await?;
+    anyhow::ensure!(status == 201, "ask answered {status}: {asked}");
+    Ok(asked["id"].as_str().unwrap_or_default().to_string())
+}
+
 async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
     let response = request.send().await?;
     let status = response.status().as_u16();
@@ -203,23 +217,15 @@ async fn replicas_on_the_api_server_share_approvals_and_spend_a_grant_once() -> 
     let call = json!({"server": SERVER, "method": "tools/call",
         "params": {"name": "deploy_model", "arguments": {"model": "m-7", "environment": "prod"}}});
 
-    let (status, asked) = send(
-        http.post(format!("{}/v1/approvals", first.url))
-            .bearer_auth(&ada)
-            .header(GATEWAY, CREDENTIAL)
-            .json(&call),
-    )
-    .await?;
-    assert_eq!(status, 201, "{asked}");
-    let id = asked["id"].as_str().unwrap_or_default().to_string();
+    let id = ask(&http, &first.url, &ada, &call).await?;
 
     // The same ask through the other replica finds the same request.
-    let (status, again) = send(
-        http.post(format!("{}/v1/approvals", second.url))
-            .bearer_auth(&ada)
-            .header(GATEWAY, CREDENTIAL)
-            .json(&call),
-    )
+    let (status, again) = send(from_gateway(
+        &http,
+        format!("{}/v1/approvals", second.url),
+        &ada,
+        &call,
+    ))
     .await?;
     assert_eq!((status, again["id"].as_str()), (200, Some(id.as_str())));
 
@@ -252,12 +258,12 @@ async fn replicas_on_the_api_server_share_approvals_and_spend_a_grant_once() -> 
 
     // Both replicas race to release the held call: exactly one may.
     let release = |url: &str| {
-        send(
-            http.post(format!("{url}/v1/approvals/{id}/consume"))
-                .bearer_auth(&ada)
-                .header(GATEWAY, CREDENTIAL)
-                .json(&call),
-        )
+        send(from_gateway(
+            &http,
+            format!("{url}/v1/approvals/{id}/consume"),
+            &ada,
+            &call,
+        ))
     };
     let (one, two) = tokio::join!(release(&first.url), release(&second.url));
     let mut statuses = [one?.0, two?.0];
@@ -278,17 +284,10 @@ async fn replicas_on_the_api_server_share_approvals_and_spend_a_grant_once() -> 
     );
     assert_eq!(shown["releases"], 1);
     assert_eq!(
-        kubectl(
+        request_fields(
             &cluster,
-            &[
-                "get",
-                "areq",
-                "-n",
-                NS,
-                &id,
-                "-o",
-                "jsonpath={.status.phase} {.status.decisions[0].uid} {.spec.requester.oid}"
-            ],
+            &id,
+            "{.status.phase} {.status.decisions[0].uid} {.spec.requester.oid}"
         )?,
         "Executed oid-lea oid-ada"
     );
@@ -300,28 +299,9 @@ async fn replicas_on_the_api_server_share_approvals_and_spend_a_grant_once() -> 
     second.set_policies(serde_json::from_value(short)?)?;
     let mut unattended = call.clone();
     unattended["params"]["arguments"]["model"] = json!("m-8");
-    let (status, asked) = send(
-        http.post(format!("{}/v1/approvals", second.url))
-            .bearer_auth(&ada)
-            .header(GATEWAY, CREDENTIAL)
-            .json(&unattended),
-    )
-    .await?;
-    assert_eq!(status, 201, "{asked}");
-    let unattended_id = asked["id"].as_str().unwrap_or_default().to_string();
+    let unattended_id = ask(&http, &second.url, &ada, &unattended).await?;
     wait_for("the unattended request to expire", WATCH, || {
-        let phase = kubectl(
-            &cluster,
-            &[
-                "get",
-                "areq",
-                "-n",
-                NS,
-                &unattended_id,
-                "-o",
-                "jsonpath={.status.phase}",
-            ],
-        );
+        let phase = request_fields(&cluster, &unattended_id, "{.status.phase}");
         async move { Ok((phase? == "Expired").then_some(())) }
     })
     .await?;
