@@ -17,6 +17,40 @@ fn deploy(id: u32) -> Value {
     )
 }
 
+/// Ada's deploy to production, held at a fresh gateway in front of a
+/// recording upstream, and the id of the request Lea the lead sees for it.
+struct HeldDeploy {
+    upstream: Recorder,
+    gateway: Gateway,
+    http: reqwest::Client,
+    ada: String,
+    lea: String,
+    held: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    id: String,
+}
+
+impl HeldDeploy {
+    async fn start() -> anyhow::Result<HeldDeploy> {
+        let upstream = Recorder::start().await?;
+        let gateway = Gateway::start(upstream.port).await?;
+        let http = reqwest::Client::new();
+        let ada = gateway.person("oid-ada", &[ENGINEERS])?;
+        let lea = gateway.person("oid-lea", &[LEADS])?;
+        let held = tokio::spawn(gateway.post(&http, &ada, &deploy(1)).send());
+        let request = gateway.pending(&lea, 1).await?;
+        let id = request["id"].as_str().unwrap_or_default().to_string();
+        Ok(HeldDeploy {
+            upstream,
+            gateway,
+            http,
+            ada,
+            lea,
+            held,
+            id,
+        })
+    }
+}
+
 #[tokio::test]
 async fn a_held_call_runs_after_approval_even_past_twenty_seconds() -> anyhow::Result<()> {
     let server = McpServer::python(Transport::StreamableJson).await?;
@@ -100,15 +134,15 @@ async fn a_held_call_runs_after_approval_even_past_twenty_seconds() -> anyhow::R
 
 #[tokio::test]
 async fn denial_and_an_unreachable_service_refuse_the_call() -> anyhow::Result<()> {
-    let upstream = Recorder::start().await?;
-    let mut gateway = Gateway::start(upstream.port).await?;
-    let http = reqwest::Client::new();
-    let ada = gateway.person("oid-ada", &[ENGINEERS])?;
-    let lea = gateway.person("oid-lea", &[LEADS])?;
-
-    let held = tokio::spawn(gateway.post(&http, &ada, &deploy(1)).send());
-    let request = gateway.pending(&lea, 1).await?;
-    let id = request["id"].as_str().unwrap_or_default().to_string();
+    let HeldDeploy {
+        upstream,
+        mut gateway,
+        http,
+        ada,
+        lea,
+        held,
+        id,
+    } = HeldDeploy::start().await?;
     assert_eq!(
         gateway
             .decide(&lea, &id, "deny", "freeze week")
@@ -152,13 +186,15 @@ async fn denial_and_an_unreachable_service_refuse_the_call() -> anyhow::Result<(
 
 #[tokio::test]
 async fn two_racing_calls_spend_one_single_use_grant() -> anyhow::Result<()> {
-    let upstream = Recorder::start().await?;
-    let gateway = Gateway::start(upstream.port).await?;
-    let http = reqwest::Client::new();
-    let ada = gateway.person("oid-ada", &[ENGINEERS])?;
-    let lea = gateway.person("oid-lea", &[LEADS])?;
-    let first = tokio::spawn(gateway.post(&http, &ada, &deploy(1)).send());
-    let request = gateway.pending(&lea, 1).await?;
+    let HeldDeploy {
+        upstream,
+        gateway,
+        http,
+        ada,
+        lea,
+        held: first,
+        id,
+    } = HeldDeploy::start().await?;
     let second = tokio::spawn(gateway.post(&http, &ada, &deploy(2)).send());
     // The identical ask joins the same request instead of flooding approvers.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -170,9 +206,8 @@ async fn two_racing_calls_spend_one_single_use_grant() -> anyhow::Result<()> {
         .json()
         .await?;
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
-    let id = request["id"].as_str().unwrap_or_default();
     assert_eq!(
-        gateway.decide(&lea, id, "approve", "once").await?.status(),
+        gateway.decide(&lea, &id, "approve", "once").await?.status(),
         200
     );
     let answers: Vec<Value> = vec![first.await??.json().await?, second.await??.json().await?];
@@ -195,7 +230,7 @@ async fn two_racing_calls_spend_one_single_use_grant() -> anyhow::Result<()> {
         refused["result"]["content"][0]["text"]
             .as_str()
             .unwrap_or_default()
-            .contains(id),
+            .contains(&id),
         "{refused}"
     );
     Ok(())
@@ -203,15 +238,15 @@ async fn two_racing_calls_spend_one_single_use_grant() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_restart_of_the_approval_service_keeps_the_request_and_the_trail() -> anyhow::Result<()> {
-    let upstream = Recorder::start().await?;
-    let mut gateway = Gateway::start(upstream.port).await?;
-    let http = reqwest::Client::new();
-    let ada = gateway.person("oid-ada", &[ENGINEERS])?;
-    let lea = gateway.person("oid-lea", &[LEADS])?;
-
-    let held = tokio::spawn(gateway.post(&http, &ada, &deploy(1)).send());
-    let request = gateway.pending(&lea, 1).await?;
-    let id = request["id"].as_str().unwrap_or_default().to_string();
+    let HeldDeploy {
+        upstream,
+        mut gateway,
+        http,
+        ada,
+        lea,
+        held,
+        id,
+    } = HeldDeploy::start().await?;
     gateway.approvals.restart()?;
     // The held call's long-poll was cut: the gateway refused rather than guess.
     let cut: Value = held.await??.json().await?;
