@@ -14,7 +14,7 @@ use crate::crd::{
 };
 use airlock_policy::audit::{parse_rfc3339, rfc3339};
 use futures::{Stream, StreamExt};
-use kube::api::{Api, ListParams, ObjectMeta, PartialObjectMeta, PostParams};
+use kube::api::{Api, ListParams, PartialObjectMeta, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
 /// Label holding a digest of the binding, so identical asks are found with a
@@ -350,20 +350,16 @@ fn to_resource(approval: &Approval) -> Result<ApprovalRequest, StoreError> {
         conditions: Vec::new(),
     };
     let mut resource = ApprovalRequest::new(id, spec);
-    resource.metadata = ObjectMeta {
-        name: Some(approval.id.clone()),
-        labels: Some(
-            [
-                (BINDING_LABEL.to_string(), binding_label(binding)),
-                (
-                    REQUESTER_LABEL.to_string(),
-                    requester_label(&binding.tid, &binding.oid),
-                ),
-            ]
-            .into(),
-        ),
-        ..ObjectMeta::default()
-    };
+    resource.metadata.labels = Some(
+        [
+            (BINDING_LABEL.to_string(), binding_label(binding)),
+            (
+                REQUESTER_LABEL.to_string(),
+                requester_label(&binding.tid, &binding.oid),
+            ),
+        ]
+        .into(),
+    );
     resource.status = Some(status);
     Ok(resource)
 }
