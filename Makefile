@@ -8,7 +8,7 @@ CARGO_FUZZ := $(AIRLOCK_CACHE)/cargo-fuzz-$(CARGO_FUZZ_VERSION)/bin/cargo-fuzz
 FUZZ_SECONDS ?= 60
 WASM := target/wasm32-wasip1/wasm/airlock_filter.wasm
 
-.PHONY: setup test lint wasm wasm-crash-hook crds demo bench fuzz lock-python
+.PHONY: setup test lint wasm wasm-crash-hook bins crds demo bench fuzz lock-python
 
 ## setup: install every tool the build and tests need, pinned, under .tools/ (idempotent)
 setup:
@@ -23,6 +23,10 @@ wasm:
 wasm-crash-hook:
 	cargo build -p airlock-filter --target wasm32-wasip1 --features crash-hook --locked
 
+## bins: the workspace's programs (the node's images pack airlock)
+bins:
+	cargo build --locked -p airlock-operator --bins
+
 ## lint: formatting and clippy (host and wasm), warnings are errors
 lint:
 	cargo fmt --all --check
@@ -30,7 +34,7 @@ lint:
 	cargo clippy -p airlock-filter --target wasm32-wasip1 --locked -- -D warnings
 
 ## test: lint, then every test: unit, integration and end-to-end
-test: setup lint wasm wasm-crash-hook
+test: setup lint wasm wasm-crash-hook bins
 	cargo test --workspace --locked
 
 ## crds: regenerate crds/ from the Rust types

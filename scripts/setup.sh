@@ -65,7 +65,38 @@ if [ ! -f "$node_dir/.complete" ]; then
 fi
 link "$node_dir/node_modules" "$tools/node_modules"
 
-# --- Go: kube-apiserver, kube-controller-manager, kubectl and etcd from their modules ---
+# --- The node's container runtime and network tools: Debian packages, pinned ---
+# The harness's Kubernetes node (tests/src/node) runs pods with containerd,
+# runc and the CNI plugins, programs Services with iptables/conntrack and
+# NetworkPolicies with ipset; its images start from busybox. These install
+# system-wide, so they need root; the node needs root anyway.
+debian_packages=(
+  containerd=1.6.20~ds1-1+deb12u3
+  runc=1.1.5+ds1-1+deb12u1
+  containernetworking-plugins=1.1.1+ds1-3+b5
+  iptables=1.8.9-2
+  conntrack=1:1.4.7-1+b2
+  ipset=7.17-1
+  busybox-static=1:1.35.0-4+deb12u1+b1
+)
+missing=()
+for pin in "${debian_packages[@]}"; do
+  [ "$(dpkg-query -W -f='${Version}' "${pin%%=*}" 2>/dev/null)" = "${pin#*=}" ] || missing+=("$pin")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: the test node needs these Debian packages, and installing them needs root: ${missing[*]}" >&2
+    exit 1
+  fi
+  say "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The node starts its own containerd with its own configuration; the
+  # package's service would hold /run/containerd.
+  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now containerd >/dev/null 2>&1 || true; fi
+fi
+
+# --- Go: the control plane, the node's Kubernetes parts, etcd and CoreDNS from their modules ---
 # go_tools NAME MODULE LDFLAGS BINARY=PACKAGE...: builds packages of MODULE, pinned
 # by tests/tools/NAME/go.mod.
 go_tools() {
@@ -92,7 +123,11 @@ go_tools kubernetes k8s.io/kubernetes \
   "-X k8s.io/component-base/version.gitVersion=$k8s_version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$k8s_minor -X k8s.io/component-base/version.gitTreeState=clean" \
   kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
   kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
-  kubectl=k8s.io/kubernetes/cmd/kubectl
+  kubectl=k8s.io/kubernetes/cmd/kubectl \
+  kubelet=k8s.io/kubernetes/cmd/kubelet \
+  kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
+  kube-proxy=k8s.io/kubernetes/cmd/kube-proxy
 go_tools etcd go.etcd.io/etcd/server/v3 "" etcd=go.etcd.io/etcd/server/v3
+go_tools coredns github.com/coredns/coredns "" coredns=github.com/coredns/coredns
 
 say "ready: $(ls "$tools/bin" | tr '\n' ' ')"

@@ -7,3 +7,4 @@ pub mod demo_server;
 pub mod dev_issuer;
 pub mod envoy;
 pub mod local;
+pub mod shutdown;

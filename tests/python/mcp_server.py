@@ -1,7 +1,7 @@
 """A real MCP server on the official Python SDK, for Airlock's tests.
 
 Serves Streamable HTTP at /mcp (JSON or SSE responses) or the legacy
-HTTP+SSE transport at /sse, on 127.0.0.1 and the given port.
+HTTP+SSE transport at /sse, on the given port of 127.0.0.1 (or --host).
 """
 
 import argparse
@@ -38,15 +38,16 @@ def deploy_model(model: str, environment: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (a pod's test binds 0.0.0.0 on purpose)")
     parser.add_argument("--transport", choices=["streamable-http", "sse"], default="streamable-http")
     parser.add_argument("--json-response", action="store_true", help="answer with JSON, not SSE")
     args = parser.parse_args()
     if args.transport == "sse":
-        server.run(transport="sse", host="127.0.0.1", port=args.port)
+        server.run(transport="sse", host=args.host, port=args.port)
     else:
         server.run(
             transport="streamable-http",
-            host="127.0.0.1",
+            host=args.host,
             port=args.port,
             json_response=args.json_response,
         )

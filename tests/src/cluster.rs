@@ -1,7 +1,11 @@
 //! A real Kubernetes control plane: etcd, kube-apiserver and
-//! kube-controller-manager (garbage collection, ServiceAccounts, namespace
-//! cleanup), all on 127.0.0.1, with serving certificates made at start, RBAC
-//! on and static-token users in groups.
+//! kube-controller-manager, with serving certificates made at start, RBAC on
+//! and static-token users in groups.
+//!
+//! [`Cluster::start`] runs it on 127.0.0.1 with the controllers the API-only
+//! tests need (garbage collection, ServiceAccounts, namespace cleanup);
+//! [`crate::node::Node`] runs it on the node's address with every controller,
+//! so that pods reach it through the `kubernetes` Service.
 
 use crate::paths::tool;
 use crate::process::Process;
@@ -62,7 +66,25 @@ pub const OPERATOR: User = User {
     groups: &[],
 };
 
-pub const USERS: [User; 7] = [
+/// The name of the harness's node.
+pub const NODE_NAME: &str = "airlock-node";
+/// The kubelet, as the Node authorizer knows it.
+pub const KUBELET: User = User {
+    name: "system:node:airlock-node",
+    groups: &["system:nodes"],
+};
+/// Bound by the API server's bootstrap RBAC.
+pub const SCHEDULER: User = User {
+    name: "system:kube-scheduler",
+    groups: &[],
+};
+/// Bound by the API server's bootstrap RBAC (`system:node-proxier`).
+pub const KUBE_PROXY: User = User {
+    name: "system:kube-proxy",
+    groups: &[],
+};
+
+pub const USERS: [User; 10] = [
     ADMIN,
     REQUESTER_1,
     REQUESTER_2,
@@ -70,31 +92,88 @@ pub const USERS: [User; 7] = [
     APPROVER_2,
     OUTSIDER,
     OPERATOR,
+    KUBELET,
+    SCHEDULER,
+    KUBE_PROXY,
 ];
+
+/// Where the control plane listens and whom it serves.
+#[derive(Debug, Clone, Copy)]
+pub struct ControlPlane {
+    /// The API server's bind and advertised address.
+    pub address: Ipv4Addr,
+    /// Serve a kubelet: Node authorization, the client certificate for
+    /// logs/exec/port-forward, the `kubernetes` Service's endpoint, and every
+    /// controller (Deployments, EndpointSlices, …).
+    pub serves_node: bool,
+}
+
+impl ControlPlane {
+    /// API only, on 127.0.0.1.
+    pub const LOOPBACK: ControlPlane = ControlPlane {
+        address: Ipv4Addr::LOCALHOST,
+        serves_node: false,
+    };
+}
 
 const STARTUP: Duration = Duration::from_secs(120);
 
 pub struct Cluster {
-    /// `https://127.0.0.1:PORT`
+    /// `https://ADDRESS:PORT`
     pub url: String,
     // Processes are declared before `dir` so they stop before it is removed.
-    _controller_manager: Process,
+    controller_manager: Process,
     apiserver: Process,
-    _etcd: Process,
-    dir: tempfile::TempDir,
+    etcd: Process,
+    dir: ClusterDir,
 }
 
+/// Where the control plane keeps its files: a temporary directory removed on
+/// drop, or one its owner (the node) manages.
+enum ClusterDir {
+    Temporary(tempfile::TempDir),
+    Owned(PathBuf),
+}
+
+impl ClusterDir {
+    fn path(&self) -> &Path {
+        match self {
+            ClusterDir::Temporary(dir) => dir.path(),
+            ClusterDir::Owned(path) => path,
+        }
+    }
+}
+
+/// The Service range: kube-apiserver allocates ClusterIPs from it, and the
+/// node routes it onto its own bridge.
+pub const SERVICE_RANGE: &str = "10.96.0.0/16";
+
 fn token_of(user: User) -> String {
-    format!("token-{}", user.name)
+    format!("token-{}", user.name.replace(':', "-"))
+}
+
+fn kubeconfig_name(user: User) -> String {
+    format!("kubeconfig-{}", user.name.replace(':', "-"))
 }
 
 impl Cluster {
+    /// An API-only control plane on 127.0.0.1, in a temporary directory.
     pub async fn start() -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix("airlock-cluster-")
             .tempdir()?;
+        Cluster::start_in(ClusterDir::Temporary(dir), ControlPlane::LOOPBACK).await
+    }
+
+    /// A control plane as `plane` says, keeping its files in `dir`.
+    pub async fn start_at(dir: PathBuf, plane: ControlPlane) -> anyhow::Result<Cluster> {
+        std::fs::create_dir_all(&dir)?;
+        Cluster::start_in(ClusterDir::Owned(dir), plane).await
+    }
+
+    async fn start_in(dir: ClusterDir, plane: ControlPlane) -> anyhow::Result<Cluster> {
         let root = dir.path();
-        write_pki(root)?;
+        write_pki(root, plane.address)?;
         write_tokens(root)?;
 
         let etcd_port = free_port()?;
@@ -116,29 +195,45 @@ impl Cluster {
         let etcd = Process::spawn("etcd", etcd_cmd, root)?;
 
         let port = free_port()?;
-        let url = format!("https://127.0.0.1:{port}");
+        let address = plane.address;
+        let url = format!("https://{address}:{port}");
         let path = |name: &str| root.join(name).display().to_string();
         let mut api_cmd = Command::new(tool("kube-apiserver")?);
         api_cmd.args([
             &format!("--etcd-servers={etcd_url}"),
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            &format!("--bind-address={address}"),
+            &format!("--advertise-address={address}"),
             &format!("--secure-port={port}"),
             &format!("--cert-dir={}", path("apiserver-certs")),
             &format!("--tls-cert-file={}", path("serving.crt")),
             &format!("--tls-private-key-file={}", path("serving.key")),
             &format!("--client-ca-file={}", path("ca.crt")),
             &format!("--token-auth-file={}", path("tokens.csv")),
-            "--authorization-mode=RBAC",
             "--service-account-issuer=https://kubernetes.default.svc",
             &format!("--service-account-key-file={}", path("sa.pub")),
             &format!("--service-account-signing-key-file={}", path("sa.key")),
-            "--service-cluster-ip-range=10.96.0.0/16",
-            "--endpoint-reconciler-type=none",
+            &format!("--service-cluster-ip-range={SERVICE_RANGE}"),
             "--enable-priority-and-fairness=false",
             "--profiling=false",
             "--v=0",
         ]);
+        if plane.serves_node {
+            api_cmd.args([
+                "--authorization-mode=Node,RBAC",
+                "--endpoint-reconciler-type=lease",
+                &format!(
+                    "--kubelet-client-certificate={}",
+                    path("kubelet-client.crt")
+                ),
+                &format!("--kubelet-client-key={}", path("kubelet-client.key")),
+                "--kubelet-preferred-address-types=InternalIP",
+            ]);
+        } else {
+            api_cmd.args([
+                "--authorization-mode=RBAC",
+                "--endpoint-reconciler-type=none",
+            ]);
+        }
         let mut apiserver = Process::spawn("kube-apiserver", api_cmd, root)?;
 
         let http = http_client(root)?;
@@ -161,10 +256,16 @@ impl Cluster {
         for user in USERS {
             write_kubeconfig(root, &url, user)?;
         }
+        let controllers = if plane.serves_node {
+            "--controllers=*"
+        } else {
+            "--controllers=garbagecollector,serviceaccount,serviceaccount-token,namespace"
+        };
         let mut kcm_cmd = Command::new(tool("kube-controller-manager")?);
         kcm_cmd.args([
             &format!("--kubeconfig={}", cluster_kubeconfig.display()),
-            "--controllers=garbagecollector,serviceaccount,serviceaccount-token,namespace",
+            controllers,
+            "--allocate-node-cidrs=false",
             "--leader-elect=false",
             "--secure-port=0",
             &format!("--service-account-private-key-file={}", path("sa.key")),
@@ -175,16 +276,49 @@ impl Cluster {
         let controller_manager = Process::spawn("kube-controller-manager", kcm_cmd, root)?;
         Ok(Cluster {
             url,
-            _controller_manager: controller_manager,
+            controller_manager,
             apiserver,
-            _etcd: etcd,
+            etcd,
             dir,
         })
     }
 
+    /// The control plane's processes, by name and PID.
+    pub fn processes(&self) -> [(&str, u32); 3] {
+        [
+            ("etcd", self.etcd.pid()),
+            ("kube-apiserver", self.apiserver.pid()),
+            ("kube-controller-manager", self.controller_manager.pid()),
+        ]
+    }
+
+    /// Fails, with the end of its log, when a control-plane process has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.etcd.check_running()?;
+        self.apiserver.check_running()?;
+        self.controller_manager.check_running()
+    }
+
+    /// Kills the control plane now (its files stay).
+    pub fn kill(&mut self) {
+        self.controller_manager.kill();
+        self.apiserver.kill();
+        self.etcd.kill();
+    }
+
+    /// The directory holding the PKI, tokens and kubeconfigs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The CA that signs the API server's (and the kubelet client's) certificates.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
     /// The kubeconfig file authenticating as `user`.
     pub fn kubeconfig(&self, user: User) -> PathBuf {
-        self.dir.path().join(format!("kubeconfig-{}", user.name))
+        self.dir.path().join(kubeconfig_name(user))
     }
 
     /// A client acting as `user`.
@@ -258,6 +392,31 @@ impl Cluster {
             .output()?)
     }
 
+    /// `kubectl apply -f -` of `manifests` (YAML, `---`-separated) as `user`;
+    /// fails with kubectl's message.
+    pub fn kubectl_apply(&self, user: User, manifests: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut child = Command::new(tool("kubectl")?)
+            .arg(format!("--kubeconfig={}", self.kubeconfig(user).display()))
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(manifests.as_bytes())?;
+        }
+        let output = child.wait_with_output()?;
+        if !output.status.success() {
+            anyhow::bail!(
+                "kubectl apply as {}: {}",
+                user.name,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
     /// The end of the API server's log, for failure messages.
     pub fn apiserver_log(&self) -> String {
         self.apiserver.log_tail()
@@ -288,8 +447,10 @@ fn http_client(root: &Path) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// A CA, the API server's serving certificate, and the ServiceAccount signing key.
-fn write_pki(root: &Path) -> anyhow::Result<()> {
+/// A CA, the API server's serving certificate (for `address` and the
+/// `kubernetes` Service), its client certificate for kubelets, and the
+/// ServiceAccount signing key.
+fn write_pki(root: &Path, address: Ipv4Addr) -> anyhow::Result<()> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
@@ -297,16 +458,40 @@ fn write_pki(root: &Path) -> anyhow::Result<()> {
         .push(DnType::CommonName, "airlock-test-ca");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
 
-    let mut serving =
-        CertificateParams::new(vec!["localhost".to_string(), "kubernetes".to_string()])?;
-    serving
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    let mut serving = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "kubernetes".to_string(),
+        "kubernetes.default.svc".to_string(),
+        "kubernetes.default.svc.cluster.local".to_string(),
+    ])?;
+    // The first address of the Service range is the `kubernetes` Service.
+    for ip in [Ipv4Addr::LOCALHOST, address, Ipv4Addr::new(10, 96, 0, 1)] {
+        serving
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress(IpAddr::V4(ip)));
+    }
     serving
         .distinguished_name
         .push(DnType::CommonName, "kube-apiserver");
     let serving_key = KeyPair::generate()?;
     let serving_cert = serving.signed_by(&serving_key, &ca)?;
+
+    // Kubelets trust the CA, and authorize this identity for logs/exec.
+    let mut kubelet_client = CertificateParams::new(Vec::<String>::new())?;
+    kubelet_client
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver-kubelet-client");
+    kubelet_client
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    kubelet_client.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let kubelet_client_key = KeyPair::generate()?;
+    let kubelet_client_cert = kubelet_client.signed_by(&kubelet_client_key, &ca)?;
+    std::fs::write(root.join("kubelet-client.crt"), kubelet_client_cert.pem())?;
+    std::fs::write(
+        root.join("kubelet-client.key"),
+        kubelet_client_key.serialize_pem(),
+    )?;
 
     std::fs::write(root.join("ca.crt"), ca.pem())?;
     std::fs::write(root.join("serving.crt"), serving_cert.pem())?;
@@ -336,7 +521,7 @@ fn write_tokens(root: &Path) -> anyhow::Result<()> {
 }
 
 fn write_kubeconfig(root: &Path, url: &str, user: User) -> anyhow::Result<PathBuf> {
-    let path = root.join(format!("kubeconfig-{}", user.name));
+    let path = root.join(kubeconfig_name(user));
     let ca = root.join("ca.crt");
     let config = serde_json::json!({
         "apiVersion": "v1",

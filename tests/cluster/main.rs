@@ -1,0 +1,128 @@
+//! Tests on the harness's real node: one node for the whole binary, each test
+//! in its own namespace. The node starts before the first test and is torn
+//! down after the last; then the host's state is compared with what it was
+//! before, and any difference fails the run. Ctrl-C or SIGTERM tears the node
+//! down too; after a SIGKILL the next run's start sweeps up what was left.
+//!
+//! When the node cannot start (not root, a part missing) every test fails
+//! with the reason; none is skipped.
+
+mod smoke;
+
+use airlock_tests::node::{Node, host};
+use libtest_mimic::{Arguments, Failed, Trial};
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+type TestFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
+type Test = for<'a> fn(&'a Node) -> TestFuture<'a>;
+
+/// Every test of this binary, by name.
+fn tests() -> Vec<(&'static str, Test)> {
+    smoke::tests()
+}
+
+fn main() -> ExitCode {
+    let arguments = Arguments::from_args();
+    let tests = tests();
+    if arguments.list {
+        let trials = tests
+            .into_iter()
+            .map(|(name, _)| Trial::test(name, || Ok(())))
+            .collect();
+        return libtest_mimic::run(&arguments, trials).exit_code();
+    }
+    let filtered_out = |name: &str| {
+        arguments.filter.as_deref().is_some_and(|f| {
+            if arguments.exact {
+                name != f
+            } else {
+                !name.contains(f)
+            }
+        }) || arguments.skip.iter().any(|s| name.contains(s.as_str()))
+    };
+    if tests.iter().all(|(name, _)| filtered_out(name)) {
+        return libtest_mimic::run(&arguments, Vec::new()).exit_code();
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Arc::new(runtime),
+        Err(e) => {
+            eprintln!("cluster tests: cannot build a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tear_down_on_signal();
+    let node = runtime.block_on(Node::start()).map(Arc::new);
+    let trials = tests
+        .into_iter()
+        .map(|(name, test)| {
+            let node = node.as_ref().map(Arc::clone).map_err(|e| format!("{e:#}"));
+            let runtime = Arc::clone(&runtime);
+            Trial::test(name, move || {
+                let node =
+                    node.map_err(|e| Failed::from(format!("the node could not start: {e}")))?;
+                runtime
+                    .block_on(test(&node))
+                    .map_err(|e| Failed::from(format!("{e:#}")))
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&arguments, trials);
+
+    // Every trial has finished and dropped its handle, so this is the last one.
+    let restored = match node.map(Arc::try_unwrap) {
+        Ok(Ok(mut node)) => node.stop(),
+        Ok(Err(_)) => Err(anyhow::anyhow!("a test still holds the node")),
+        Err(_) => host::sweep(),
+    };
+    let host_ok = match restored {
+        Ok(differences) if differences.is_empty() => {
+            println!("host state after teardown ... as before");
+            true
+        }
+        Ok(differences) => {
+            println!(
+                "host state after teardown ... CHANGED:\n  {}",
+                differences.join("\n  ")
+            );
+            false
+        }
+        Err(e) => {
+            println!("host state after teardown ... cleanup failed: {e:#}");
+            false
+        }
+    };
+    if conclusion.has_failed() || !host_ok {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// On Ctrl-C, SIGTERM or SIGHUP: stop the node's processes, restore the
+/// host, and exit.
+fn tear_down_on_signal() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        eprintln!(
+            "cluster tests: cannot watch for signals; an interrupted run is swept by the next"
+        );
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            eprintln!("cluster tests: signal {signal}, tearing the node down");
+            if let Err(e) = host::sweep() {
+                eprintln!("cluster tests: cleanup failed: {e:#}");
+            }
+            std::process::exit(128 + signal);
+        }
+    });
+}
