@@ -61,12 +61,26 @@ impl DemoServer {
     }
 }
 
+/// Which `Host` headers the server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hosts {
+    /// Loopback names only: the SDK's guard against DNS rebinding, for a
+    /// server on a desktop's 127.0.0.1.
+    Loopback,
+    /// Any: a server in a pod is reached by its pod IP or Service name.
+    Any,
+}
+
 /// Serves the demo server over Streamable HTTP at `/mcp` on `listener`.
-pub fn serve(listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+pub fn serve(listener: tokio::net::TcpListener, hosts: Hosts) -> tokio::task::JoinHandle<()> {
+    let config = match hosts {
+        Hosts::Loopback => StreamableHttpServerConfig::default(),
+        Hosts::Any => StreamableHttpServerConfig::default().disable_allowed_hosts(),
+    };
     let service = StreamableHttpService::new(
         || Ok(DemoServer),
         Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default(),
+        config,
     );
     let app = axum::Router::new().nest_service("/mcp", service);
     tokio::spawn(async move {

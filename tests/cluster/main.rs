@@ -19,9 +19,24 @@ use std::sync::Arc;
 type TestFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
 type Test = for<'a> fn(&'a Node) -> TestFuture<'a>;
 
-/// Every test of this binary, by name.
+/// `(name, test)` for each `module::function`, an `async fn(&Node) -> anyhow::Result<()>`.
+macro_rules! node_tests {
+    ($($module:ident :: $test:ident),* $(,)?) => {
+        vec![$((
+            concat!(stringify!($module), "::", stringify!($test)),
+            (|node| Box::pin($module::$test(node)) as TestFuture) as Test,
+        )),*]
+    };
+}
+
+/// Every test of this binary.
 fn tests() -> Vec<(&'static str, Test)> {
-    smoke::tests()
+    node_tests![
+        smoke::native_sidecar_starts_first_and_stops_last,
+        smoke::pods_reach_each_other_by_ip_and_service_name,
+        smoke::envoy_sidecar_proxies_to_its_app_over_loopback,
+        smoke::mcp_server_images_answer_initialize,
+    ]
 }
 
 fn main() -> ExitCode {

@@ -3,34 +3,18 @@
 //! logs` and `exec` work, and Envoy from the sidecar image proxies to its
 //! app over 127.0.0.1 inside the pod.
 
-use crate::{Test, TestFuture};
 use airlock_tests::node::Node;
-use airlock_tests::node::images::{BUSYBOX, ENVOY};
+use airlock_tests::node::images::{BUSYBOX, ENVOY, MCP_DEMO, MCP_PYTHON};
 use airlock_tests::wait_for;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
 use std::time::Duration;
 
-pub fn tests() -> Vec<(&'static str, Test)> {
-    vec![
-        ("smoke::native_sidecar_starts_first_and_stops_last", |n| {
-            Box::pin(native_sidecar_starts_first_and_stops_last(n)) as TestFuture
-        }),
-        ("smoke::pods_reach_each_other_by_ip_and_service_name", |n| {
-            Box::pin(pods_reach_each_other_by_ip_and_service_name(n)) as TestFuture
-        }),
-        (
-            "smoke::envoy_sidecar_proxies_to_its_app_over_loopback",
-            |n| Box::pin(envoy_sidecar_proxies_to_its_app_over_loopback(n)) as TestFuture,
-        ),
-    ]
-}
-
 /// The sidecar takes two seconds to serve; the app only starts once the
 /// sidecar's startup probe passed (it checks the sidecar answers before it
 /// does anything). On deletion each writes to a shared host file when it gets
 /// SIGTERM: the app first, the sidecar after the app has exited.
-async fn native_sidecar_starts_first_and_stops_last(node: &Node) -> anyhow::Result<()> {
+pub async fn native_sidecar_starts_first_and_stops_last(node: &Node) -> anyhow::Result<()> {
     let ns = "smoke-sidecar";
     node.namespace(ns).await?;
     let shared = node.host_volume(ns)?;
@@ -107,7 +91,7 @@ spec:
 
 /// A web pod behind a ClusterIP Service; a second pod reaches it by pod IP
 /// and by the Service's DNS name (CoreDNS on the node, kube-proxy's rules).
-async fn pods_reach_each_other_by_ip_and_service_name(node: &Node) -> anyhow::Result<()> {
+pub async fn pods_reach_each_other_by_ip_and_service_name(node: &Node) -> anyhow::Result<()> {
     let ns = "smoke-network";
     node.namespace(ns).await?;
     node.apply(&format!(
@@ -193,7 +177,7 @@ spec:
 
 /// Envoy (the sidecar image) listens on the pod's port 10000 and proxies to
 /// the app, which binds 127.0.0.1 only: reachable through Envoy, not directly.
-async fn envoy_sidecar_proxies_to_its_app_over_loopback(node: &Node) -> anyhow::Result<()> {
+pub async fn envoy_sidecar_proxies_to_its_app_over_loopback(node: &Node) -> anyhow::Result<()> {
     let ns = "smoke-envoy";
     node.namespace(ns).await?;
     let bootstrap = serde_json::json!({
@@ -268,5 +252,61 @@ spec:
         direct.is_err(),
         "the app's loopback port answered on the pod IP: {direct:?}"
     );
+    Ok(())
+}
+
+/// The MCP server images (the rmcp demo server and the Python SDK's server)
+/// run as pods and answer `initialize` on their pod IP.
+pub async fn mcp_server_images_answer_initialize(node: &Node) -> anyhow::Result<()> {
+    let ns = "smoke-mcp";
+    node.namespace(ns).await?;
+    let mut manifests = String::new();
+    for (name, image) in [("demo", MCP_DEMO), ("python", MCP_PYTHON)] {
+        manifests.push_str(&format!(
+            r#"
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: mcp
+    image: {image}
+    imagePullPolicy: IfNotPresent
+    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+"#
+        ));
+    }
+    node.apply(&manifests)?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()?;
+    let initialize = serde_json::json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "smoke", "version": "1"}},
+    });
+    for (name, server) in [("demo", "rmcp"), ("python", "airlock-test-server")] {
+        let pod = node.ready_pod(ns, name).await?;
+        let ip = pod
+            .status
+            .and_then(|s| s.pod_ip)
+            .ok_or_else(|| anyhow::anyhow!("pod {name} has no IP"))?;
+        let answer = http
+            .post(format!("http://{ip}:8080/mcp"))
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize)
+            .send()
+            .await?;
+        let status = answer.status();
+        let body = answer.text().await?;
+        assert_eq!(status, 200, "{name}: {body}");
+        assert!(
+            body.contains(server),
+            "{name} did not name itself {server}: {body}"
+        );
+    }
     Ok(())
 }

@@ -41,6 +41,10 @@ enum Command {
         /// Address to serve `/mcp` on; bind 127.0.0.1 behind a sidecar.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Answer any `Host` header, not only loopback names (in a pod, callers
+        /// use the pod IP or a Service name).
+        #[arg(long)]
+        any_host: bool,
     },
 }
 
@@ -71,11 +75,16 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Audit {
             command: AuditCommand::Session { id, file },
         } => people::session_events(&file, &id),
-        Command::DemoServer { listen } => {
+        Command::DemoServer { listen, any_host } => {
+            let hosts = if any_host {
+                airlock_operator::demo_server::Hosts::Any
+            } else {
+                airlock_operator::demo_server::Hosts::Loopback
+            };
             let listener = tokio::net::TcpListener::bind(listen).await?;
             eprintln!("demo MCP server on http://{listen}/mcp");
             tokio::select! {
-                served = airlock_operator::demo_server::serve(listener) => served?,
+                served = airlock_operator::demo_server::serve(listener, hosts) => served?,
                 requested = airlock_operator::shutdown::requested() => requested?,
             }
             Ok(String::new())

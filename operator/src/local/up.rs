@@ -251,7 +251,10 @@ impl Running {
             None => {
                 let listener = listen(0).await?;
                 let port = listener.local_addr()?.port();
-                tasks.push(crate::demo_server::serve(listener));
+                tasks.push(crate::demo_server::serve(
+                    listener,
+                    crate::demo_server::Hosts::Loopback,
+                ));
                 Target {
                     host: "127.0.0.1".into(),
                     port,

