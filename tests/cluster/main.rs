@@ -36,6 +36,7 @@ fn tests() -> Vec<(&'static str, Test)> {
         smoke::pods_reach_each_other_by_ip_and_service_name,
         smoke::envoy_sidecar_proxies_to_its_app_over_loopback,
         smoke::mcp_server_images_answer_initialize,
+        smoke::network_policy_admits_only_the_allowed_port,
     ]
 }
 

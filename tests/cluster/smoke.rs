@@ -310,3 +310,98 @@ spec:
     }
     Ok(())
 }
+
+/// A default-deny ingress policy with one allowed port: from another pod,
+/// the allowed port answers and the other does not; deleting the policy
+/// opens the other port again (so the policy, not the pod, did the refusing).
+pub async fn network_policy_admits_only_the_allowed_port(node: &Node) -> anyhow::Result<()> {
+    let ns = "smoke-netpol";
+    node.namespace(ns).await?;
+    node.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: server, namespace: {ns}, labels: {{app: server}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: server
+    image: {BUSYBOX}
+    imagePullPolicy: IfNotPresent
+    command: ["/bin/sh", "-c", "mkdir -p /tmp/www && echo open > /tmp/www/index.html && httpd -p 8080 -h /tmp/www && exec httpd -f -p 9090 -h /tmp/www"]
+    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: {ns}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: client
+    image: {BUSYBOX}
+    imagePullPolicy: IfNotPresent
+    command: ["/bin/sh", "-c", "while true; do sleep 1; done"]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: only-8080, namespace: {ns}}}
+spec:
+  podSelector: {{matchLabels: {{app: server}}}}
+  policyTypes: [Ingress]
+  ingress:
+  - ports: [{{port: 8080, protocol: TCP}}]
+"#
+    ))?;
+    let server = node.ready_pod(ns, "server").await?;
+    node.ready_pod(ns, "client").await?;
+    let ip = server
+        .status
+        .and_then(|s| s.pod_ip)
+        .ok_or_else(|| anyhow::anyhow!("the server pod has no IP"))?;
+    let fetch = |port: u16| {
+        node.exec(
+            ns,
+            "client",
+            "client",
+            &[
+                "timeout",
+                "2",
+                "wget",
+                "-q",
+                "-O-",
+                &format!("http://{ip}:{port}/"),
+            ],
+        )
+    };
+    // The controller programs the policy a moment after the pods appear.
+    wait_for(
+        "port 9090 to be closed by the policy",
+        Duration::from_secs(60),
+        || {
+            let closed = fetch(9090).is_err();
+            async move { Ok(closed.then_some(())) }
+        },
+    )
+    .await?;
+    assert_eq!(
+        fetch(8080)?.trim(),
+        "open",
+        "the allowed port is closed too"
+    );
+
+    node.kubectl(
+        airlock_tests::cluster::ADMIN,
+        &["delete", "networkpolicy", "-n", ns, "only-8080"],
+    )?;
+    let reopened = wait_for(
+        "port 9090 to open without the policy",
+        Duration::from_secs(60),
+        || {
+            let answer = fetch(9090);
+            async move { Ok(answer.ok()) }
+        },
+    )
+    .await?;
+    assert_eq!(reopened.trim(), "open");
+    Ok(())
+}

@@ -168,6 +168,8 @@ impl Node {
             }
         })
         .await?;
+        // kube-router identifies its node at start: only once it is registered.
+        node.start_network_policy()?;
         wait_for("the default ServiceAccount", STARTUP, || {
             let accounts = accounts.clone();
             async move { Ok(accounts.get_opt("default").await?) }
@@ -472,6 +474,27 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "--v=0",
         ]);
         self.spawn("kube-proxy", command)
+    }
+
+    /// kube-router's NetworkPolicy controller (iptables + ipset on the CNI
+    /// bridge) and nothing else of it: no BGP, no service proxy.
+    fn start_network_policy(&mut self) -> anyhow::Result<()> {
+        let mut command = Command::new(tool("kube-router")?);
+        command.args([
+            &format!("--kubeconfig={}", self.kubeconfig(ADMIN).display()),
+            &format!("--hostname-override={NODE_NAME}"),
+            "--run-firewall=true",
+            "--run-router=false",
+            "--run-service-proxy=false",
+            "--run-loadbalancer=false",
+            "--enable-ipv6=false",
+            &format!("--service-cluster-ip-range={SERVICE_RANGE}"),
+            "--health-port=0",
+            "--metrics-port=0",
+            "--iptables-sync-period=5m",
+            "--v=1",
+        ]);
+        self.spawn("kube-router", command)
     }
 }
 
