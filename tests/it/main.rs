@@ -7,6 +7,7 @@ mod filter;
 mod harness_cluster;
 mod harness_envoy;
 mod harness_issuer;
+mod harness_node;
 mod hold;
 mod local;
 mod policy_sync;

@@ -184,8 +184,7 @@ pub fn sweep() -> anyhow::Result<Vec<String>> {
     //    whatever still runs in a pod's cgroup.
     stop_recorded_processes(&state.join("pids"));
     for _ in 0..50 {
-        let mut left = processes_mentioning(STATE_DIR);
-        left.extend(pids_in_kubepods());
+        let left = processes_left();
         if left.is_empty() {
             break;
         }
@@ -460,6 +459,15 @@ fn kubepods_cgroups() -> Vec<String> {
     found.sort();
     found.dedup();
     found
+}
+
+/// Processes of a node still running: any that names the state directory
+/// (every part's arguments do, and so do containerd's shims), and any in a
+/// pod's cgroup.
+pub fn processes_left() -> Vec<u32> {
+    let mut left = processes_mentioning(STATE_DIR);
+    left.extend(pids_in_kubepods());
+    left
 }
 
 fn pids_in_kubepods() -> Vec<u32> {
