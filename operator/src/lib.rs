@@ -5,6 +5,6 @@ pub mod approvals;
 pub mod crd;
 pub mod demo_server;
 pub mod dev_issuer;
-pub mod envoy;
 pub mod local;
+pub mod render;
 pub mod shutdown;

@@ -2,7 +2,7 @@
 
 use crate::paths::tool;
 use crate::process::Process;
-use airlock_operator::envoy::{self, Bootstrap, Cluster, FilterModule};
+use airlock_operator::render::envoy::{self, Bootstrap, Cluster, FilterModule};
 use anyhow::Context;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -62,6 +62,7 @@ pub struct Envoy {
 fn bootstrap(options: &EnvoyOptions) -> Bootstrap {
     Bootstrap {
         listen_port: 0,
+        in_pod: None,
         upstream: Cluster::loopback("upstream", options.upstream_port),
         filter: options.filter.as_ref().map(|path| FilterModule {
             path: path.clone(),

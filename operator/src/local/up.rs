@@ -7,7 +7,7 @@ use crate::approvals::audit_log::AuditLog;
 use crate::approvals::service::{ApprovalService, Catalog, ServerEntry, ServiceConfig};
 use crate::approvals::store::SqliteStore;
 use crate::dev_issuer::DevIssuer;
-use crate::envoy::{self, Bootstrap, Cluster, FilterModule};
+use crate::render::envoy::{self, Bootstrap, Cluster, FilterModule};
 use airlock_policy::entra::{OtherIssuer, TokenVersion, TrustConfig};
 use airlock_policy::gateway::config::{FilterConfig, PolicyDocument};
 use anyhow::{Context, bail};
@@ -78,38 +78,6 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("a label is key=value, not {text:?}")),
     }
-}
-
-/// A URL split the way an Envoy cluster needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    host: String,
-    port: u16,
-    path: String,
-    tls: bool,
-}
-
-fn target(url: &str) -> anyhow::Result<Target> {
-    let parsed = reqwest::Url::parse(url).with_context(|| format!("{url:?} is not a URL"))?;
-    let tls = match parsed.scheme() {
-        "http" => false,
-        "https" => true,
-        other => bail!("{url}: scheme {other} is not http or https"),
-    };
-    Ok(Target {
-        host: parsed
-            .host_str()
-            .with_context(|| format!("{url} names no host"))?
-            .to_string(),
-        port: parsed
-            .port_or_known_default()
-            .with_context(|| format!("{url} names no port"))?,
-        path: match parsed.query() {
-            Some(query) => format!("{}?{query}", parsed.path()),
-            None => parsed.path().to_string(),
-        },
-        tls,
-    })
 }
 
 fn first_existing(candidates: &[PathBuf]) -> Option<PathBuf> {
@@ -246,8 +214,8 @@ impl Running {
         }));
 
         // The MCP server behind the gateway.
-        let upstream = match &args.upstream {
-            Some(url) => target(url)?,
+        let (upstream, upstream_path) = match &args.upstream {
+            Some(url) => Cluster::for_url("upstream", url)?,
             None => {
                 let listener = listen(0).await?;
                 let port = listener.local_addr()?.port();
@@ -255,45 +223,31 @@ impl Running {
                     listener,
                     crate::demo_server::Hosts::Loopback,
                 ));
-                Target {
-                    host: "127.0.0.1".into(),
-                    port,
-                    path: "/mcp".into(),
-                    tls: false,
-                }
+                (Cluster::loopback("upstream", port), "/mcp".to_string())
             }
         };
 
         // Envoy with the filter, configured as the operator configures a sidecar.
-        let jwks = target(&jwks_url)?;
+        let (jwks, jwks_path) = Cluster::for_url("jwks", &jwks_url)?;
         let filter_config = json!({
             "server": server,
-            "mcpPath": upstream.path,
+            "mcpPath": upstream_path,
             "auth": trust,
-            "jwks": [{"tenant": tenant, "cluster": "jwks", "path": jwks.path, "authority": jwks.host}],
+            "jwks": [{"tenant": tenant, "cluster": "jwks", "path": jwks_path, "authority": jwks.host}],
             "approvals": {"cluster": "approvals", "authority": "airlock-approvals", "credential": credential},
             "maxHoldSeconds": args.max_hold_seconds,
         });
         FilterConfig::from_json(filter_config.to_string().as_bytes())?;
         let bootstrap = Bootstrap {
             listen_port: args.port,
-            upstream: Cluster {
-                name: "upstream".into(),
-                host: upstream.host.clone(),
-                port: upstream.port,
-                tls: upstream.tls,
-            },
+            in_pod: None,
+            upstream,
             filter: Some(FilterModule {
                 path: filter,
                 config: filter_config,
             }),
             clusters: vec![
-                Cluster {
-                    name: "jwks".into(),
-                    host: jwks.host.clone(),
-                    port: jwks.port,
-                    tls: jwks.tls,
-                },
+                jwks,
                 Cluster::loopback("approvals", approvals_address.port()),
             ],
         };
@@ -327,7 +281,7 @@ impl Running {
         .await?;
 
         let endpoints = Endpoints {
-            gateway: format!("http://127.0.0.1:{port}{}", upstream.path),
+            gateway: format!("http://127.0.0.1:{port}{upstream_path}"),
             approvals: format!("http://{approvals_address}"),
             issuer: issuer_url,
             audit_log: state.audit_log(),
@@ -420,19 +374,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_split_into_cluster_parts() {
-        assert_eq!(
-            target("https://login.microsoftonline.com/t/discovery/v2.0/keys").unwrap(),
-            Target {
-                host: "login.microsoftonline.com".into(),
-                port: 443,
-                path: "/t/discovery/v2.0/keys".into(),
-                tls: true
-            }
-        );
-        assert_eq!(target("http://127.0.0.1:3000/mcp").unwrap().port, 3000);
-        assert!(target("ftp://x/y").is_err());
-        assert!(target("not a url").is_err());
+    fn labels_split_at_the_equals_sign() {
         assert_eq!(parse_label("team=ml"), Ok(("team".into(), "ml".into())));
         assert!(parse_label("=ml").is_err());
     }

@@ -1,0 +1,401 @@
+//! The Envoy bootstrap Airlock runs: one listener in front of the MCP server,
+//! the filter (V8, fail closed) configured with the gateway's plugin
+//! configuration, and the clusters the filter calls out to. `airlock up`
+//! renders it for a local Envoy, the test harness renders the same, and the
+//! operator renders it for each McpServer's sidecar (with [`InPod`]).
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// An upstream Envoy reaches: a host and port, over TLS or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// TLS with SNI and the system's CA bundle (Entra's JWKS endpoint).
+    pub tls: bool,
+}
+
+/// A URL that cannot name an Envoy cluster.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{url}: {reason}")]
+pub struct UrlError {
+    pub url: String,
+    pub reason: String,
+}
+
+impl Cluster {
+    /// The cluster named `name` that reaches `url`'s host, and the path (with
+    /// any query) to request on it.
+    pub fn for_url(name: &str, url: &str) -> Result<(Cluster, String), UrlError> {
+        let error = |reason: &str| UrlError {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let parsed = reqwest::Url::parse(url).map_err(|_| error("not a URL"))?;
+        let tls = match parsed.scheme() {
+            "http" => false,
+            "https" => true,
+            _ => return Err(error("the scheme is not http or https")),
+        };
+        let host = parsed.host_str().ok_or_else(|| error("names no host"))?;
+        let port = parsed
+            .port_or_known_default()
+            .ok_or_else(|| error("names no port"))?;
+        let path = match parsed.query() {
+            Some(query) => format!("{}?{query}", parsed.path()),
+            None => parsed.path().to_string(),
+        };
+        let cluster = Cluster {
+            name: name.to_string(),
+            host: host.to_string(),
+            port,
+            tls,
+        };
+        Ok((cluster, path))
+    }
+
+    /// A plain-HTTP cluster on 127.0.0.1.
+    pub fn loopback(name: &str, port: u16) -> Cluster {
+        Cluster {
+            name: name.into(),
+            host: "127.0.0.1".into(),
+            port,
+            tls: false,
+        }
+    }
+}
+
+/// The proxy-wasm module and its plugin configuration.
+#[derive(Debug, Clone)]
+pub struct FilterModule {
+    pub path: PathBuf,
+    pub config: Value,
+}
+
+/// How a sidecar's Envoy differs from a local one: it serves on the pod's
+/// address, and its admin interface is a Unix socket, never TCP — the MCP
+/// container shares the pod's network namespace and could otherwise reach
+/// it. A second listener serves only readiness and Prometheus stats, from
+/// that socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InPod {
+    pub admin_socket: PathBuf,
+    pub stats_port: u16,
+}
+
+/// The paths the stats listener serves from the admin interface.
+pub const READY_PATH: &str = "/ready";
+pub const STATS_PATH: &str = "/stats/prometheus";
+
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    /// Listener port (on 127.0.0.1, or on every address in a pod); 0 picks a free one.
+    pub listen_port: u16,
+    /// Set for a sidecar; `None` for a local Envoy with its admin on 127.0.0.1.
+    pub in_pod: Option<InPod>,
+    /// The MCP server; routes go to it.
+    pub upstream: Cluster,
+    pub filter: Option<FilterModule>,
+    /// More clusters the filter calls out to (JWKS, approval service).
+    pub clusters: Vec<Cluster>,
+}
+
+/// CA bundle for TLS clusters (Debian's location).
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+fn address(host: &str, port: u16) -> Value {
+    json!({"socket_address": {"address": host, "port_value": port}})
+}
+
+fn render_cluster(cluster: &Cluster) -> Value {
+    let literal = cluster.host.parse::<std::net::IpAddr>().is_ok();
+    let mut rendered = json!({
+        "name": cluster.name,
+        "type": if literal { "STATIC" } else { "LOGICAL_DNS" },
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "5s",
+        "load_assignment": {
+            "cluster_name": cluster.name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address(&cluster.host, cluster.port)}}]}],
+        },
+    });
+    if cluster.tls {
+        rendered["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": cluster.host,
+                "common_tls_context": {"validation_context": {"trusted_ca": {"filename": CA_BUNDLE}}},
+            },
+        });
+    }
+    rendered
+}
+
+impl Bootstrap {
+    pub fn render(&self) -> Value {
+        let mut http_filters = Vec::new();
+        if let Some(filter) = &self.filter {
+            http_filters.push(json!({
+                "name": "envoy.filters.http.wasm",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                    "config": {
+                        "name": "airlock",
+                        "root_id": "airlock",
+                        // A crashed or unloadable VM refuses; it never lets traffic bypass it.
+                        "failure_policy": "FAIL_CLOSED",
+                        // Lets the filter stop on headers and still receive the body to judge.
+                        "allow_on_headers_stop_iteration": true,
+                        "configuration": {
+                            "@type": "type.googleapis.com/google.protobuf.StringValue",
+                            "value": filter.config.to_string(),
+                        },
+                        "vm_config": {
+                            "vm_id": "airlock",
+                            "runtime": "envoy.wasm.runtime.v8",
+                            "code": {"local": {"filename": filter.path}},
+                        },
+                    },
+                },
+            }));
+        }
+        http_filters.push(json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+        }));
+        let mut clusters: Vec<Value> = std::iter::once(&self.upstream)
+            .chain(&self.clusters)
+            .map(render_cluster)
+            .collect();
+        let (admin, listen_host) = match &self.in_pod {
+            Some(pod) => (json!({"pipe": {"path": pod.admin_socket}}), "0.0.0.0"),
+            None => (address("127.0.0.1", 0), "127.0.0.1"),
+        };
+        let mut listeners = vec![json!({
+            "name": "mcp",
+            "address": address(listen_host, self.listen_port),
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "mcp",
+                    // Held calls and SSE streams idle for long: keep this above any hold.
+                    "stream_idle_timeout": "300s",
+                    "route_config": {"virtual_hosts": [{
+                        "name": "mcp",
+                        "domains": ["*"],
+                        // Route timeout 0: the default 15 s would cut a held call.
+                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": self.upstream.name, "timeout": "0s"}}],
+                    }]},
+                    "http_filters": http_filters,
+                },
+            }]}],
+        })];
+        if let Some(pod) = &self.in_pod {
+            listeners.push(stats_listener(pod.stats_port));
+            clusters.push(json!({
+                "name": "admin",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": "admin", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"pipe": {"path": pod.admin_socket}}}}]}]},
+            }));
+        }
+        json!({
+            "admin": {"address": admin},
+            "static_resources": {
+                "listeners": listeners,
+                "clusters": clusters,
+            },
+        })
+    }
+}
+
+/// Serves exactly [`READY_PATH`] and [`STATS_PATH`] from the admin
+/// interface; anything else is a 404.
+fn stats_listener(port: u16) -> Value {
+    let route = |path: &str| json!({"match": {"path": path}, "route": {"cluster": "admin"}});
+    json!({
+        "name": "stats",
+        "address": address("0.0.0.0", port),
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "stats",
+                "route_config": {"virtual_hosts": [{
+                    "name": "stats",
+                    "domains": ["*"],
+                    "routes": [route(READY_PATH), route(STATS_PATH)],
+                }]},
+                "http_filters": [{
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                }],
+            },
+        }]}],
+    })
+}
+
+/// The command-line arguments that run `config` with `concurrency` workers,
+/// writing the admin address to `admin_address_path`.
+pub fn arguments(config: &Path, concurrency: u32, admin_address_path: &Path) -> Vec<String> {
+    vec![
+        "-c".into(),
+        config.display().to_string(),
+        "--concurrency".into(),
+        concurrency.to_string(),
+        "--disable-hot-restart".into(),
+        "--log-level".into(),
+        "warn".into(),
+        "--admin-address-path".into(),
+        admin_address_path.display().to_string(),
+    ]
+}
+
+/// Waits until a starting Envoy serves: returns its admin URL and the port
+/// its listener bound. `alive` fails when the process has exited.
+pub async fn wait_until_serving(
+    admin_address_path: &Path,
+    mut alive: impl FnMut() -> anyhow::Result<()>,
+    timeout: Duration,
+) -> anyhow::Result<(String, u16)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let http = reqwest::Client::new();
+    loop {
+        alive()?;
+        let admin = std::fs::read_to_string(admin_address_path).unwrap_or_default();
+        if !admin.trim().is_empty() {
+            let admin_url = format!("http://{}", admin.trim());
+            let listeners = http
+                .get(format!("{admin_url}/listeners?format=json"))
+                .send()
+                .await;
+            if let Ok(response) = listeners
+                && let Ok(listeners) = response.json::<Value>().await
+                && let Some(port) = listeners["listener_statuses"][0]["local_address"]
+                    ["socket_address"]["port_value"]
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|p| *p != 0)
+            {
+                return Ok((admin_url, port));
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("Envoy did not start serving within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_into_cluster_parts() {
+        let (cluster, path) = Cluster::for_url(
+            "jwks",
+            "https://login.microsoftonline.com/t/discovery/v2.0/keys",
+        )
+        .unwrap();
+        assert_eq!(
+            cluster,
+            Cluster {
+                name: "jwks".into(),
+                host: "login.microsoftonline.com".into(),
+                port: 443,
+                tls: true
+            }
+        );
+        assert_eq!(path, "/t/discovery/v2.0/keys");
+        let (cluster, path) = Cluster::for_url("up", "http://127.0.0.1:3000/mcp?x=1").unwrap();
+        assert_eq!(
+            (cluster.port, cluster.tls, path.as_str()),
+            (3000, false, "/mcp?x=1")
+        );
+        assert!(Cluster::for_url("x", "ftp://x/y").is_err());
+        assert!(Cluster::for_url("x", "not a url").is_err());
+    }
+
+    #[test]
+    fn tls_clusters_resolve_by_name_and_verify_the_server() {
+        let bootstrap = Bootstrap {
+            listen_port: 8421,
+            in_pod: None,
+            upstream: Cluster::loopback("upstream", 9000),
+            filter: None,
+            clusters: vec![Cluster {
+                name: "jwks".into(),
+                host: "login.microsoftonline.com".into(),
+                port: 443,
+                tls: true,
+            }],
+        };
+        let rendered = bootstrap.render();
+        let clusters = &rendered["static_resources"]["clusters"];
+        assert_eq!(clusters[0]["type"], "STATIC");
+        assert!(clusters[0].get("transport_socket").is_none());
+        assert_eq!(clusters[1]["type"], "LOGICAL_DNS");
+        assert_eq!(
+            clusters[1]["transport_socket"]["typed_config"]["sni"],
+            "login.microsoftonline.com"
+        );
+        let listener = &rendered["static_resources"]["listeners"][0];
+        assert_eq!(listener["address"]["socket_address"]["port_value"], 8421);
+        assert_eq!(
+            listener["address"]["socket_address"]["address"],
+            "127.0.0.1"
+        );
+    }
+
+    #[test]
+    fn a_sidecar_has_no_tcp_admin_and_its_stats_listener_serves_two_paths() {
+        let bootstrap = Bootstrap {
+            listen_port: 15080,
+            in_pod: Some(InPod {
+                admin_socket: PathBuf::from("/run/airlock/admin.sock"),
+                stats_port: 15090,
+            }),
+            upstream: Cluster::loopback("upstream", 8080),
+            filter: None,
+            clusters: Vec::new(),
+        };
+        let rendered = bootstrap.render();
+        assert_eq!(
+            rendered["admin"]["address"],
+            json!({"pipe": {"path": "/run/airlock/admin.sock"}})
+        );
+        let listeners = &rendered["static_resources"]["listeners"];
+        assert_eq!(
+            listeners[0]["address"]["socket_address"]["address"],
+            "0.0.0.0"
+        );
+        assert_eq!(
+            listeners[1]["address"]["socket_address"]["port_value"],
+            15090
+        );
+        let routes = &listeners[1]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+            ["virtual_hosts"][0]["routes"];
+        let paths: Vec<&str> = routes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["match"]["path"].as_str())
+            .collect();
+        assert_eq!(paths, [READY_PATH, STATS_PATH]);
+        assert!(
+            routes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|r| r["match"].get("prefix").is_none()),
+            "the stats listener must not serve the admin interface by prefix"
+        );
+    }
+}

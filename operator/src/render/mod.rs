@@ -1,0 +1,6 @@
+//! What the operator writes into the cluster, as pure functions of the
+//! resources and the operator's settings: the Envoy bootstrap, and for an
+//! McpServer its Deployment, ConfigMap, Service and NetworkPolicy. Unit
+//! tests check the output; the controllers only apply it.
+
+pub mod envoy;
