@@ -36,6 +36,10 @@ pub struct McpServerSpec {
     /// Existing pods to put behind the gateway; a webhook injects the sidecar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
+    /// Pods of the MCP server (template mode).
+    #[serde(default = "default_replicas")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must not be negative"))]
+    pub replicas: i32,
     /// The MCP endpoint path.
     #[serde(default = "default_path")]
     pub path: String,
@@ -47,6 +51,10 @@ pub struct McpServerSpec {
     /// Gateway behaviour.
     #[serde(default)]
     pub gateway: GatewaySpec,
+}
+
+fn default_replicas() -> i32 {
+    1
 }
 
 fn default_path() -> String {

@@ -4,3 +4,4 @@
 //! tests check the output; the controllers only apply it.
 
 pub mod envoy;
+pub mod workload;

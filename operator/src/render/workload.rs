@@ -1,0 +1,513 @@
+//! An McpServer in template mode, as the objects the operator owns: a
+//! ConfigMap with the sidecar's Envoy bootstrap, a Deployment whose pods run
+//! the MCP server behind that sidecar, a Service exposing only the gateway,
+//! and a NetworkPolicy admitting only the gateway's ports.
+//!
+//! The sidecar is a native sidecar (an init container with `restartPolicy:
+//! Always` and a startup probe): the MCP server starts only once the gateway
+//! serves, and stops before it. The filter module comes from the operator's
+//! image through an init container that checks its sha256, so the pod runs
+//! exactly the module the operator was built with and needs no registry.
+
+use super::envoy::{Bootstrap, Cluster, FilterModule, InPod, READY_PATH, UrlError};
+use crate::crd::McpServer;
+use airlock_policy::gateway::config::FilterConfig;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::ResourceExt;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// The gateway's MCP port in every pod; the Service's `mcp` port targets it.
+pub const GATEWAY_PORT: u16 = 15080;
+/// Readiness and Prometheus stats, nothing else.
+pub const STATS_PORT: u16 = 15090;
+/// Label on everything rendered for a server, with the server's name.
+pub const SERVER_LABEL: &str = "mcp.airlock.dev/server";
+/// Annotation with the digest of the bootstrap, so a change rolls the pods.
+pub const CONFIG_ANNOTATION: &str = "mcp.airlock.dev/gateway-config";
+/// Seconds a pod keeps draining after the longest hold, before it is killed.
+const DRAIN_SECONDS: i64 = 15;
+
+const FILTER_DIR: &str = "/var/run/airlock/filter";
+const FILTER_FILE: &str = "airlock_filter.wasm";
+const ADMIN_DIR: &str = "/var/run/airlock/admin";
+const CONFIG_DIR: &str = "/etc/airlock";
+const CONFIG_FILE: &str = "envoy.json";
+
+/// What the operator knows that an McpServer does not say.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The sidecar's image, unless the McpServer names one.
+    pub envoy_image: String,
+    /// The operator's own image: it carries the filter module.
+    pub operator_image: String,
+    pub image_pull_policy: String,
+    /// Where the filter module is inside the operator's image, and its sha256.
+    pub filter_path: String,
+    pub filter_sha256: String,
+    /// The gateways' API of the approval service, as sidecars reach it
+    /// (`http://airlock-gateways.airlock-system.svc:8443`).
+    pub approvals_url: String,
+    /// Where a tenant's signing keys are fetched, when not from Entra.
+    pub jwks_urls: BTreeMap<String, String>,
+}
+
+/// Everything one McpServer owns.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub config_map: ConfigMap,
+    pub deployment: Deployment,
+    pub service: Service,
+    pub network_policy: NetworkPolicy,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RenderError {
+    #[error("spec.template is required (selector mode is not built yet)")]
+    NoTemplate,
+    #[error("metadata.{0} is missing")]
+    NoMetadata(&'static str),
+    #[error(
+        "spec.upstreamPort {0} is one of the gateway's own ports ({GATEWAY_PORT}, {STATS_PORT})"
+    )]
+    PortClash(i32),
+    #[error("spec.template.spec.initContainers[].name {0:?} is reserved for the gateway")]
+    ReservedName(String),
+    #[error("JWKS URL {0}")]
+    Url(#[from] UrlError),
+    #[error("the gateway configuration is invalid: {0}")]
+    FilterConfig(String),
+    #[error("rendering {0}: {1}")]
+    Shape(&'static str, String),
+}
+
+const GATEWAY_CONTAINER: &str = "airlock-gateway";
+const INSTALLER_CONTAINER: &str = "airlock-filter";
+
+/// The objects for `server`, owned by it. `credential` is what its gateway
+/// presents to the approval service.
+pub fn render(
+    server: &McpServer,
+    settings: &Settings,
+    credential: &str,
+) -> Result<Workload, RenderError> {
+    let name = server
+        .metadata
+        .name
+        .clone()
+        .ok_or(RenderError::NoMetadata("name"))?;
+    let namespace = server
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(RenderError::NoMetadata("namespace"))?;
+    let spec = &server.spec;
+    let template = spec.template.as_ref().ok_or(RenderError::NoTemplate)?;
+    let upstream_port = u16::try_from(spec.upstream_port)
+        .ok()
+        .filter(|p| *p != GATEWAY_PORT && *p != STATS_PORT)
+        .ok_or(RenderError::PortClash(spec.upstream_port))?;
+
+    let bootstrap = bootstrap(
+        &format!("{namespace}/{name}"),
+        server,
+        settings,
+        credential,
+        upstream_port,
+    )?;
+    let bootstrap_text = bootstrap.to_string();
+    let config_digest = hex(&Sha256::digest(bootstrap_text.as_bytes()));
+    let owner = owner_reference(server)?;
+    let labels = json!({SERVER_LABEL: name, "app.kubernetes.io/managed-by": "airlock-operator"});
+    let gateway_name = format!("{name}-airlock-gateway");
+    let metadata = |object_name: &str| json!({"name": object_name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]});
+
+    let config_map = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": metadata(&gateway_name),
+        "data": {CONFIG_FILE: bootstrap_text},
+    });
+
+    let mut pod = serde_json::to_value(template)
+        .map_err(|e| RenderError::Shape("the pod template", e.to_string()))?;
+    let pod_spec = &mut pod["spec"];
+    for reserved in [GATEWAY_CONTAINER, INSTALLER_CONTAINER] {
+        let taken = |list: &Value| {
+            list.as_array()
+                .is_some_and(|l| l.iter().any(|c| c["name"] == reserved))
+        };
+        if taken(&pod_spec["initContainers"]) || taken(&pod_spec["containers"]) {
+            return Err(RenderError::ReservedName(reserved.to_string()));
+        }
+    }
+    let mut init = vec![
+        installer_container(settings),
+        gateway_container(
+            spec.gateway
+                .envoy_image
+                .as_deref()
+                .unwrap_or(&settings.envoy_image),
+            settings,
+            spec,
+        ),
+    ];
+    if let Some(existing) = pod_spec["initContainers"].as_array() {
+        init.extend(existing.iter().cloned());
+    }
+    pod_spec["initContainers"] = Value::Array(init);
+    let mut volumes = vec![
+        json!({"name": "airlock-gateway-config", "configMap": {"name": gateway_name}}),
+        json!({"name": "airlock-filter", "emptyDir": {"sizeLimit": "64Mi"}}),
+        json!({"name": "airlock-admin", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+    ];
+    if let Some(existing) = pod_spec["volumes"].as_array() {
+        volumes.extend(existing.iter().cloned());
+    }
+    pod_spec["volumes"] = Value::Array(volumes);
+    // The MCP server has no business with the API server: no token unless the template asks.
+    if pod_spec.get("automountServiceAccountToken").is_none() {
+        pod_spec["automountServiceAccountToken"] = json!(false);
+    }
+    let hold = i64::from(spec.gateway.max_hold_seconds);
+    let grace = pod_spec["terminationGracePeriodSeconds"]
+        .as_i64()
+        .unwrap_or(30)
+        .max(hold + DRAIN_SECONDS);
+    pod_spec["terminationGracePeriodSeconds"] = json!(grace);
+    merge_object(&mut pod["metadata"]["labels"], &json!({SERVER_LABEL: name}));
+    merge_object(
+        &mut pod["metadata"]["annotations"],
+        &json!({CONFIG_ANNOTATION: config_digest}),
+    );
+
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": metadata(&name),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": {SERVER_LABEL: name}},
+            "template": pod,
+        },
+    });
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": metadata(&name),
+        "spec": {
+            "selector": {SERVER_LABEL: name},
+            "ports": [{"name": "mcp", "port": 80, "targetPort": "mcp", "protocol": "TCP"}],
+        },
+    });
+    let network_policy = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": metadata(&gateway_name),
+        "spec": {
+            "podSelector": {"matchLabels": {SERVER_LABEL: name}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"ports": [
+                {"port": GATEWAY_PORT, "protocol": "TCP"},
+                {"port": STATS_PORT, "protocol": "TCP"},
+            ]}],
+        },
+    });
+    Ok(Workload {
+        config_map: typed("the ConfigMap", config_map)?,
+        deployment: typed("the Deployment", deployment)?,
+        service: typed("the Service", service)?,
+        network_policy: typed("the NetworkPolicy", network_policy)?,
+    })
+}
+
+fn typed<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    value: Value,
+) -> Result<T, RenderError> {
+    serde_json::from_value(value).map_err(|e| RenderError::Shape(what, e.to_string()))
+}
+
+/// The sidecar's bootstrap: the filter configured for this server, the MCP
+/// server on 127.0.0.1, the approval service and each tenant's key server.
+fn bootstrap(
+    server_name: &str,
+    server: &McpServer,
+    settings: &Settings,
+    credential: &str,
+    upstream_port: u16,
+) -> Result<Value, RenderError> {
+    let spec = &server.spec;
+    let (approvals, _) = Cluster::for_url("approvals", &settings.approvals_url)?;
+    let mut clusters = vec![approvals.clone()];
+    let mut jwks = Vec::new();
+    for (index, tenant) in spec.auth.tenants.iter().enumerate() {
+        let url = settings.jwks_urls.get(tenant).cloned().unwrap_or_else(|| {
+            format!("https://login.microsoftonline.com/{tenant}/discovery/v2.0/keys")
+        });
+        let (cluster, path) = Cluster::for_url(&format!("jwks-{index}"), &url)?;
+        jwks.push(json!({"tenant": tenant, "cluster": cluster.name, "path": path, "authority": cluster.host}));
+        clusters.push(cluster);
+    }
+    let mut config = json!({
+        "server": server_name,
+        "mcpPath": spec.path,
+        "auth": spec.auth,
+        "jwks": jwks,
+        "approvals": {"cluster": approvals.name, "authority": approvals.host, "credential": credential},
+        "maxHoldSeconds": spec.gateway.max_hold_seconds,
+        "maxBodyBytes": spec.gateway.max_body_bytes,
+        "forwardToken": spec.gateway.forward_token,
+        "allowedClientApps": spec.gateway.allowed_client_apps,
+    });
+    if let Some(url) = &spec.gateway.public_url {
+        config["publicUrl"] = json!(url);
+    }
+    FilterConfig::from_json(config.to_string().as_bytes())
+        .map_err(|e| RenderError::FilterConfig(e.to_string()))?;
+    let bootstrap = Bootstrap {
+        listen_port: GATEWAY_PORT,
+        in_pod: Some(InPod {
+            admin_socket: format!("{ADMIN_DIR}/envoy.sock").into(),
+            stats_port: STATS_PORT,
+        }),
+        upstream: Cluster::loopback("upstream", upstream_port),
+        filter: Some(FilterModule {
+            path: format!("{FILTER_DIR}/{FILTER_FILE}").into(),
+            config,
+        }),
+        clusters,
+    };
+    Ok(bootstrap.render())
+}
+
+/// Copies the filter module out of the operator's image, checking its digest.
+fn installer_container(settings: &Settings) -> Value {
+    json!({
+        "name": INSTALLER_CONTAINER,
+        "image": settings.operator_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["airlock-operator", "install-filter",
+                    "--from", settings.filter_path,
+                    "--to", format!("{FILTER_DIR}/{FILTER_FILE}"),
+                    "--sha256", settings.filter_sha256],
+        "securityContext": restricted(),
+        "volumeMounts": [{"name": "airlock-filter", "mountPath": FILTER_DIR}],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+    })
+}
+
+fn gateway_container(image: &str, settings: &Settings, spec: &crate::crd::McpServerSpec) -> Value {
+    let probe = |failures: u32| json!({"httpGet": {"path": READY_PATH, "port": "stats"}, "periodSeconds": 1, "failureThreshold": failures});
+    let mut container = json!({
+        "name": GATEWAY_CONTAINER,
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "restartPolicy": "Always",
+        "args": ["-c", format!("{CONFIG_DIR}/{CONFIG_FILE}"), "--concurrency", "2",
+                 "--disable-hot-restart", "--log-level", "warn"],
+        "ports": [
+            {"name": "mcp", "containerPort": GATEWAY_PORT, "protocol": "TCP"},
+            {"name": "stats", "containerPort": STATS_PORT, "protocol": "TCP"},
+        ],
+        "startupProbe": probe(120),
+        "readinessProbe": probe(3),
+        "securityContext": restricted(),
+        "volumeMounts": [
+            {"name": "airlock-gateway-config", "mountPath": CONFIG_DIR, "readOnly": true},
+            {"name": "airlock-filter", "mountPath": FILTER_DIR, "readOnly": true},
+            {"name": "airlock-admin", "mountPath": ADMIN_DIR},
+        ],
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+    });
+    if let Some(resources) = &spec.gateway.resources
+        && let Ok(resources) = serde_json::to_value(resources)
+    {
+        container["resources"] = resources;
+    }
+    container
+}
+
+/// Non-root, read-only, no privileges, no capabilities.
+fn restricted() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "readOnlyRootFilesystem": true,
+        "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+fn owner_reference(server: &McpServer) -> Result<Value, RenderError> {
+    Ok(json!({
+        "apiVersion": "mcp.airlock.dev/v1alpha1",
+        "kind": "McpServer",
+        "name": server.name_any(),
+        "uid": server.metadata.uid.clone().ok_or(RenderError::NoMetadata("uid"))?,
+        "controller": true,
+        "blockOwnerDeletion": true,
+    }))
+}
+
+/// Adds `extra`'s keys to the object at `target` (creating it).
+fn merge_object(target: &mut Value, extra: &Value) {
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let (Some(target), Some(extra)) = (target.as_object_mut(), extra.as_object()) {
+        for (key, value) in extra {
+            target.insert(key.clone(), value.clone());
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(extra: Value) -> McpServer {
+        let mut value = json!({
+            "apiVersion": "mcp.airlock.dev/v1alpha1", "kind": "McpServer",
+            "metadata": {"name": "models", "namespace": "ml", "uid": "u-1"},
+            "spec": {
+                "upstreamPort": 8080,
+                "auth": {"tenants": ["t1"], "audiences": ["api://models"]},
+                "template": {"metadata": {"labels": {"app": "models"}}, "spec": {"containers": [
+                    {"name": "mcp", "image": "example/mcp:1", "ports": [{"containerPort": 8080}]}]}},
+            },
+        });
+        merge_object(&mut value["spec"], &extra);
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            envoy_image: "airlock.local/envoy:1.40.0".into(),
+            operator_image: "airlock.local/operator:0.1.0".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            filter_path: "/usr/lib/airlock/airlock_filter.wasm".into(),
+            filter_sha256: "ab".repeat(32),
+            approvals_url: "http://airlock-gateways.airlock-system.svc:8443".into(),
+            jwks_urls: BTreeMap::new(),
+        }
+    }
+
+    fn as_json<T: serde::Serialize>(object: &T) -> Value {
+        serde_json::to_value(object).unwrap()
+    }
+
+    #[test]
+    fn the_gateway_is_a_native_sidecar_after_the_filter_installer() {
+        let workload = render(&server(json!({})), &settings(), "secret").unwrap();
+        let pod = &as_json(&workload.deployment)["spec"]["template"];
+        let init = pod["spec"]["initContainers"].as_array().unwrap();
+        assert_eq!(init[0]["name"], INSTALLER_CONTAINER);
+        assert_eq!(init[0]["command"][6], "--sha256");
+        assert_eq!(init[0]["command"][7], "ab".repeat(32));
+        assert_eq!(init[1]["name"], GATEWAY_CONTAINER);
+        assert_eq!(init[1]["restartPolicy"], "Always");
+        assert_eq!(init[1]["startupProbe"]["httpGet"]["port"], "stats");
+        assert_eq!(pod["spec"]["containers"][0]["name"], "mcp");
+        assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+        assert_eq!(
+            pod["spec"]["terminationGracePeriodSeconds"],
+            50 + DRAIN_SECONDS
+        );
+        assert_eq!(pod["metadata"]["labels"][SERVER_LABEL], "models");
+        assert_eq!(pod["metadata"]["labels"]["app"], "models");
+        assert!(pod["metadata"]["annotations"][CONFIG_ANNOTATION].is_string());
+    }
+
+    #[test]
+    fn only_the_gateway_is_exposed_and_admitted() {
+        let workload = render(&server(json!({})), &settings(), "secret").unwrap();
+        let service = as_json(&workload.service);
+        assert_eq!(service["spec"]["ports"].as_array().unwrap().len(), 1);
+        assert_eq!(service["spec"]["ports"][0]["targetPort"], "mcp");
+        let policy = as_json(&workload.network_policy);
+        let ports: Vec<&Value> = policy["spec"]["ingress"][0]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| &p["port"])
+            .collect();
+        assert_eq!(ports, [&json!(GATEWAY_PORT), &json!(STATS_PORT)]);
+        assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+        for object in [
+            as_json(&workload.config_map),
+            as_json(&workload.deployment),
+            service,
+            policy,
+        ] {
+            assert_eq!(object["metadata"]["ownerReferences"][0]["uid"], "u-1");
+        }
+    }
+
+    #[test]
+    fn the_bootstrap_configures_the_filter_for_this_server() {
+        let mut settings = settings();
+        settings
+            .jwks_urls
+            .insert("t1".into(), "http://10.250.0.1:4000/t1/keys".into());
+        let workload = render(
+            &server(json!({"gateway": {"maxHoldSeconds": 20}})),
+            &settings,
+            "secret",
+        )
+        .unwrap();
+        let text = &workload.config_map.data.unwrap()[CONFIG_FILE];
+        let bootstrap: Value = serde_json::from_str(text).unwrap();
+        let filter = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+            [0]["typed_config"]["http_filters"][0]["typed_config"]["config"];
+        let config: Value =
+            serde_json::from_str(filter["configuration"]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(config["server"], "ml/models");
+        assert_eq!(config["maxHoldSeconds"], 20);
+        assert_eq!(config["jwks"][0]["path"], "/t1/keys");
+        assert_eq!(
+            config["approvals"]["authority"],
+            "airlock-gateways.airlock-system.svc"
+        );
+        assert_eq!(
+            filter["vm_config"]["code"]["local"]["filename"],
+            format!("{FILTER_DIR}/{FILTER_FILE}")
+        );
+        let clusters = &bootstrap["static_resources"]["clusters"];
+        assert_eq!(
+            clusters[0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["socket_address"]["address"],
+            "127.0.0.1"
+        );
+    }
+
+    #[test]
+    fn bad_servers_are_refused_naming_the_field() {
+        let port = render(
+            &server(json!({"upstreamPort": GATEWAY_PORT})),
+            &settings(),
+            "s",
+        );
+        assert_eq!(
+            port.unwrap_err(),
+            RenderError::PortClash(i32::from(GATEWAY_PORT))
+        );
+        let reserved = server(json!({"template": {"spec": {"containers": [
+            {"name": GATEWAY_CONTAINER, "image": "x"}]}}}));
+        assert!(matches!(
+            render(&reserved, &settings(), "s"),
+            Err(RenderError::ReservedName(_))
+        ));
+        let mut selector = server(json!({}));
+        selector.spec.template = None;
+        assert_eq!(
+            render(&selector, &settings(), "s").unwrap_err(),
+            RenderError::NoTemplate
+        );
+    }
+}
