@@ -3,7 +3,9 @@
 
 use crate::issuer::{AUDIENCE, Issuer, TENANT};
 use airlock_operator::approvals::audit_log::AuditLog;
-use airlock_operator::approvals::service::{ApprovalService, Catalog, ServerEntry, ServiceConfig};
+use airlock_operator::approvals::service::{
+    Api, ApprovalService, Catalog, GatewayCredentials, ServerEntry, ServiceConfig,
+};
 use airlock_operator::approvals::store::{SqliteStore, Store};
 use airlock_policy::entra::TrustConfig;
 use airlock_policy::gateway::config::NamedPolicy;
@@ -105,7 +107,7 @@ impl<S: Store> Approvals<S> {
         let config = ServiceConfig {
             trust: TrustConfig::tenant(TENANT, AUDIENCE),
             jwks: vec![(TENANT.into(), jwks_url.clone())],
-            gateway_credential: CREDENTIAL.into(),
+            gateway_credentials: GatewayCredentials::Shared(CREDENTIAL.into()),
             max_pending_per_principal: 20,
             jwks_min_refresh: Duration::from_secs(1),
         };
@@ -134,7 +136,7 @@ impl<S: Store> Approvals<S> {
                     Ok((service, listener)) => {
                         let _ = started.send(Ok(service.clone()));
                         tokio::select! {
-                            _ = service.serve(listener) => {}
+                            _ = service.serve(vec![(Api::All, listener)]) => {}
                             _ = stopped => {}
                         }
                     }

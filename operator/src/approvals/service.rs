@@ -86,10 +86,89 @@ pub struct ServiceConfig {
     pub trust: TrustConfig,
     /// (tenant, JWKS URL)
     pub jwks: Vec<(String, String)>,
-    pub gateway_credential: String,
+    pub gateway_credentials: GatewayCredentials,
     pub max_pending_per_principal: usize,
     /// Least time between two key-set fetches for one tenant.
     pub jwks_min_refresh: Duration,
+}
+
+/// How gateways prove they are gateways, and for which server.
+pub enum GatewayCredentials {
+    /// One secret for every gateway (`airlock up` runs one).
+    Shared(String),
+    /// Each server's gateway presents [`server_credential`] for its own
+    /// server: it names the server and proves the operator issued it, so a
+    /// gateway asks, reports and reads policy for that server only.
+    PerServer { key: Vec<u8> },
+}
+
+/// Which server a verified gateway speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayIdentity {
+    Any,
+    Server(String),
+}
+
+impl GatewayIdentity {
+    /// Refuses a gateway acting for a server other than its own.
+    fn may_act_for(&self, server: &str) -> Result<(), ApiError> {
+        match self {
+            GatewayIdentity::Server(own) if own != server => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "wrong_server",
+                format!("this gateway's credential is for {own}, not {server}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The credential of `server`'s gateway under `key`: `server:hex(HMAC-SHA256(key, server))`.
+pub fn server_credential(key: &[u8], server: &str) -> String {
+    format!(
+        "{server}:{}",
+        hex_encode(&hmac_sha256(key, server.as_bytes()))
+    )
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    // HMAC takes a key of any length.
+    let mut mac = match hmac::Hmac::<sha2::Sha256>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => return Vec::new(),
+    };
+    mac.update(message);
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Constant-time: credentials are secrets.
+fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
+    presented.len() == expected.len()
+        && presented
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Which of the service's APIs a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// Asks, long-polls, releases, audit batches and policy for gateways:
+    /// stays inside the cluster.
+    Gateways,
+    /// Listing, deciding, asking and answering for people: may be exposed
+    /// to approvers.
+    People,
+    /// Prometheus metrics and health, for the kubelet and the scraper.
+    Operations,
+    /// All of them on one listener (`airlock up`).
+    All,
 }
 
 pub struct ApprovalService<S: Store> {
@@ -337,7 +416,10 @@ impl<S: Store> ApprovalService<S> {
     /// Serves the API on `listener` until it fails, waking long-polls on
     /// changes other writers make to the store and expiring requests on
     /// time all the while.
-    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    pub async fn serve(
+        self: Arc<Self>,
+        listeners: Vec<(Api, tokio::net::TcpListener)>,
+    ) -> std::io::Result<()> {
         let changes = self.store.changes();
         let forward = async {
             futures::pin_mut!(changes);
@@ -346,8 +428,13 @@ impl<S: Store> ApprovalService<S> {
             }
             std::future::pending::<()>().await;
         };
+        let served = futures::future::try_join_all(
+            listeners
+                .into_iter()
+                .map(|(api, listener)| axum::serve(listener, self.router(api)).into_future()),
+        );
         tokio::select! {
-            served = axum::serve(listener, self.router()) => served,
+            served = served => served.map(|_| ()),
             () = forward => Ok(()),
             () = self.sweep_expiries() => Ok(()),
         }
@@ -407,19 +494,36 @@ impl<S: Store> ApprovalService<S> {
         }
     }
 
-    pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
-            .route("/v1/approvals", post(ask::<S>).get(list::<S>))
-            .route("/v1/approvals/{id}", get(show::<S>))
-            .route("/v1/approvals/{id}/consume", post(consume::<S>))
-            .route("/v1/approvals/{id}/decision", post(decide::<S>))
-            .route("/v1/approvals/{id}/ask", post(ask_info::<S>))
-            .route("/v1/approvals/{id}/answer", post(answer::<S>))
-            .route("/v1/audit", post(audit::<S>))
-            .route("/v1/config/{namespace}/{server}", get(config::<S>))
-            .route("/metrics", get(metrics::<S>))
-            .route("/healthz", get(|| async { "ok" }))
-            .with_state(self.clone())
+    pub fn router(self: &Arc<Self>, api: Api) -> Router {
+        let gateways = matches!(api, Api::Gateways | Api::All);
+        let people = matches!(api, Api::People | Api::All);
+        let mut router = Router::new().route("/healthz", get(|| async { "ok" }));
+        if gateways || people {
+            let approvals = match (gateways, people) {
+                (true, true) => post(ask::<S>).get(list::<S>),
+                (true, false) => post(ask::<S>),
+                _ => get(list::<S>),
+            };
+            router = router
+                .route("/v1/approvals", approvals)
+                .route("/v1/approvals/{id}", get(show::<S>));
+        }
+        if gateways {
+            router = router
+                .route("/v1/approvals/{id}/consume", post(consume::<S>))
+                .route("/v1/audit", post(audit::<S>))
+                .route("/v1/config/{namespace}/{server}", get(config::<S>));
+        }
+        if people {
+            router = router
+                .route("/v1/approvals/{id}/decision", post(decide::<S>))
+                .route("/v1/approvals/{id}/ask", post(ask_info::<S>))
+                .route("/v1/approvals/{id}/answer", post(answer::<S>));
+        }
+        if matches!(api, Api::Operations | Api::All) {
+            router = router.route("/metrics", get(metrics::<S>));
+        }
+        router.with_state(self.clone())
     }
 
     async fn fetch_keys(&self, tenant: &str) {
@@ -485,28 +589,32 @@ impl<S: Store> ApprovalService<S> {
         })
     }
 
-    fn check_gateway(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    fn check_gateway(&self, headers: &HeaderMap) -> Result<GatewayIdentity, ApiError> {
         let presented = headers
             .get(GATEWAY_CREDENTIAL_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        let expected = self.config.gateway_credential.as_bytes();
-        // Constant-time comparison: the credential is a secret.
-        let same = presented.len() == expected.len()
-            && presented
-                .bytes()
-                .zip(expected)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if same {
-            Ok(())
-        } else {
-            Err(ApiError::new(
+        let identity = match &self.config.gateway_credentials {
+            GatewayCredentials::Shared(secret) => {
+                same_secret(presented.as_bytes(), secret.as_bytes()).then_some(GatewayIdentity::Any)
+            }
+            GatewayCredentials::PerServer { key } => {
+                presented.rsplit_once(':').and_then(|(server, _)| {
+                    same_secret(
+                        presented.as_bytes(),
+                        server_credential(key, server).as_bytes(),
+                    )
+                    .then(|| GatewayIdentity::Server(server.to_string()))
+                })
+            }
+        };
+        identity.ok_or_else(|| {
+            ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "gateway_unauthorized",
                 "missing or wrong gateway credential",
-            ))
-        }
+            )
+        })
     }
 
     /// Replaces the servers and policies; gateways long-polling their
@@ -705,9 +813,10 @@ async fn ask<S: Store>(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult {
-    service.check_gateway(&headers)?;
+    let gateway = service.check_gateway(&headers)?;
     let principal = service.principal(&headers).await?;
     let call: CallBody = body(&bytes)?;
+    gateway.may_act_for(&call.server)?;
     let derived = derive(&call)?;
     let policies = service.server_policies(&call.server)?;
     let decision = evaluate(
@@ -871,9 +980,10 @@ async fn consume<S: Store>(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult {
-    service.check_gateway(&headers)?;
+    let gateway = service.check_gateway(&headers)?;
     let principal = service.principal(&headers).await?;
     let call: CallBody = body(&bytes)?;
+    gateway.may_act_for(&call.server)?;
     let derived = derive(&call)?;
     let binding = derived.binding(&principal, &call.server);
     let now = now_seconds();
@@ -985,8 +1095,14 @@ async fn audit<S: Store>(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult {
-    service.check_gateway(&headers)?;
-    let events: Vec<AuditEvent> = body(&bytes)?;
+    let gateway = service.check_gateway(&headers)?;
+    let mut events: Vec<AuditEvent> = body(&bytes)?;
+    // An event's server is the one whose credential sent it, whatever it claims.
+    if let GatewayIdentity::Server(server) = &gateway {
+        for event in &mut events {
+            event.server.clone_from(server);
+        }
+    }
     service.record_all(&events)?;
     ok(StatusCode::ACCEPTED, json!({"accepted": events.len()}))
 }
@@ -999,8 +1115,9 @@ async fn config<S: Store>(
     Query(query): Query<ConfigQuery>,
     headers: HeaderMap,
 ) -> ApiResult {
-    service.check_gateway(&headers)?;
+    let gateway = service.check_gateway(&headers)?;
     let server = format!("{namespace}/{server}");
+    gateway.may_act_for(&server)?;
     let wait = Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECONDS));
     let deadline = tokio::time::Instant::now() + wait;
     let mut changes = service.catalog.subscribe();
@@ -1045,4 +1162,31 @@ async fn metrics<S: Store>(AppState(service): AppState<Arc<ApprovalService<S>>>)
         text,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_credential_names_its_server_and_only_the_key_makes_it() {
+        let credential = server_credential(b"key", "ml/models");
+        assert!(credential.starts_with("ml/models:"));
+        assert_eq!(credential, server_credential(b"key", "ml/models"));
+        assert_ne!(credential, server_credential(b"other key", "ml/models"));
+        assert_ne!(
+            credential.rsplit_once(':').map(|(_, mac)| mac),
+            server_credential(b"key", "ml/other").rsplit_once(':').map(|(_, mac)| mac)
+        );
+    }
+
+    #[test]
+    fn a_gateway_acts_only_for_its_own_server() {
+        let own = GatewayIdentity::Server("ml/models".into());
+        assert!(own.may_act_for("ml/models").is_ok());
+        let refused = own.may_act_for("ml/other").unwrap_err();
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        assert!(refused.message.contains("ml/models"), "{}", refused.message);
+        assert!(GatewayIdentity::Any.may_act_for("anything/at-all").is_ok());
+    }
 }

@@ -4,7 +4,9 @@
 
 use super::{Endpoints, LOCAL_AUDIENCE, LOCAL_TENANT, StateDir, policy_files};
 use crate::approvals::audit_log::AuditLog;
-use crate::approvals::service::{ApprovalService, Catalog, ServerEntry, ServiceConfig};
+use crate::approvals::service::{
+    Api, ApprovalService, Catalog, GatewayCredentials, ServerEntry, ServiceConfig,
+};
 use crate::approvals::store::SqliteStore;
 use crate::dev_issuer::DevIssuer;
 use crate::render::envoy::{self, Bootstrap, Cluster, FilterModule};
@@ -197,7 +199,7 @@ impl Running {
             ServiceConfig {
                 trust: trust.clone(),
                 jwks: vec![(tenant.clone(), jwks_url.clone())],
-                gateway_credential: credential.clone(),
+                gateway_credentials: GatewayCredentials::Shared(credential.clone()),
                 max_pending_per_principal: 20,
                 jwks_min_refresh: Duration::from_secs(if issuer_url.is_some() { 5 } else { 300 }),
             },
@@ -208,7 +210,7 @@ impl Running {
         let approvals_listener = listen(args.approvals_port).await?;
         let approvals_address = approvals_listener.local_addr()?;
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = service.serve(approvals_listener).await {
+            if let Err(e) = service.serve(vec![(Api::All, approvals_listener)]).await {
                 eprintln!("approval service stopped: {e}");
             }
         }));
