@@ -96,7 +96,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now containerd >/dev/null 2>&1 || true; fi
 fi
 
-# --- Go: the control plane, the node's Kubernetes parts, etcd, CoreDNS and kube-router from their modules ---
+# --- Go: the control plane, the node's Kubernetes parts, etcd, CoreDNS, kube-router and helm from their modules ---
 # go_tools NAME MODULE LDFLAGS BINARY=PACKAGE...: builds packages of MODULE, pinned
 # by tests/tools/NAME/go.mod.
 go_tools() {
@@ -130,5 +130,6 @@ go_tools kubernetes k8s.io/kubernetes \
 go_tools etcd go.etcd.io/etcd/server/v3 "" etcd=go.etcd.io/etcd/server/v3
 go_tools coredns github.com/coredns/coredns "" coredns=github.com/coredns/coredns
 go_tools kube-router github.com/cloudnativelabs/kube-router/v2 "" kube-router=github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
+go_tools helm helm.sh/helm/v4 "" helm=helm.sh/helm/v4/cmd/helm
 
 say "ready: $(ls "$tools/bin" | tr '\n' ' ')"
