@@ -1176,7 +1176,9 @@ mod tests {
         assert_ne!(credential, server_credential(b"other key", "ml/models"));
         assert_ne!(
             credential.rsplit_once(':').map(|(_, mac)| mac),
-            server_credential(b"key", "ml/other").rsplit_once(':').map(|(_, mac)| mac)
+            server_credential(b"key", "ml/other")
+                .rsplit_once(':')
+                .map(|(_, mac)| mac)
         );
     }
 

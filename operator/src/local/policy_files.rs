@@ -2,7 +2,6 @@
 //! mode: one or several documents per file, each checked like the cluster
 //! checks it, with errors naming the file, the document and the field.
 
-use airlock_policy::canonical::digest;
 use airlock_policy::gateway::config::NamedPolicy;
 use airlock_policy::model::ApprovalPolicySpec;
 use serde::Deserialize;
@@ -83,13 +82,10 @@ pub fn load(
                 .namespace
                 .unwrap_or_else(|| default_namespace.to_string());
             let name = format!("{namespace}/{}", document.metadata.name);
-            let version = serde_json::to_value(&document.spec)
-                .map(|v| digest(&v))
-                .map_err(|e| invalid(e.to_string()))?;
-            if let Err(errors) = document.spec.compile(&name, &version) {
+            let policy = NamedPolicy::checked(name.clone(), document.spec).map_err(|errors| {
                 let fields: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                return Err(invalid(format!("policy {name}: {}", fields.join("; "))));
-            }
+                invalid(format!("policy {name}: {}", fields.join("; ")))
+            })?;
             if let Some((_, first)) = policies.iter().find(|(p, _)| p.name == name) {
                 return Err(PolicyFileError::Duplicate {
                     name,
@@ -97,14 +93,7 @@ pub fn load(
                     second: shown,
                 });
             }
-            policies.push((
-                NamedPolicy {
-                    name,
-                    version,
-                    spec: document.spec,
-                },
-                shown.clone(),
-            ));
+            policies.push((policy, shown.clone()));
         }
     }
     Ok(policies)

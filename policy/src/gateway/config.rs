@@ -108,6 +108,27 @@ pub struct NamedPolicy {
     pub spec: ApprovalPolicySpec,
 }
 
+impl NamedPolicy {
+    /// `spec` as policy `name` (`namespace/name`), versioned by the digest of
+    /// the spec, when it compiles; otherwise every bad field.
+    pub fn checked(name: String, spec: ApprovalPolicySpec) -> Result<NamedPolicy, Vec<FieldError>> {
+        let version = serde_json::to_value(&spec)
+            .map(|v| digest(&v))
+            .map_err(|e| {
+                vec![FieldError {
+                    field: "spec".into(),
+                    message: e.to_string(),
+                }]
+            })?;
+        spec.compile(&name, &version)?;
+        Ok(NamedPolicy {
+            name,
+            version,
+            spec,
+        })
+    }
+}
+
 /// The policies in force for one MCP server, as
 /// `GET /v1/config/{namespace}/{server}` serves them to its gateway.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
