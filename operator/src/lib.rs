@@ -1,10 +1,15 @@
 //! Airlock's operator side: custom resources, the approval service, the
-//! development token issuer, and (in later work) the controllers and CLI.
+//! controllers and what they render, the development token issuer, and the
+//! `airlock` CLI with its local mode.
 
 pub mod approvals;
+pub mod controllers;
 pub mod crd;
 pub mod demo_server;
 pub mod dev_issuer;
+pub mod filter_install;
 pub mod local;
+pub mod log;
 pub mod render;
+pub mod run;
 pub mod shutdown;

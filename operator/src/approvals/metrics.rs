@@ -68,6 +68,12 @@ impl ServiceMetrics {
         })
     }
 
+    /// Where other parts of the process (the controllers) register theirs,
+    /// so one `/metrics` serves them all.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut out = Vec::new();

@@ -188,6 +188,9 @@ pub struct ApprovalService<S: Store> {
     audit: AuditLog,
     metrics: ServiceMetrics,
     http: reqwest::Client,
+    /// False while the catalog is still being read (an operator starting):
+    /// `/readyz` fails, so no gateway is sent here to be refused.
+    catalog_ready: std::sync::atomic::AtomicBool,
 }
 
 /// A refusal with its HTTP status and a sentence saying why.
@@ -410,6 +413,7 @@ impl<S: Store> ApprovalService<S> {
                 .build()
                 .map_err(|e| e.to_string())?,
             config,
+            catalog_ready: std::sync::atomic::AtomicBool::new(true),
         }))
     }
 
@@ -521,7 +525,9 @@ impl<S: Store> ApprovalService<S> {
                 .route("/v1/approvals/{id}/answer", post(answer::<S>));
         }
         if matches!(api, Api::Operations | Api::All) {
-            router = router.route("/metrics", get(metrics::<S>));
+            router = router
+                .route("/metrics", get(metrics::<S>))
+                .route("/readyz", get(readyz::<S>));
         }
         router.with_state(self.clone())
     }
@@ -621,6 +627,20 @@ impl<S: Store> ApprovalService<S> {
     /// config are answered at once.
     pub fn set_catalog(&self, catalog: Catalog) {
         self.catalog.send_replace(Arc::new(catalog));
+        self.catalog_ready
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Not ready until the first [`Self::set_catalog`]: the catalog given to
+    /// [`Self::new`] was a placeholder.
+    pub fn await_catalog(&self) {
+        self.catalog_ready
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Where the process's other metrics register.
+    pub fn metrics_registry(&self) -> &prometheus::Registry {
+        self.metrics.registry()
     }
 
     fn server_policies(&self, server: &str) -> Result<Vec<CompiledPolicy>, ApiError> {
@@ -776,10 +796,7 @@ fn unknown_server(server: &str) -> ApiError {
 }
 
 pub(crate) fn log_error(message: &str) {
-    eprintln!(
-        "{}",
-        json!({"level": "error", "component": "approval-service", "message": message})
-    );
+    crate::log::error("approval-service", message);
 }
 
 /// The API view of an approval.
@@ -1135,6 +1152,22 @@ async fn config<S: Store>(
         ) {
             return ok(StatusCode::OK, json!(document));
         }
+    }
+}
+
+/// Ready once the catalog is read: a gateway asking sooner would be refused.
+async fn readyz<S: Store>(AppState(service): AppState<Arc<ApprovalService<S>>>) -> Response {
+    if service
+        .catalog_ready
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "reading servers and policies",
+        )
+            .into_response()
     }
 }
 

@@ -1,0 +1,133 @@
+//! ApprovalPolicy: checks each policy on its own and reports `Accepted`
+//! (True with the compiled version and the servers it governs, or False with
+//! every bad field), so a bad policy is named on itself and the others stay
+//! in force.
+
+use super::conditions::condition;
+use super::{Context, Error, MANAGER};
+use crate::controllers::catalog::{named, qualified};
+use crate::crd::{ApprovalPolicy, ApprovalPolicyStatus};
+use futures::StreamExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const KIND: &str = "ApprovalPolicy";
+
+pub async fn run(context: Arc<Context>) {
+    Controller::new(
+        Api::<ApprovalPolicy>::all(context.client.clone()),
+        watcher::Config::default(),
+    )
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, context)
+    .for_each(|_| async {})
+    .await;
+}
+
+async fn reconcile(policy: Arc<ApprovalPolicy>, context: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let outcome = check(&policy, &context).await;
+    let result = if outcome.is_ok() { "success" } else { "error" };
+    context.metrics.record(KIND, result, started);
+    outcome
+}
+
+async fn check(policy: &ApprovalPolicy, context: &Context) -> Result<Action, Error> {
+    let previous = policy.status.clone().unwrap_or_default();
+    let generation = policy.metadata.generation;
+    let namespace = policy.namespace().unwrap_or_default();
+    let status = match named(policy) {
+        Ok(checked) => {
+            let mut matched: Vec<String> = context
+                .watched
+                .servers
+                .state()
+                .iter()
+                .filter(|s| s.namespace().as_deref() == Some(namespace.as_str()))
+                .filter(|s| policy.spec.servers.selects(&s.name_any(), s.labels()))
+                .map(|s| qualified(s.as_ref()))
+                .collect();
+            matched.sort();
+            ApprovalPolicyStatus {
+                observed_generation: generation,
+                conditions: vec![condition(
+                    "Accepted",
+                    true,
+                    "Compiled",
+                    &format!("in force on {} server(s)", matched.len()),
+                    generation,
+                    &previous.conditions,
+                )],
+                compiled_version: Some(checked.version),
+                matched_servers: matched,
+            }
+        }
+        Err(errors) => {
+            let message: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            ApprovalPolicyStatus {
+                observed_generation: generation,
+                conditions: vec![condition(
+                    "Accepted",
+                    false,
+                    "Invalid",
+                    &message.join("; "),
+                    generation,
+                    &previous.conditions,
+                )],
+                compiled_version: None,
+                matched_servers: Vec::new(),
+            }
+        }
+    };
+    if status != previous {
+        let accepted = status.compiled_version.is_some();
+        let message = status
+            .conditions
+            .first()
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        let api: Api<ApprovalPolicy> = Api::namespaced(context.client.clone(), &namespace);
+        let patch =
+            json!({"apiVersion": "mcp.airlock.dev/v1alpha1", "kind": KIND, "status": status});
+        api.patch_status(
+            &policy.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        let event = Event {
+            type_: if accepted {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: if accepted { "Accepted" } else { "Invalid" }.into(),
+            note: Some(message.chars().take(1024).collect()),
+            action: "Validate".into(),
+            secondary: None,
+        };
+        if let Err(e) = context
+            .recorder
+            .publish(&event, &policy.object_ref(&()))
+            .await
+        {
+            crate::log::error("approval-policy", &format!("publishing an event: {e}"));
+        }
+    }
+    // The servers it governs change without touching the policy.
+    Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+fn error_policy(policy: Arc<ApprovalPolicy>, error: &Error, _: Arc<Context>) -> Action {
+    crate::log::error(
+        "approval-policy",
+        &format!("{}: {error}", qualified(policy.as_ref())),
+    );
+    Action::requeue(Duration::from_secs(5))
+}

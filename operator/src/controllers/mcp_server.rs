@@ -1,0 +1,240 @@
+//! McpServer (template mode): applies what [`crate::render::workload`]
+//! renders, owned by the server so deleting it removes them, and reports
+//! `Ready` from the Deployment's availability, the endpoint and the
+//! policies in force.
+
+use super::conditions::condition;
+use super::{Context, Error, MANAGER};
+use crate::approvals::service::server_credential;
+use crate::controllers::catalog::qualified;
+use crate::crd::{AppliedPolicy, McpServer, McpServerStatus};
+use crate::render::workload::{self, RenderError};
+use airlock_policy::gateway::config::PolicyDocument;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const KIND: &str = "McpServer";
+
+/// Runs the controller until the stream of objects ends.
+pub async fn run(context: Arc<Context>) {
+    let client = context.client.clone();
+    let config = watcher::Config::default();
+    Controller::new(Api::<McpServer>::all(client.clone()), config.clone())
+        .owns(Api::<Deployment>::all(client.clone()), config.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), config.clone())
+        .owns(Api::<Service>::all(client.clone()), config.clone())
+        .owns(Api::<NetworkPolicy>::all(client), config)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, context)
+        .for_each(|_| async {})
+        .await;
+}
+
+async fn reconcile(server: Arc<McpServer>, context: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let outcome = apply(&server, &context).await;
+    let result = match &outcome {
+        Ok(_) => "success",
+        Err(_) => "error",
+    };
+    context.metrics.record(KIND, result, started);
+    outcome
+}
+
+async fn apply(server: &McpServer, context: &Context) -> Result<Action, Error> {
+    let namespace = server.namespace().unwrap_or_default();
+    let name = server.name_any();
+    let full_name = qualified(server);
+    let credential = server_credential(&context.gateway_key, &full_name);
+    let previous = server.status.clone().unwrap_or_default();
+    let generation = server.metadata.generation;
+
+    let rendered = match workload::render(server, &context.settings, &credential) {
+        Ok(rendered) => rendered,
+        Err(error) => {
+            // The object is wrong, not the operator: say so on it and wait for an edit.
+            report_invalid(server, context, &error, &previous).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let apply = PatchParams::apply(MANAGER).force();
+    let client = &context.client;
+    Api::<ConfigMap>::namespaced(client.clone(), &namespace)
+        .patch(
+            &rendered.config_map.name_any(),
+            &apply,
+            &Patch::Apply(&rendered.config_map),
+        )
+        .await?;
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &namespace)
+        .patch(&name, &apply, &Patch::Apply(&rendered.deployment))
+        .await?;
+    Api::<Service>::namespaced(client.clone(), &namespace)
+        .patch(&name, &apply, &Patch::Apply(&rendered.service))
+        .await?;
+    Api::<NetworkPolicy>::namespaced(client.clone(), &namespace)
+        .patch(
+            &rendered.network_policy.name_any(),
+            &apply,
+            &Patch::Apply(&rendered.network_policy),
+        )
+        .await?;
+
+    let (ready, reason, message) = availability(&deployment, server.spec.replicas);
+    let document = PolicyDocument::for_server(
+        &full_name,
+        server.labels(),
+        &context.watched.named_policies(),
+    );
+    let status = McpServerStatus {
+        observed_generation: generation,
+        conditions: vec![condition(
+            "Ready",
+            ready,
+            reason,
+            &message,
+            generation,
+            &previous.conditions,
+        )],
+        endpoint: Some(format!("http://{name}.{namespace}.svc{}", server.spec.path)),
+        policies: document
+            .policies
+            .iter()
+            .map(|p| AppliedPolicy {
+                name: p.name.clone(),
+                version: p.version.clone(),
+            })
+            .collect(),
+    };
+    if status != previous {
+        write_status(server, context, &status).await?;
+        if ready
+            && !previous
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        {
+            publish(server, context, EventType::Normal, "Ready", &message).await;
+        }
+    }
+    // Policies change without touching this object: look again now and then.
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// `Ready` once every wanted replica is available and the Deployment has
+/// seen its latest spec.
+fn availability(deployment: &Deployment, wanted: i32) -> (bool, &'static str, String) {
+    let status = deployment.status.clone().unwrap_or_default();
+    let seen = status.observed_generation >= deployment.metadata.generation;
+    let available = status.available_replicas.unwrap_or(0);
+    if !seen {
+        return (
+            false,
+            "Progressing",
+            "the Deployment has not seen its latest spec yet".into(),
+        );
+    }
+    if wanted == 0 {
+        return (true, "ScaledToZero", "no replicas wanted".into());
+    }
+    if available >= wanted && status.updated_replicas.unwrap_or(0) >= wanted {
+        (
+            true,
+            "Available",
+            format!("{available}/{wanted} replicas available behind the gateway"),
+        )
+    } else {
+        (
+            false,
+            "Progressing",
+            format!("{available}/{wanted} replicas available"),
+        )
+    }
+}
+
+async fn report_invalid(
+    server: &McpServer,
+    context: &Context,
+    error: &RenderError,
+    previous: &McpServerStatus,
+) -> Result<(), Error> {
+    let generation = server.metadata.generation;
+    let message = error.to_string();
+    let status = McpServerStatus {
+        observed_generation: generation,
+        conditions: vec![condition(
+            "Ready",
+            false,
+            "InvalidSpec",
+            &message,
+            generation,
+            &previous.conditions,
+        )],
+        ..previous.clone()
+    };
+    if &status != previous {
+        write_status(server, context, &status).await?;
+        publish(server, context, EventType::Warning, "InvalidSpec", &message).await;
+    }
+    Ok(())
+}
+
+async fn write_status(
+    server: &McpServer,
+    context: &Context,
+    status: &McpServerStatus,
+) -> Result<(), Error> {
+    let api: Api<McpServer> = Api::namespaced(
+        context.client.clone(),
+        &server.namespace().unwrap_or_default(),
+    );
+    let patch = json!({"apiVersion": "mcp.airlock.dev/v1alpha1", "kind": KIND, "status": status});
+    api.patch_status(
+        &server.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish(
+    server: &McpServer,
+    context: &Context,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = context
+        .recorder
+        .publish(&event, &server.object_ref(&()))
+        .await
+    {
+        crate::log::error("mcp-server", &format!("publishing an event: {e}"));
+    }
+}
+
+fn error_policy(server: Arc<McpServer>, error: &Error, _: Arc<Context>) -> Action {
+    crate::log::error(
+        "mcp-server",
+        &format!("{}: {error}", qualified(server.as_ref())),
+    );
+    Action::requeue(Duration::from_secs(5))
+}

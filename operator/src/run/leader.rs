@@ -1,0 +1,124 @@
+//! One replica at a time runs the controllers: it holds a
+//! `coordination.k8s.io` Lease, taken and renewed by compare-and-set on the
+//! Lease's `resourceVersion`, so two replicas can never both believe they
+//! took it. A replica that cannot renew in time stops leading (the process
+//! exits, and the kubelet restarts it as a follower).
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use std::time::Duration;
+
+pub struct Elector {
+    leases: Api<Lease>,
+    name: String,
+    identity: String,
+    /// How long a lease lasts without renewal.
+    duration: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    #[error("the API server: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("lost the lease {0}: {1}")]
+    Lost(String, String),
+}
+
+impl Elector {
+    pub fn new(client: kube::Client, namespace: &str, name: &str, identity: &str) -> Elector {
+        Elector {
+            leases: Api::namespaced(client, namespace),
+            name: name.to_string(),
+            identity: identity.to_string(),
+            duration: Duration::from_secs(15),
+        }
+    }
+
+    /// Waits until this replica holds the lease.
+    pub async fn acquire(&self) -> Result<(), LeaderError> {
+        loop {
+            if self.try_take().await? {
+                crate::log::info(
+                    "leader",
+                    &format!("{} holds lease {}", self.identity, self.name),
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(self.duration / 5).await;
+        }
+    }
+
+    /// Renews the lease until renewing fails for longer than the lease
+    /// lasts, or another replica holds it; then returns why.
+    pub async fn hold(&self) -> LeaderError {
+        let mut renewed = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(self.duration / 5).await;
+            match self.try_take().await {
+                Ok(true) => renewed = tokio::time::Instant::now(),
+                Ok(false) => {
+                    return LeaderError::Lost(self.name.clone(), "another replica holds it".into());
+                }
+                Err(e) if renewed.elapsed() >= self.duration => {
+                    return LeaderError::Lost(self.name.clone(), format!("could not renew: {e}"));
+                }
+                Err(e) => {
+                    crate::log::error("leader", &format!("renewing lease {}: {e}", self.name))
+                }
+            }
+        }
+    }
+
+    /// Takes or renews the lease if it is free, expired or already ours.
+    async fn try_take(&self) -> Result<bool, LeaderError> {
+        let now = Timestamp::now();
+        let seconds = i32::try_from(self.duration.as_secs()).unwrap_or(15);
+        let Some(mut lease) = self.leases.get_opt(&self.name).await? else {
+            let lease: Lease = serde_json::from_value(json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": self.name},
+                "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": seconds,
+                         "acquireTime": MicroTime(now), "renewTime": MicroTime(now), "leaseTransitions": 0},
+            }))
+            .map_err(|e| LeaderError::Lost(self.name.clone(), e.to_string()))?;
+            return match self.leases.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+                Err(e) => Err(e.into()),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
+        let expired = spec.renew_time.as_ref().is_none_or(|renewed| {
+            let lasts = SignedDuration::from_secs(i64::from(
+                spec.lease_duration_seconds.unwrap_or(seconds),
+            ));
+            renewed.0 + lasts < now
+        });
+        if !ours && !expired {
+            return Ok(false);
+        }
+        let mut next = spec;
+        if !ours {
+            next.holder_identity = Some(self.identity.clone());
+            next.acquire_time = Some(MicroTime(now));
+            next.lease_transitions = Some(next.lease_transitions.unwrap_or(0) + 1);
+        }
+        next.renew_time = Some(MicroTime(now));
+        next.lease_duration_seconds = Some(seconds);
+        lease.spec = Some(next);
+        // Replace carries the resourceVersion read above: a conflict means someone else moved first.
+        match self
+            .leases
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

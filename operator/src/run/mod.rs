@@ -1,0 +1,223 @@
+//! The operator process: every replica serves the approval service's APIs
+//! (gateways, people, operations on separate listeners) on the
+//! ApprovalRequest store, and feeds it the cluster's servers and policies;
+//! the replica holding the Lease also runs the controllers.
+
+pub mod leader;
+
+use crate::approvals::audit_log::AuditLog;
+use crate::approvals::kubernetes::KubeStore;
+use crate::approvals::service::{Api, ApprovalService, Catalog, GatewayCredentials, ServiceConfig};
+use crate::controllers::{self, Context};
+use crate::render::workload::Settings;
+use airlock_policy::entra::{OtherIssuer, TokenVersion, TrustConfig};
+use anyhow::Context as _;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api as KubeApi, PostParams};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `airlock-operator run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The operator's namespace: its Lease, its gateway key, the approval requests.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+    /// This replica's name (its Lease identity).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: String,
+    /// The gateways' API (asks, releases, audit, policy): keep it inside the cluster.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub gateways_listen: SocketAddr,
+    /// The people's API (list, decide, ask, answer): may be exposed to approvers.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub people_listen: SocketAddr,
+    /// Metrics, health and readiness.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub operations_listen: SocketAddr,
+    /// The gateways' API as sidecars reach it.
+    #[arg(long)]
+    pub approvals_url: String,
+    /// The sidecar's image.
+    #[arg(long)]
+    pub envoy_image: String,
+    /// This operator's image (sidecars copy the filter module from it).
+    #[arg(long)]
+    pub operator_image: String,
+    #[arg(long, default_value = "IfNotPresent")]
+    pub image_pull_policy: String,
+    /// The filter module inside this image.
+    #[arg(long, default_value = "/usr/lib/airlock/airlock_filter.wasm")]
+    pub filter: PathBuf,
+    /// Entra tenants whose tokens the service accepts (repeat).
+    #[arg(long = "tenant", required = true)]
+    pub tenants: Vec<String>,
+    /// Audiences the service accepts (repeat).
+    #[arg(long = "audience", required = true)]
+    pub audiences: Vec<String>,
+    /// A non-Entra issuer of Entra-shaped tokens for the first tenant (a mirror, a test issuer).
+    #[arg(long)]
+    pub issuer: Vec<String>,
+    /// `TENANT=URL`: where that tenant's keys are, when not at Entra.
+    #[arg(long = "jwks-url", value_parser = parse_pair)]
+    pub jwks_urls: Vec<(String, String)>,
+    /// The audit trail file (JSON lines, hash-chained).
+    #[arg(long, default_value = "/var/lib/airlock/audit.jsonl")]
+    pub audit_log: PathBuf,
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !value.is_empty() => {
+            Ok((key.to_string(), value.to_string()))
+        }
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+const GATEWAY_KEY_SECRET: &str = "airlock-gateway-key";
+const LEASE: &str = "airlock-operator";
+
+/// Runs until SIGTERM, or until this replica loses the Lease it led with.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the API server")?;
+    let jwks_urls: BTreeMap<String, String> = args.jwks_urls.iter().cloned().collect();
+    let jwks = args
+        .tenants
+        .iter()
+        .map(|tenant| {
+            let url = jwks_urls.get(tenant).cloned().unwrap_or_else(|| {
+                format!("https://login.microsoftonline.com/{tenant}/discovery/v2.0/keys")
+            });
+            (tenant.clone(), url)
+        })
+        .collect();
+    let first_tenant = args.tenants.first().cloned().unwrap_or_default();
+    let trust = TrustConfig {
+        tenants: args.tenants.clone(),
+        audiences: args.audiences.clone(),
+        clock_skew_seconds: 120,
+        allow_app_only: false,
+        groups_overage: Default::default(),
+        issuers: args
+            .issuer
+            .iter()
+            .map(|issuer| OtherIssuer {
+                issuer: issuer.clone(),
+                tenant: first_tenant.clone(),
+                version: TokenVersion::V2,
+            })
+            .collect(),
+    };
+    let gateway_key = gateway_key(&client, &args.namespace).await?;
+    let filter_sha256 = crate::filter_install::digest(&args.filter)?;
+
+    let service = ApprovalService::new(
+        KubeStore::new(client.clone(), &args.namespace),
+        ServiceConfig {
+            trust,
+            jwks,
+            gateway_credentials: GatewayCredentials::PerServer {
+                key: gateway_key.clone(),
+            },
+            max_pending_per_principal: 20,
+            jwks_min_refresh: Duration::from_secs(300),
+        },
+        Catalog::new(Vec::new(), Vec::new()).map_err(anyhow::Error::msg)?,
+        AuditLog::open(&args.audit_log)?,
+    )
+    .map_err(anyhow::Error::msg)?;
+    service.await_catalog();
+    let (watched, feed) = controllers::catalog::feed(client.clone(), service.clone());
+
+    let settings = Settings {
+        envoy_image: args.envoy_image.clone(),
+        operator_image: args.operator_image.clone(),
+        image_pull_policy: args.image_pull_policy.clone(),
+        filter_path: args.filter.display().to_string(),
+        filter_sha256,
+        approvals_url: args.approvals_url.clone(),
+        jwks_urls,
+    };
+    let context = Context::new(
+        client.clone(),
+        settings,
+        gateway_key,
+        watched,
+        args.pod_name.clone(),
+        service.metrics_registry(),
+    )?;
+    let listeners = vec![
+        (
+            Api::Gateways,
+            tokio::net::TcpListener::bind(args.gateways_listen).await?,
+        ),
+        (
+            Api::People,
+            tokio::net::TcpListener::bind(args.people_listen).await?,
+        ),
+        (
+            Api::Operations,
+            tokio::net::TcpListener::bind(args.operations_listen).await?,
+        ),
+    ];
+    crate::log::info(
+        "operator",
+        &format!("{} serving; waiting for the lease", args.pod_name),
+    );
+
+    let elector = leader::Elector::new(client, &args.namespace, LEASE, &args.pod_name);
+    let lead = async {
+        elector.acquire().await?;
+        tokio::select! {
+            lost = elector.hold() => Err::<(), anyhow::Error>(lost.into()),
+            () = controllers::mcp_server::run(context.clone()) => Ok(()),
+            () = controllers::approval_policy::run(context.clone()) => Ok(()),
+        }
+    };
+    tokio::select! {
+        served = service.serve(listeners) => served.context("serving the approval APIs"),
+        () = feed => anyhow::bail!("the watch of servers and policies ended"),
+        led = lead => led,
+        requested = crate::shutdown::requested() => {
+            crate::log::info("operator", "stopping");
+            Ok(requested?)
+        }
+    }
+}
+
+/// The key that signs gateway credentials: one per installation, kept in a
+/// Secret that the first replica to start creates.
+async fn gateway_key(client: &kube::Client, namespace: &str) -> anyhow::Result<Vec<u8>> {
+    let secrets: KubeApi<Secret> = KubeApi::namespaced(client.clone(), namespace);
+    loop {
+        if let Some(secret) = secrets.get_opt(GATEWAY_KEY_SECRET).await? {
+            let key = secret
+                .data
+                .and_then(|mut data| data.remove("key"))
+                .map(|ByteString(bytes)| bytes)
+                .filter(|bytes| bytes.len() >= 32)
+                .with_context(|| {
+                    format!("secret {namespace}/{GATEWAY_KEY_SECRET} has no 32-byte `key`")
+                })?;
+            return Ok(key);
+        }
+        let key: [u8; 32] = rand::random();
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": GATEWAY_KEY_SECRET, "namespace": namespace},
+            "data": {"key": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key)},
+        }))?;
+        match secrets.create(&PostParams::default(), &secret).await {
+            Ok(_) => {}
+            // Another replica created it first: read theirs.
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
