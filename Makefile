@@ -37,9 +37,9 @@ lint:
 test: setup lint wasm wasm-crash-hook bins
 	cargo test --workspace --locked
 
-## crds: regenerate crds/ from the Rust types
+## crds: regenerate crds/ and the chart's copy from the Rust types
 crds:
-	cargo run -q -p airlock-operator --bin crdgen -- crds
+	cargo run -q -p airlock-operator --bin crdgen -- crds charts/airlock/crds
 
 ## demo: the whole gateway on one machine: airlock up --demo with examples/policy.yaml
 demo: setup wasm

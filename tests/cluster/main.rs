@@ -7,6 +7,7 @@
 //! When the node cannot start (not root, a part missing) every test fails
 //! with the reason; none is skipped.
 
+mod operator;
 mod smoke;
 
 use airlock_tests::node::{Node, host};
@@ -37,6 +38,7 @@ fn tests() -> Vec<(&'static str, Test)> {
         smoke::envoy_sidecar_proxies_to_its_app_over_loopback,
         smoke::mcp_server_images_answer_initialize,
         smoke::network_policy_admits_only_the_allowed_port,
+        operator::an_applied_server_is_gated_by_an_applied_policy,
     ]
 }
 

@@ -392,13 +392,22 @@ impl Cluster {
             .output()?)
     }
 
-    /// `kubectl apply -f -` of `manifests` (YAML, `---`-separated) as `user`;
-    /// fails with kubectl's message.
+    /// `kubectl apply --server-side -f -` of `manifests` (YAML,
+    /// `---`-separated) as `user`; fails with kubectl's message. Server-side,
+    /// because a CRD with a pod template's schema is too large for the
+    /// client-side annotation.
     pub fn kubectl_apply(&self, user: User, manifests: &str) -> anyhow::Result<()> {
         use std::io::Write;
         let mut child = Command::new(tool("kubectl")?)
             .arg(format!("--kubeconfig={}", self.kubeconfig(user).display()))
-            .args(["apply", "-f", "-"])
+            .args([
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=airlock-tests",
+                "-f",
+                "-",
+            ])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

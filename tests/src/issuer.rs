@@ -1,4 +1,5 @@
-//! The development token issuer, serving its key set over HTTP on 127.0.0.1.
+//! The development token issuer, serving its key set over HTTP on 127.0.0.1
+//! (or the node's address).
 
 use airlock_operator::dev_issuer::DevIssuer;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ pub struct Issuer {
     pub issuer: Arc<DevIssuer>,
     /// Entra's JWKS path for the tenant, on this issuer.
     pub jwks_url: String,
-    /// Path of that URL, and the port the issuer listens on (127.0.0.1).
+    /// Path of that URL, and the port the issuer listens on.
     pub jwks_path: String,
     pub port: u16,
     task: tokio::task::JoinHandle<()>,
@@ -20,8 +21,13 @@ pub struct Issuer {
 
 impl Issuer {
     pub async fn start() -> anyhow::Result<Issuer> {
+        Issuer::start_on(std::net::Ipv4Addr::LOCALHOST).await
+    }
+
+    /// The issuer on `address` (the node's, so that pods fetch its keys).
+    pub async fn start_on(address: std::net::Ipv4Addr) -> anyhow::Result<Issuer> {
         let issuer = Arc::new(DevIssuer::new(TENANT)?);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind((address, 0)).await?;
         let (addr, task) = issuer.serve(listener)?;
         let jwks_path = format!("/{TENANT}/discovery/v2.0/keys");
         Ok(Issuer {

@@ -3,7 +3,7 @@
 //! plain values: in a real cluster the same names point at a registry.
 
 use super::image::Image;
-use crate::paths::{python, repo_root, tool};
+use crate::paths::{filter_wasm, python, repo_root, tool};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,8 +16,11 @@ pub const BUSYBOX: &str = "airlock.local/busybox:1.35.0";
 pub const ENVOY: &str = "airlock.local/envoy:1.40.0";
 /// The rmcp demo server (`airlock demo-server`) on `0.0.0.0:8080`, any `Host`.
 pub const MCP_DEMO: &str = "airlock.local/mcp-demo:0.1.0";
-/// The official Python SDK's server (`tests/python/mcp_server.py`) on port 8080.
+/// The official Python SDK's server (`tests/python/mcp_server.py`) on port
+/// 8080; `/app/mcp_client.py` is the SDK's client, for calls from a pod.
 pub const MCP_PYTHON: &str = "airlock.local/mcp-python:0.1.0";
+/// `airlock-operator` and the filter module the sidecars copy from it.
+pub const OPERATOR: &str = "airlock.local/operator:0.1.0";
 
 /// Every image, as `(reference, image)`.
 pub fn all(build_dir: &Path) -> anyhow::Result<Vec<Image>> {
@@ -27,6 +30,7 @@ pub fn all(build_dir: &Path) -> anyhow::Result<Vec<Image>> {
         envoy()?,
         mcp_demo()?,
         mcp_python()?,
+        operator()?,
     ])
 }
 
@@ -100,6 +104,16 @@ fn mcp_demo() -> anyhow::Result<Image> {
     Ok(image)
 }
 
+fn operator() -> anyhow::Result<Image> {
+    let operator = built_binary("airlock-operator")?;
+    let mut image = Image::new(OPERATOR);
+    image
+        .program(&operator, "/usr/local/bin/airlock-operator")?
+        .file(&filter_wasm()?, "/usr/lib/airlock/airlock_filter.wasm")
+        .entrypoint(&["/usr/local/bin/airlock-operator"]);
+    Ok(image)
+}
+
 /// The test venv's interpreter, its standard library and the venv's packages
 /// (without Envoy and the installers), laid out as a plain Python install.
 fn mcp_python() -> anyhow::Result<Image> {
@@ -151,6 +165,10 @@ fn mcp_python() -> anyhow::Result<Image> {
         .file(
             &repo_root().join("tests/python/mcp_server.py"),
             "/app/mcp_server.py",
+        )
+        .file(
+            &repo_root().join("tests/python/mcp_client.py"),
+            "/app/mcp_client.py",
         )
         .env("PYTHONHOME=/usr/local")
         .env("PYTHONDONTWRITEBYTECODE=1")
