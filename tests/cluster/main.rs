@@ -38,7 +38,10 @@ fn tests() -> Vec<(&'static str, Test)> {
         smoke::envoy_sidecar_proxies_to_its_app_over_loopback,
         smoke::mcp_server_images_answer_initialize,
         smoke::network_policy_admits_only_the_allowed_port,
-        operator::an_applied_server_is_gated_by_an_applied_policy,
+        operator::an_applied_policy_allows_and_denies,
+        operator::a_held_call_completes_once_a_lead_approves,
+        operator::only_the_gateway_port_is_reachable,
+        operator::a_policy_edit_reaches_the_live_sidecar,
     ]
 }
 

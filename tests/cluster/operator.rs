@@ -1,28 +1,44 @@
 //! The operator on the real node, installed from the rendered chart: an
 //! McpServer and an ApprovalPolicy applied with kubectl become a gated MCP
 //! server that the official Python SDK client reaches through its Service by
-//! DNS name, with development-issuer tokens.
+//! DNS name, with development-issuer tokens. The operator is installed once
+//! for the binary; each test gates a server in a namespace of its own.
 
 use airlock_operator::crd::McpServer;
 use airlock_operator::dev_issuer::TokenRequest;
+use airlock_operator::render::workload::GATEWAY_PORT;
 use airlock_tests::cluster::ADMIN;
 use airlock_tests::issuer::{AUDIENCE, Issuer, TENANT};
 use airlock_tests::node::Node;
 use airlock_tests::node::host::NODE_IP;
 use airlock_tests::node::images::{ENVOY, MCP_PYTHON, OPERATOR};
+use airlock_tests::people::People;
 use airlock_tests::wait_for;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
 
 const SYSTEM: &str = "airlock-system";
-const TEAM: &str = "team-ml";
 const SERVER: &str = "models";
 const LONG: Duration = Duration::from_secs(240);
 
-/// The operator from the chart, Ready; the issuer its tokens come from.
-async fn install_operator(node: &Node) -> anyhow::Result<Issuer> {
+/// The installed operator: where its tokens come from and where people decide.
+struct Installed {
+    issuer: Issuer,
+    people: People,
+}
+
+static INSTALLED: OnceCell<Installed> = OnceCell::const_new();
+
+/// The operator from the chart, Ready (installed by the first test that needs it).
+async fn operator(node: &Node) -> anyhow::Result<&'static Installed> {
+    INSTALLED.get_or_try_init(|| install(node)).await
+}
+
+async fn install(node: &Node) -> anyhow::Result<Installed> {
     let issuer = Issuer::start_on(NODE_IP).await?;
     node.namespace(SYSTEM).await?;
     let values = json!({
@@ -34,35 +50,54 @@ async fn install_operator(node: &Node) -> anyhow::Result<Issuer> {
         },
     });
     node.apply(&airlock_tests::chart::render("airlock", SYSTEM, &values)?)?;
-    let deployments: Api<Deployment> = Api::namespaced(node.client(ADMIN).await?, SYSTEM);
-    let waited = wait_for("the operator to be available", LONG, || {
+    let admin = node.client(ADMIN).await?;
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), SYSTEM);
+    let available = wait_for("the operator to be available", LONG, || {
         let deployments = deployments.clone();
         async move {
-            let deployment = deployments.get("airlock-operator").await?;
-            let status = deployment.status.unwrap_or_default();
+            let status = deployments
+                .get("airlock-operator")
+                .await?
+                .status
+                .unwrap_or_default();
             Ok((status.ready_replicas.unwrap_or(0) >= 1).then_some(()))
         }
     })
     .await;
-    if let Err(e) = waited {
-        let logs = node.kubectl(
-            ADMIN,
-            &[
-                "logs",
-                "-n",
-                SYSTEM,
-                "deployment/airlock-operator",
-                "--tail=40",
-            ],
-        )?;
-        let pods = node.kubectl(ADMIN, &["describe", "pods", "-n", SYSTEM])?;
-        return Err(e.context(format!(
-            "{}\n{}",
-            String::from_utf8_lossy(&pods.stdout),
-            String::from_utf8_lossy(&logs.stdout)
-        )));
+    if let Err(e) = available {
+        return Err(e.context(diagnostics(node, SYSTEM)));
     }
-    Ok(issuer)
+    let service = Api::<Service>::namespaced(admin, SYSTEM)
+        .get("airlock-approvals")
+        .await?;
+    let ip = service
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .ok_or_else(|| anyhow::anyhow!("the people's Service has no ClusterIP"))?;
+    Ok(Installed {
+        issuer,
+        people: People::new(&format!("http://{ip}:8080")),
+    })
+}
+
+/// Pods and the operator's log, for a failure message.
+fn diagnostics(node: &Node, namespace: &str) -> String {
+    let show = |args: &[&str]| {
+        node.kubectl(ADMIN, args)
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    format!(
+        "{}\noperator log:\n{}",
+        show(&["describe", "pods", "-n", namespace]),
+        show(&[
+            "logs",
+            "-n",
+            SYSTEM,
+            "deployment/airlock-operator",
+            "--tail=40"
+        ])
+    )
 }
 
 fn token(issuer: &Issuer, user: &str, groups: &[&str]) -> anyhow::Result<String> {
@@ -75,38 +110,14 @@ fn token(issuer: &Issuer, user: &str, groups: &[&str]) -> anyhow::Result<String>
     Ok(issuer.issuer.mint(&request)?)
 }
 
-/// Runs the Python SDK client in the `client` pod against the server's
-/// Service by DNS name.
-fn call(node: &Node, token: &str, tool: &str, arguments: Value) -> anyhow::Result<Value> {
-    let url = format!("http://{SERVER}.{TEAM}.svc.cluster.local/mcp");
-    let arguments = arguments.to_string();
-    let out = node.exec(
-        TEAM,
-        "client",
-        "client",
-        &[
-            "python3",
-            "/app/mcp_client.py",
-            "--url",
-            &url,
-            "--token",
-            token,
-            "call",
-            tool,
-            &arguments,
-        ],
-    )?;
-    Ok(serde_json::from_str(out.trim())?)
-}
-
-pub async fn an_applied_server_is_gated_by_an_applied_policy(node: &Node) -> anyhow::Result<()> {
-    let issuer = install_operator(node).await?;
-    node.namespace(TEAM).await?;
-    node.apply(&format!(
+/// The policy every test starts from: handshakes and `get_status` pass,
+/// production deploys need a lead, anything else is denied.
+fn policy(namespace: &str, extra_rules: &str) -> String {
+    format!(
         r#"
 apiVersion: mcp.airlock.dev/v1alpha1
 kind: ApprovalPolicy
-metadata: {{name: models, namespace: {TEAM}}}
+metadata: {{name: models, namespace: {namespace}}}
 spec:
   servers: {{matchLabels: {{team: ml}}}}
   defaultAction: Deny
@@ -117,13 +128,33 @@ spec:
   - name: read-status
     match: {{tools: ["get_status"]}}
     action: Allow
+  - name: deploy-to-prod
+    match:
+      tools: [deploy_model]
+      arguments: [{{pointer: /environment, in: [prod]}}]
+    principals: {{groups: [engineers]}}
+    action: RequireApproval
+    approval: {{approvers: {{groups: [leads]}}, timeout: {expiry}}}
+{extra_rules}"#,
+        expiry = "10m",
+    )
+}
+
+/// A gated server in `namespace` (the Python SDK's server, bound to 0.0.0.0
+/// on purpose) and a `client` pod to call it from; returns when both are
+/// Ready.
+async fn gated_server(node: &Node, namespace: &str, max_hold: u32) -> anyhow::Result<()> {
+    node.namespace(namespace).await?;
+    node.apply(&format!(
+        r#"{policy}
 ---
 apiVersion: mcp.airlock.dev/v1alpha1
 kind: McpServer
-metadata: {{name: {SERVER}, namespace: {TEAM}, labels: {{team: ml}}}}
+metadata: {{name: {SERVER}, namespace: {namespace}, labels: {{team: ml}}}}
 spec:
   upstreamPort: 8080
   auth: {{tenants: ["{TENANT}"], audiences: ["{AUDIENCE}"]}}
+  gateway: {{maxHoldSeconds: {max_hold}}}
   template:
     spec:
       containers:
@@ -133,7 +164,7 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: client, namespace: {TEAM}}}
+metadata: {{name: client, namespace: {namespace}}}
 spec:
   terminationGracePeriodSeconds: 1
   containers:
@@ -141,55 +172,252 @@ spec:
     image: {MCP_PYTHON}
     imagePullPolicy: IfNotPresent
     command: ["/usr/local/bin/python3", "-c", "import time; time.sleep(10**6)"]
-"#
+"#,
+        policy = policy(namespace, ""),
     ))?;
-    let servers: Api<McpServer> = Api::namespaced(node.client(ADMIN).await?, TEAM);
+    let servers: Api<McpServer> = Api::namespaced(node.client(ADMIN).await?, namespace);
     let ready = wait_for("the McpServer to be Ready", LONG, || {
         let servers = servers.clone();
         async move {
-            let server = servers.get(SERVER).await?;
-            let status = server.status.clone().unwrap_or_default();
+            let status = servers.get(SERVER).await?.status.unwrap_or_default();
             let ready = status
                 .conditions
                 .iter()
                 .any(|c| c.type_ == "Ready" && c.status == "True");
-            Ok(ready.then_some(status))
+            Ok(ready.then_some(()))
         }
     })
     .await;
-    let status = match ready {
-        Ok(status) => status,
-        Err(e) => {
-            let pods = node.kubectl(ADMIN, &["describe", "pods", "-n", TEAM])?;
-            let logs = node.kubectl(
-                ADMIN,
-                &[
-                    "logs",
-                    "-n",
-                    SYSTEM,
-                    "deployment/airlock-operator",
-                    "--tail=40",
-                ],
-            )?;
-            return Err(e.context(format!(
-                "{}\n{}",
-                String::from_utf8_lossy(&pods.stdout),
-                String::from_utf8_lossy(&logs.stdout)
-            )));
-        }
-    };
+    if let Err(e) = ready {
+        return Err(e.context(diagnostics(node, namespace)));
+    }
+    node.ready_pod(namespace, "client").await?;
+    Ok(())
+}
+
+/// The Python SDK client in `namespace`'s `client` pod, calling the server
+/// through its Service by DNS name.
+async fn call(
+    node: &Node,
+    namespace: &str,
+    token: &str,
+    tool: &str,
+    arguments: Value,
+) -> anyhow::Result<Value> {
+    let url = format!("http://{SERVER}.{namespace}.svc.cluster.local/mcp");
+    let arguments = arguments.to_string();
+    let out = node
+        .exec(
+            namespace,
+            "client",
+            "client",
+            &[
+                "python3",
+                "/app/mcp_client.py",
+                "--url",
+                &url,
+                "--token",
+                token,
+                "call",
+                tool,
+                &arguments,
+            ],
+        )
+        .await?;
+    Ok(serde_json::from_str(out.trim())?)
+}
+
+pub async fn an_applied_policy_allows_and_denies(node: &Node) -> anyhow::Result<()> {
+    let installed = operator(node).await?;
+    let ns = "gate-basic";
+    gated_server(node, ns, 20).await?;
+    let servers: Api<McpServer> = Api::namespaced(node.client(ADMIN).await?, ns);
+    let status = servers.get(SERVER).await?.status.unwrap_or_default();
     assert_eq!(
         status.endpoint.as_deref(),
-        Some(format!("http://{SERVER}.{TEAM}.svc/mcp").as_str())
+        Some(format!("http://{SERVER}.{ns}.svc/mcp").as_str())
     );
     assert_eq!(status.policies.len(), 1, "{status:?}");
-    node.ready_pod(TEAM, "client").await?;
 
-    let ada = token(&issuer, "ada", &["engineers"])?;
-    let allowed = call(node, &ada, "get_status", json!({}))?;
+    let ada = token(&installed.issuer, "ada", &["engineers"])?;
+    let allowed = call(node, ns, &ada, "get_status", json!({})).await?;
     assert_eq!(allowed["isError"], false, "{allowed}");
     assert_eq!(allowed["text"], "ok");
-    let denied = call(node, &ada, "echo", json!({"message": "hi"}))?;
+    let denied = call(node, ns, &ada, "echo", json!({"message": "hi"})).await?;
     assert_eq!(denied["isError"], true, "{denied}");
+    assert_eq!(denied["meta"]["dev.airlock/decision"], "Deny", "{denied}");
+    assert_eq!(
+        denied["meta"]["dev.airlock/rule"],
+        format!("{ns}/models/defaultAction")
+    );
+    Ok(())
+}
+
+/// A held deploy appears as an ApprovalRequest; a lead approves it through
+/// the people's API and the call completes. A second one is denied and
+/// refused.
+pub async fn a_held_call_completes_once_a_lead_approves(node: &Node) -> anyhow::Result<()> {
+    let installed = operator(node).await?;
+    let ns = "gate-hold";
+    gated_server(node, ns, 40).await?;
+    let ada = token(&installed.issuer, "ada", &["engineers"])?;
+    let lea = token(&installed.issuer, "lea", &["leads"])?;
+
+    for (verdict, model) in [("approve", "fraud:v7"), ("deny", "fraud:v8")] {
+        // The client blocks while held: the lead decides meanwhile.
+        let held = call(
+            node,
+            ns,
+            &ada,
+            "deploy_model",
+            json!({"model": model, "environment": "prod"}),
+        );
+        let decide = async {
+            let id = installed.people.pending(&lea, "deploy_model").await?;
+            let request = node.kubectl(
+                ADMIN,
+                &["get", "approvalrequests", "-n", SYSTEM, &id, "-o", "json"],
+            )?;
+            assert!(
+                request.status.success(),
+                "{}",
+                String::from_utf8_lossy(&request.stderr)
+            );
+            let decided = installed
+                .people
+                .decide(&lea, &id, verdict, "checked")
+                .await?;
+            anyhow::ensure!(decided.status().is_success(), "{}", decided.text().await?);
+            Ok(())
+        };
+        let (answer, decided) = tokio::join!(held, decide);
+        decided?;
+        let answer = answer?;
+        if verdict == "approve" {
+            assert_eq!(answer["isError"], false, "{answer}");
+            assert_eq!(answer["text"], format!("deployed {model} to prod"));
+        } else {
+            assert_eq!(answer["isError"], true, "{answer}");
+        }
+    }
+    Ok(())
+}
+
+/// The MCP server binds 0.0.0.0 on purpose: from another pod its port is
+/// closed on the gated pod (the rendered NetworkPolicy admits only the
+/// gateway), while the same image in a pod no policy selects answers on it —
+/// so the policy, not the server, does the refusing.
+pub async fn only_the_gateway_port_is_reachable(node: &Node) -> anyhow::Result<()> {
+    operator(node).await?;
+    let ns = "gate-netpol";
+    gated_server(node, ns, 20).await?;
+    node.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: ungated, namespace: {ns}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: mcp
+    image: {MCP_PYTHON}
+    imagePullPolicy: IfNotPresent
+    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+"#
+    ))?;
+    let ungated = node.ready_pod(ns, "ungated").await?;
+    let pods: Api<Pod> = Api::namespaced(node.client(ADMIN).await?, ns);
+    let gated = pods
+        .list(&ListParams::default().labels(&format!("mcp.airlock.dev/server={SERVER}")))
+        .await?;
+    let gated = gated
+        .items
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no pod of the server"))?;
+    let ip = |pod: &Pod| {
+        pod.status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default()
+    };
+    let connects = |address: String, port: u16| async move {
+        let probe = format!(
+            "import socket; socket.create_connection(('{address}', {port}), timeout=3); print('open')"
+        );
+        node.exec(ns, "client", "client", &["python3", "-c", &probe])
+            .await
+            .is_ok()
+    };
+    assert!(
+        connects(ip(&ungated), 8080).await,
+        "the ungated server's port is closed: the test proves nothing"
+    );
+    assert!(
+        connects(ip(gated), GATEWAY_PORT).await,
+        "the gateway's port is closed"
+    );
+    assert!(
+        !connects(ip(gated), 8080).await,
+        "the gated server's own port is reachable from another pod"
+    );
+    Ok(())
+}
+
+/// A policy edited with `kubectl apply` changes a live sidecar's decision
+/// within seconds; the pod is not restarted.
+pub async fn a_policy_edit_reaches_the_live_sidecar(node: &Node) -> anyhow::Result<()> {
+    let installed = operator(node).await?;
+    let ns = "gate-edit";
+    gated_server(node, ns, 20).await?;
+    let ada = token(&installed.issuer, "ada", &["engineers"])?;
+    let denied = call(node, ns, &ada, "echo", json!({"message": "hi"})).await?;
+    assert_eq!(denied["isError"], true, "{denied}");
+    let pods: Api<Pod> = Api::namespaced(node.client(ADMIN).await?, ns);
+    let selector = ListParams::default().labels(&format!("mcp.airlock.dev/server={SERVER}"));
+    let before: Vec<_> = pods
+        .list(&selector)
+        .await?
+        .items
+        .iter()
+        .map(|p| p.metadata.uid.clone())
+        .collect();
+
+    let edited = Instant::now();
+    node.apply(&policy(
+        ns,
+        "  - name: echo\n    match: {tools: [echo]}\n    action: Allow\n",
+    ))?;
+    let allowed = wait_for(
+        "the edit to reach the sidecar",
+        Duration::from_secs(60),
+        || async {
+            let answer = call(node, ns, &ada, "echo", json!({"message": "hi"})).await;
+            Ok(answer.ok().filter(|a| a["isError"] == false))
+        },
+    )
+    .await?;
+    let took = edited.elapsed();
+    eprintln!(
+        "policy edit → live sidecar decision: {took:.1?} (including one Python client run per try)"
+    );
+    assert_eq!(allowed["text"], "hi");
+    let after: Vec<_> = pods
+        .list(&selector)
+        .await?
+        .items
+        .iter()
+        .map(|p| p.metadata.uid.clone())
+        .collect();
+    assert_eq!(before, after, "the pod was replaced");
+    for pod in pods.list(&selector).await?.items {
+        let restarts: i32 = pod
+            .status
+            .and_then(|s| s.init_container_statuses)
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.restart_count)
+            .sum();
+        assert_eq!(restarts, 0, "the sidecar restarted");
+    }
     Ok(())
 }

@@ -134,38 +134,38 @@ spec:
         .and_then(|s| s.pod_ip)
         .ok_or_else(|| anyhow::anyhow!("the web pod has no IP"))?;
 
-    let by_ip = node.exec(
-        ns,
-        "client",
-        "client",
-        &[
-            "timeout",
-            "5",
-            "wget",
-            "-q",
-            "-O-",
-            &format!("http://{web_ip}:8080/"),
-        ],
-    )?;
-    assert_eq!(by_ip.trim(), "hello-from-web");
-
-    // The Service's endpoints reach kube-proxy a moment after the pod is Ready.
-    let name = format!("web.{ns}.svc.cluster.local");
-    let by_name = wait_for("the Service by DNS name", Duration::from_secs(60), || {
-        let answer = node.exec(
+    let by_ip = node
+        .exec(
             ns,
             "client",
             "client",
             &[
                 "timeout",
-                "2",
+                "5",
                 "wget",
                 "-q",
                 "-O-",
-                &format!("http://{name}/"),
+                &format!("http://{web_ip}:8080/"),
             ],
-        );
-        async move { Ok(answer.ok()) }
+        )
+        .await?;
+    assert_eq!(by_ip.trim(), "hello-from-web");
+
+    // The Service's endpoints reach kube-proxy a moment after the pod is Ready.
+    let name = format!("web.{ns}.svc.cluster.local");
+    let by_name = wait_for("the Service by DNS name", Duration::from_secs(60), || {
+        let url = format!("http://{name}/");
+        async move {
+            let answer = node
+                .exec(
+                    ns,
+                    "client",
+                    "client",
+                    &["timeout", "2", "wget", "-q", "-O-", &url],
+                )
+                .await;
+            Ok(answer.ok())
+        }
     })
     .await?;
     assert_eq!(by_name.trim(), "hello-from-web");
@@ -359,32 +359,26 @@ spec:
         .and_then(|s| s.pod_ip)
         .ok_or_else(|| anyhow::anyhow!("the server pod has no IP"))?;
     let fetch = |port: u16| {
-        node.exec(
-            ns,
-            "client",
-            "client",
-            &[
-                "timeout",
-                "2",
-                "wget",
-                "-q",
-                "-O-",
-                &format!("http://{ip}:{port}/"),
-            ],
-        )
+        let url = format!("http://{ip}:{port}/");
+        async move {
+            node.exec(
+                ns,
+                "client",
+                "client",
+                &["timeout", "2", "wget", "-q", "-O-", &url],
+            )
+            .await
+        }
     };
     // The controller programs the policy a moment after the pods appear.
     wait_for(
         "port 9090 to be closed by the policy",
         Duration::from_secs(60),
-        || {
-            let closed = fetch(9090).is_err();
-            async move { Ok(closed.then_some(())) }
-        },
+        || async { Ok(fetch(9090).await.is_err().then_some(())) },
     )
     .await?;
     assert_eq!(
-        fetch(8080)?.trim(),
+        fetch(8080).await?.trim(),
         "open",
         "the allowed port is closed too"
     );
@@ -396,10 +390,7 @@ spec:
     let reopened = wait_for(
         "port 9090 to open without the policy",
         Duration::from_secs(60),
-        || {
-            let answer = fetch(9090);
-            async move { Ok(answer.ok()) }
-        },
+        || async { Ok(fetch(9090).await.ok()) },
     )
     .await?;
     assert_eq!(reopened.trim(), "open");

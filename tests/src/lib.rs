@@ -25,6 +25,7 @@ pub mod issuer;
 pub mod node;
 pub mod paths;
 pub mod peers;
+pub mod people;
 pub mod process;
 pub mod recorder;
 pub mod store_contract;

@@ -251,17 +251,22 @@ impl Node {
     }
 
     /// `kubectl exec` into `pod`'s `container`: its standard output, or an
-    /// error with its standard error.
-    pub fn exec(
+    /// error with its standard error. Asynchronous, so a test can act while
+    /// a call it made waits (a held call, say).
+    pub async fn exec(
         &self,
         namespace: &str,
         pod: &str,
         container: &str,
         command: &[&str],
     ) -> anyhow::Result<String> {
-        let mut args = vec!["exec", "-n", namespace, pod, "-c", container, "--"];
-        args.extend_from_slice(command);
-        let output = self.kubectl(ADMIN, &args)?;
+        let output = tokio::process::Command::new(tool("kubectl")?)
+            .arg(format!("--kubeconfig={}", self.kubeconfig(ADMIN).display()))
+            .args(["exec", "-n", namespace, pod, "-c", container, "--"])
+            .args(command)
+            .kill_on_drop(true)
+            .output()
+            .await?;
         if !output.status.success() {
             anyhow::bail!(
                 "kubectl exec {pod} -- {}: {}",
