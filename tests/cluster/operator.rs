@@ -274,9 +274,10 @@ pub async fn a_held_call_completes_once_a_lead_approves(node: &Node) -> anyhow::
         );
         let decide = async {
             let id = installed.people.pending(&lea, "deploy_model").await?;
+            // Kept in the server's namespace, where the team's approvers have rights.
             let request = node.kubectl(
                 ADMIN,
-                &["get", "approvalrequests", "-n", SYSTEM, &id, "-o", "json"],
+                &["get", "approvalrequests", "-n", ns, &id, "-o", "json"],
             )?;
             assert!(
                 request.status.success(),

@@ -2,7 +2,7 @@
 //! real API server, where several replicas of the approval service share
 //! approvals, wake each other's long-polls and spend a grant exactly once.
 
-use airlock_operator::approvals::kubernetes::KubeStore;
+use airlock_operator::approvals::kubernetes::{KubeStore, Placement};
 use airlock_operator::approvals::store::{SqliteStore, Store};
 use airlock_operator::dev_issuer::TokenRequest;
 use airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER as GATEWAY;
@@ -42,7 +42,7 @@ async fn cluster() -> anyhow::Result<Cluster> {
     let cluster = Cluster::start().await?;
     cluster.install_crds().await?;
     cluster.namespace(NS).await?;
-    cluster.grant_approval_store(NS).await?;
+    cluster.grant_approval_store(Some(NS)).await?;
     Ok(cluster)
 }
 
@@ -83,10 +83,46 @@ fn request_fields(cluster: &Cluster, name: &str, template: &str) -> anyhow::Resu
     Ok(String::from_utf8(output.stdout)?)
 }
 
+/// Placed beside their servers (as the operator keeps them), requests keep
+/// the same contract, each in its server's namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_requests_in_their_servers_namespaces_keep_the_contract() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    cluster.install_crds().await?;
+    let server_namespace = "team-a";
+    cluster.namespace(server_namespace).await?;
+    cluster.grant_approval_store(None).await?;
+    let store = KubeStore::new(cluster.client(OPERATOR).await?, Placement::ServerNamespace);
+    store_contract::check(&store).await?;
+    let output = cluster.kubectl(
+        ADMIN,
+        &[
+            "get",
+            "areq",
+            "-n",
+            server_namespace,
+            "ar-contract-1",
+            "-o",
+            "name",
+        ],
+    )?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Ids that are not object names never reach a URL, here a field selector.
+    assert!(store.get("ar-1,metadata.namespace!=x").await?.is_none());
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approval_requests_keep_the_contract_and_announce_other_writers() -> anyhow::Result<()> {
     let cluster = cluster().await?;
-    let store = KubeStore::new(cluster.client(OPERATOR).await?, NS);
+    let store = KubeStore::new(
+        cluster.client(OPERATOR).await?,
+        Placement::Namespace(NS.into()),
+    );
     store_contract::check(&store).await?;
 
     // People see the same approvals with kubectl, in the CRD's own words.
@@ -205,7 +241,12 @@ async fn replicas_on_the_api_server_share_approvals_and_spend_a_grant_once() -> 
     let kubeconfig = cluster.kubeconfig(OPERATOR);
     let open: OpenStore<KubeStore> = Arc::new(move |_| {
         let kubeconfig = kubeconfig.clone();
-        Box::pin(async move { Ok(KubeStore::new(client_from(&kubeconfig).await?, NS)) })
+        Box::pin(async move {
+            Ok(KubeStore::new(
+                client_from(&kubeconfig).await?,
+                Placement::Namespace(NS.into()),
+            ))
+        })
     });
     let served = serde_json::from_value(policies())?;
     let mut first = Approvals::start_on(&issuer, SERVER, served, open.clone()).await?;

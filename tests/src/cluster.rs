@@ -13,7 +13,7 @@ use crate::{free_port, wait_for};
 use airlock_operator::crd::{ApprovalPolicy, ApprovalRequest, McpServer};
 use anyhow::Context;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
@@ -359,28 +359,50 @@ impl Cluster {
         Ok(())
     }
 
-    /// Grants [`OPERATOR`] in `namespace` exactly what the approval service's
-    /// Kubernetes store needs, and nothing else.
-    pub async fn grant_approval_store(&self, namespace: &str) -> anyhow::Result<()> {
-        let admin = self.client(ADMIN).await?;
-        let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": {"name": "airlock-approval-store", "namespace": namespace},
-        "rules": [
+    /// Grants [`OPERATOR`] exactly what the approval service's Kubernetes
+    /// store needs, and nothing else: in `namespace`, or (`None`) in every
+    /// namespace, as the chart does when requests live beside their servers.
+    pub async fn grant_approval_store(&self, namespace: Option<&str>) -> anyhow::Result<()> {
+        let name = "airlock-approval-store";
+        let rules = json!([
             {"apiGroups": ["mcp.airlock.dev"], "resources": ["approvalrequests"],
              "verbs": ["create", "get", "list", "watch"]},
             {"apiGroups": ["mcp.airlock.dev"], "resources": ["approvalrequests/status"],
              "verbs": ["update"]}
-        ]});
-        let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": "airlock-approval-store", "namespace": namespace},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "airlock-approval-store"},
+        ]);
+        let (role_kind, binding_kind) = match namespace {
+            Some(_) => ("Role", "RoleBinding"),
+            None => ("ClusterRole", "ClusterRoleBinding"),
+        };
+        let metadata = match namespace {
+            Some(namespace) => json!({"name": name, "namespace": namespace}),
+            None => json!({"name": name}),
+        };
+        let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": role_kind,
+            "metadata": metadata, "rules": rules});
+        let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": binding_kind,
+            "metadata": metadata,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": name},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": OPERATOR.name}]});
-        Api::<Role>::namespaced(admin.clone(), namespace)
-            .patch("airlock-approval-store", &apply(), &Patch::Apply(role))
-            .await?;
-        Api::<RoleBinding>::namespaced(admin, namespace)
-            .patch("airlock-approval-store", &apply(), &Patch::Apply(binding))
-            .await?;
+        let admin = self.client(ADMIN).await?;
+        match namespace {
+            Some(namespace) => {
+                Api::<Role>::namespaced(admin.clone(), namespace)
+                    .patch(name, &apply(), &Patch::Apply(role))
+                    .await?;
+                Api::<RoleBinding>::namespaced(admin, namespace)
+                    .patch(name, &apply(), &Patch::Apply(binding))
+                    .await?;
+            }
+            None => {
+                Api::<ClusterRole>::all(admin.clone())
+                    .patch(name, &apply(), &Patch::Apply(role))
+                    .await?;
+                Api::<ClusterRoleBinding>::all(admin)
+                    .patch(name, &apply(), &Patch::Apply(binding))
+                    .await?;
+            }
+        }
         Ok(())
     }
 

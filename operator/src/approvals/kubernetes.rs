@@ -26,19 +26,72 @@ const REQUESTER_LABEL: &str = "mcp.airlock.dev/requester";
 const LABEL_DIGEST_LENGTH: usize = 32;
 const PAGE: u32 = 500;
 
-/// ApprovalRequests in one namespace.
+/// Which namespace each ApprovalRequest lives in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// All of them in this one.
+    Namespace(String),
+    /// Each in the namespace of the McpServer it holds a call for, so a
+    /// team's approvers are granted rights there and see only that team's
+    /// recorded arguments.
+    ServerNamespace,
+}
+
+/// ApprovalRequests in the API server.
 #[derive(Clone)]
 pub struct KubeStore {
+    client: kube::Client,
+    placement: Placement,
+    /// Every request the store may hold: one namespace's, or all.
     api: Api<ApprovalRequest>,
     /// The same resources, names and versions only: all a watch needs.
     metadata: Api<PartialObjectMeta<ApprovalRequest>>,
 }
 
 impl KubeStore {
-    pub fn new(client: kube::Client, namespace: &str) -> KubeStore {
+    pub fn new(client: kube::Client, placement: Placement) -> KubeStore {
+        let (api, metadata) = match &placement {
+            Placement::Namespace(namespace) => (
+                Api::namespaced(client.clone(), namespace),
+                Api::namespaced(client.clone(), namespace),
+            ),
+            Placement::ServerNamespace => (Api::all(client.clone()), Api::all(client.clone())),
+        };
         KubeStore {
-            api: Api::namespaced(client.clone(), namespace),
-            metadata: Api::namespaced(client, namespace),
+            client,
+            placement,
+            api,
+            metadata,
+        }
+    }
+
+    /// The namespace a request for `server` (`namespace/name`) is kept in.
+    fn namespace_for(&self, server: &str) -> String {
+        match &self.placement {
+            Placement::Namespace(namespace) => namespace.clone(),
+            Placement::ServerNamespace => server
+                .split_once('/')
+                .map(|(ns, _)| ns)
+                .unwrap_or_default()
+                .to_string(),
+        }
+    }
+
+    fn in_namespace(&self, namespace: &str) -> Api<ApprovalRequest> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// The request named `id`, wherever it is kept.
+    async fn find(&self, id: &str) -> Result<Option<ApprovalRequest>, StoreError> {
+        if !valid_name(id) {
+            return Ok(None);
+        }
+        match &self.placement {
+            Placement::Namespace(_) => Ok(self.api.get_opt(id).await?),
+            Placement::ServerNamespace => {
+                let params = ListParams::default().fields(&format!("metadata.name={id}"));
+                Ok(self.api.list(&params).await?.items.into_iter().next())
+            }
         }
     }
 
@@ -96,14 +149,14 @@ fn conflict(error: &kube::Error) -> bool {
 impl Store for KubeStore {
     async fn insert(&self, approval: &Approval) -> Result<(), StoreError> {
         let resource = to_resource(approval)?;
-        let created = self.api.create(&PostParams::default(), &resource).await?;
+        let api = self.in_namespace(&self.namespace_for(&approval.binding.server));
+        let created = api.create(&PostParams::default(), &resource).await?;
         // The API server ignores status on create; write it so `kubectl get`
         // shows the phase at once. Losing the race to another writer is fine:
         // its status is newer.
         let mut with_status = created;
         with_status.status = resource.status;
-        match self
-            .api
+        match api
             .replace_status(&approval.id, &PostParams::default(), &with_status)
             .await
         {
@@ -113,11 +166,7 @@ impl Store for KubeStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Approval>, StoreError> {
-        if !valid_name(id) {
-            return Ok(None);
-        }
-        self.api
-            .get_opt(id)
+        self.find(id)
             .await?
             .map(|resource| from_resource(&resource))
             .transpose()
@@ -140,12 +189,10 @@ impl Store for KubeStore {
     }
 
     async fn update(&self, approval: &Approval, expected: u64) -> Result<bool, StoreError> {
-        if !valid_name(&approval.id) {
-            return Ok(false);
-        }
-        let Some(mut current) = self.api.get_opt(&approval.id).await? else {
+        let Some(mut current) = self.find(&approval.id).await? else {
             return Ok(false);
         };
+        let api = self.in_namespace(&current.metadata.namespace.clone().unwrap_or_default());
         if from_resource(&current)?.version != expected {
             return Ok(false);
         }
@@ -164,8 +211,7 @@ impl Store for KubeStore {
         });
         // `current` carries the resourceVersion read above: if anyone wrote
         // since, the API server refuses with a conflict.
-        match self
-            .api
+        match api
             .replace_status(&approval.id, &PostParams::default(), &current)
             .await
         {

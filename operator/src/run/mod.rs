@@ -6,7 +6,7 @@
 pub mod leader;
 
 use crate::approvals::audit_log::AuditLog;
-use crate::approvals::kubernetes::KubeStore;
+use crate::approvals::kubernetes::{KubeStore, Placement};
 use crate::approvals::service::{Api, ApprovalService, Catalog, GatewayCredentials, ServiceConfig};
 use crate::controllers::{self, Context};
 use crate::render::workload::Settings;
@@ -23,7 +23,7 @@ use std::time::Duration;
 /// `airlock-operator run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The operator's namespace: its Lease, its gateway key, the approval requests.
+    /// The operator's namespace: its Lease and its gateway key.
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: String,
     /// This replica's name (its Lease identity).
@@ -118,7 +118,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let filter_sha256 = crate::filter_install::digest(&args.filter)?;
 
     let service = ApprovalService::new(
-        KubeStore::new(client.clone(), &args.namespace),
+        KubeStore::new(client.clone(), Placement::ServerNamespace),
         ServiceConfig {
             trust,
             jwks,
