@@ -134,9 +134,15 @@ spec:
       arguments: [{{pointer: /environment, in: [prod]}}]
     principals: {{groups: [engineers]}}
     action: RequireApproval
-    approval: {{approvers: {{groups: [leads]}}, timeout: {expiry}}}
-{extra_rules}"#,
-        expiry = "10m",
+    approval: {{approvers: {{groups: [leads]}}, timeout: 10m}}
+  - name: deploy-to-canary
+    match:
+      tools: [deploy_model]
+      arguments: [{{pointer: /environment, in: [canary]}}]
+    principals: {{groups: [engineers]}}
+    action: RequireApproval
+    approval: {{approvers: {{groups: [leads]}}, timeout: 3s}}
+{extra_rules}"#
     )
 }
 
@@ -253,9 +259,10 @@ pub async fn an_applied_policy_allows_and_denies(node: &Node) -> anyhow::Result<
     Ok(())
 }
 
-/// A held deploy appears as an ApprovalRequest; a lead approves it through
-/// the people's API and the call completes. A second one is denied and
-/// refused.
+/// A held deploy appears as an ApprovalRequest in the server's namespace; a
+/// lead approves it through the people's API and the call completes. A
+/// second one is denied and refused; a third, nobody decides, expires and is
+/// refused (its request `Expired`).
 pub async fn a_held_call_completes_once_a_lead_approves(node: &Node) -> anyhow::Result<()> {
     let installed = operator(node).await?;
     let ns = "gate-hold";
@@ -299,8 +306,46 @@ pub async fn a_held_call_completes_once_a_lead_approves(node: &Node) -> anyhow::
             assert_eq!(answer["text"], format!("deployed {model} to prod"));
         } else {
             assert_eq!(answer["isError"], true, "{answer}");
+            assert!(
+                answer["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("was denied"),
+                "{answer}"
+            );
         }
     }
+
+    let expired = call(
+        node,
+        ns,
+        &ada,
+        "deploy_model",
+        json!({"model": "fraud:v9", "environment": "canary"}),
+    )
+    .await?;
+    assert_eq!(expired["isError"], true, "{expired}");
+    // Refused because it expired, not because the hold ran out.
+    assert!(
+        expired["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("expired before anyone approved it"),
+        "{expired}"
+    );
+    let phases = node.kubectl(
+        ADMIN,
+        &[
+            "get",
+            "approvalrequests",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.items[*].status.phase}",
+        ],
+    )?;
+    let phases = String::from_utf8_lossy(&phases.stdout).to_string();
+    assert!(phases.contains("Expired"), "{phases}");
     Ok(())
 }
 
