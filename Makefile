@@ -8,7 +8,7 @@ CARGO_FUZZ := $(AIRLOCK_CACHE)/cargo-fuzz-$(CARGO_FUZZ_VERSION)/bin/cargo-fuzz
 FUZZ_SECONDS ?= 60
 WASM := target/wasm32-wasip1/wasm/airlock_filter.wasm
 
-.PHONY: setup test lint wasm wasm-crash-hook bins crds demo bench fuzz lock-python
+.PHONY: setup test lint wasm wasm-crash-hook bins crds demo demo-cluster bench fuzz lock-python
 
 ## setup: install every tool the build and tests need, pinned, under .tools/ (idempotent)
 setup:
@@ -45,6 +45,11 @@ crds:
 demo: setup wasm
 	cargo build --locked -p airlock-operator --bin airlock
 	target/debug/airlock up --demo --policy examples/policy.yaml
+
+## demo-cluster: the operator path on one machine (root): a real node, the chart, the demo server and policy
+demo-cluster: setup wasm bins
+	cargo build --locked -p airlock-tests --bin airlock-test-node
+	target/debug/airlock-test-node --demo
 
 ## bench: tools/call direct vs plain Envoy vs filter, cold RS256, callgrind, approvals, audit intake (docs/BENCHMARKS.md)
 bench: setup wasm

@@ -150,7 +150,8 @@ pub struct AppliedPolicy {
     printcolumn = r#"{"name":"Server","type":"string","jsonPath":".spec.server"}"#,
     printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.call.target"}"#,
     printcolumn = r#"{"name":"Requester","type":"string","jsonPath":".spec.requester.name"}"#,
-    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".spec.expiresAt"}"#,
+    printcolumn = r#"{"name":"Needed","type":"integer","description":"Approvals still needed","jsonPath":".status.approvalsNeeded"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".spec.expiresAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable"))]
@@ -265,6 +266,9 @@ pub struct ApprovalRequestStatus {
     /// Held calls (or retries) this approval has let through.
     #[serde(default)]
     pub releases: i64,
+    /// Approvals still missing before the call may run; 0 once decided.
+    #[serde(default)]
+    pub approvals_needed: i64,
     /// Bumped by the approval service on every change; with `resourceVersion`
     /// it makes each change a compare-and-set.
     #[serde(default)]

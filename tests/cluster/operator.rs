@@ -7,23 +7,21 @@
 use airlock_operator::crd::McpServer;
 use airlock_operator::dev_issuer::TokenRequest;
 use airlock_operator::render::workload::GATEWAY_PORT;
+use airlock_tests::chart;
 use airlock_tests::cluster::ADMIN;
 use airlock_tests::issuer::{AUDIENCE, Issuer, TENANT};
 use airlock_tests::node::Node;
 use airlock_tests::node::host::NODE_IP;
-use airlock_tests::node::images::{ENVOY, MCP_PYTHON, OPERATOR};
+use airlock_tests::node::images::MCP_PYTHON;
 use airlock_tests::people::People;
 use airlock_tests::wait_for;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
-const SYSTEM: &str = "airlock-system";
 const SERVER: &str = "models";
-const LONG: Duration = Duration::from_secs(240);
 
 /// The installed operator: where its tokens come from and where people decide.
 struct Installed {
@@ -35,69 +33,16 @@ static INSTALLED: OnceCell<Installed> = OnceCell::const_new();
 
 /// The operator from the chart, Ready (installed by the first test that needs it).
 async fn operator(node: &Node) -> anyhow::Result<&'static Installed> {
-    INSTALLED.get_or_try_init(|| install(node)).await
-}
-
-async fn install(node: &Node) -> anyhow::Result<Installed> {
-    let issuer = Issuer::start_on(NODE_IP).await?;
-    node.namespace(SYSTEM).await?;
-    let values = json!({
-        "image": {"operator": OPERATOR, "envoy": ENVOY},
-        "auth": {
-            "tenants": [TENANT],
-            "audiences": [AUDIENCE],
-            "jwksUrls": {TENANT: issuer.jwks_url},
-        },
-    });
-    node.apply(&airlock_tests::chart::render("airlock", SYSTEM, &values)?)?;
-    let admin = node.client(ADMIN).await?;
-    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), SYSTEM);
-    let available = wait_for("the operator to be available", LONG, || {
-        let deployments = deployments.clone();
-        async move {
-            let status = deployments
-                .get("airlock-operator")
-                .await?
-                .status
-                .unwrap_or_default();
-            Ok((status.ready_replicas.unwrap_or(0) >= 1).then_some(()))
-        }
-    })
-    .await;
-    if let Err(e) = available {
-        return Err(e.context(diagnostics(node, SYSTEM)));
-    }
-    let service = Api::<Service>::namespaced(admin, SYSTEM)
-        .get("airlock-approvals")
-        .await?;
-    let ip = service
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .ok_or_else(|| anyhow::anyhow!("the people's Service has no ClusterIP"))?;
-    Ok(Installed {
-        issuer,
-        people: People::new(&format!("http://{ip}:8080")),
-    })
-}
-
-/// Pods and the operator's log, for a failure message.
-fn diagnostics(node: &Node, namespace: &str) -> String {
-    let show = |args: &[&str]| {
-        node.kubectl(ADMIN, args)
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    };
-    format!(
-        "{}\noperator log:\n{}",
-        show(&["describe", "pods", "-n", namespace]),
-        show(&[
-            "logs",
-            "-n",
-            SYSTEM,
-            "deployment/airlock-operator",
-            "--tail=40"
-        ])
-    )
+    INSTALLED
+        .get_or_try_init(|| async {
+            let issuer = Issuer::start_on(NODE_IP).await?;
+            let installed = chart::install(node, TENANT, AUDIENCE, &issuer.jwks_url).await?;
+            Ok(Installed {
+                issuer,
+                people: People::new(&installed.people_url),
+            })
+        })
+        .await
 }
 
 fn token(issuer: &Issuer, user: &str, groups: &[&str]) -> anyhow::Result<String> {
@@ -181,22 +126,7 @@ spec:
 "#,
         policy = policy(namespace, ""),
     ))?;
-    let servers: Api<McpServer> = Api::namespaced(node.client(ADMIN).await?, namespace);
-    let ready = wait_for("the McpServer to be Ready", LONG, || {
-        let servers = servers.clone();
-        async move {
-            let status = servers.get(SERVER).await?.status.unwrap_or_default();
-            let ready = status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            Ok(ready.then_some(()))
-        }
-    })
-    .await;
-    if let Err(e) = ready {
-        return Err(e.context(diagnostics(node, namespace)));
-    }
+    chart::ready_server(node, namespace, SERVER).await?;
     node.ready_pod(namespace, "client").await?;
     Ok(())
 }
@@ -291,6 +221,9 @@ pub async fn a_held_call_completes_once_a_lead_approves(node: &Node) -> anyhow::
                 "{}",
                 String::from_utf8_lossy(&request.stderr)
             );
+            let request: Value = serde_json::from_slice(&request.stdout)?;
+            assert_eq!(request["spec"]["server"], format!("{ns}/{SERVER}"));
+            assert_eq!(request["status"]["approvalsNeeded"], 1, "{request}");
             let decided = installed
                 .people
                 .decide(&lea, &id, verdict, "checked")

@@ -1,9 +1,22 @@
-//! The Helm chart, rendered with the pinned helm: tests install exactly what
-//! a platform team would, the operator's RBAC included.
+//! The Helm chart, rendered with the pinned helm and installed on the node:
+//! tests (and `make demo-cluster`) run exactly what a platform team would,
+//! the operator's RBAC included.
 
+use crate::cluster::ADMIN;
+use crate::node::Node;
+use crate::node::images::{ENVOY, OPERATOR};
 use crate::paths::{repo_root, tool};
+use crate::wait_for;
+use airlock_operator::crd::{McpServer, McpServerStatus};
 use anyhow::{Context, bail};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::Api;
 use std::process::Command;
+use std::time::Duration;
+
+/// Generous: images start, probes pass, the operator reconciles.
+const STARTUP: Duration = Duration::from_secs(240);
 
 /// `helm template` of `charts/airlock` into `namespace` with `values`
 /// (CRDs included), as one multi-document YAML.
@@ -32,4 +45,103 @@ pub fn render(
         );
     }
     Ok(String::from_utf8(output.stdout)?)
+}
+
+/// Where the chart installs the operator in the harness.
+pub const SYSTEM_NAMESPACE: &str = "airlock-system";
+
+/// The operator as installed from the chart.
+pub struct Installed {
+    /// The people's API (its Service's ClusterIP, which the host reaches).
+    pub people_url: String,
+}
+
+/// Installs the chart on `node` trusting `tenant`'s tokens for `audience`,
+/// with that tenant's keys at `jwks_url`, and waits until the operator is
+/// available.
+pub async fn install(
+    node: &Node,
+    tenant: &str,
+    audience: &str,
+    jwks_url: &str,
+) -> anyhow::Result<Installed> {
+    node.namespace(SYSTEM_NAMESPACE).await?;
+    let values = serde_json::json!({
+        "image": {"operator": OPERATOR, "envoy": ENVOY},
+        "auth": {"tenants": [tenant], "audiences": [audience], "jwksUrls": {tenant: jwks_url}},
+    });
+    node.apply(&render("airlock", SYSTEM_NAMESPACE, &values)?)?;
+    let admin = node.client(ADMIN).await?;
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), SYSTEM_NAMESPACE);
+    let available = wait_for("the operator to be available", STARTUP, || {
+        let deployments = deployments.clone();
+        async move {
+            let status = deployments
+                .get("airlock-operator")
+                .await?
+                .status
+                .unwrap_or_default();
+            Ok((status.ready_replicas.unwrap_or(0) >= 1).then_some(()))
+        }
+    })
+    .await;
+    if let Err(e) = available {
+        return Err(e.context(diagnostics(node, SYSTEM_NAMESPACE)));
+    }
+    let people = Api::<Service>::namespaced(admin, SYSTEM_NAMESPACE)
+        .get("airlock-approvals")
+        .await?;
+    let ip = people
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("the people's Service has no ClusterIP")?;
+    Ok(Installed {
+        people_url: format!("http://{ip}:8080"),
+    })
+}
+
+/// Waits until McpServer `namespace/name` is Ready; returns its status.
+pub async fn ready_server(
+    node: &Node,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<McpServerStatus> {
+    let servers: Api<McpServer> = Api::namespaced(node.client(ADMIN).await?, namespace);
+    let ready = wait_for(
+        &format!("McpServer {namespace}/{name} to be Ready"),
+        STARTUP,
+        || {
+            let servers = servers.clone();
+            async move {
+                let status = servers.get(name).await?.status.unwrap_or_default();
+                let ready = status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                Ok(ready.then_some(status))
+            }
+        },
+    )
+    .await;
+    ready.map_err(|e| e.context(diagnostics(node, namespace)))
+}
+
+/// The pods of `namespace` and the operator's log, for failure messages.
+pub fn diagnostics(node: &Node, namespace: &str) -> String {
+    let show = |args: &[&str]| {
+        node.kubectl(ADMIN, args)
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    format!(
+        "{}\noperator log:\n{}",
+        show(&["describe", "pods", "-n", namespace]),
+        show(&[
+            "logs",
+            "-n",
+            SYSTEM_NAMESPACE,
+            "deployment/airlock-operator",
+            "--tail=40"
+        ])
+    )
 }

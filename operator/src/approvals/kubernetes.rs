@@ -392,6 +392,7 @@ fn to_resource(approval: &Approval) -> Result<ApprovalRequest, StoreError> {
             .collect(),
         approved_at: approval.approved_at.map(rfc3339),
         releases: i64::from(approval.releases),
+        approvals_needed: wide(approval.approvals_needed(), "approvalsNeeded", id)?,
         revision: wide(approval.version, "revision", id)?,
         conditions: Vec::new(),
     };

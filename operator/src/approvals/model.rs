@@ -273,8 +273,12 @@ impl Approval {
     }
 
     fn quorum(&self, requirement: &Requirement) -> bool {
-        let approvals = self
-            .decisions
+        self.eligible_approvals(requirement) >= requirement.min_approvals as usize
+    }
+
+    /// Distinct approvals that count toward `requirement`.
+    fn eligible_approvals(&self, requirement: &Requirement) -> usize {
+        self.decisions
             .iter()
             .filter(|d| d.verdict == Verdict::Approve)
             .filter(|d| {
@@ -288,8 +292,18 @@ impl Approval {
                         && d.approver.oid == self.requester.oid);
                 (groups_match || requirement.approver_users.contains(&d.approver.oid)) && self_ok
             })
-            .count();
-        approvals >= requirement.min_approvals as usize
+            .count()
+    }
+
+    /// Approvals still missing, over every requirement; none once decided.
+    pub fn approvals_needed(&self) -> u64 {
+        if !self.state.waiting() {
+            return 0;
+        }
+        self.requirements
+            .iter()
+            .map(|r| (r.min_approvals as usize).saturating_sub(self.eligible_approvals(r)) as u64)
+            .sum()
     }
 
     /// An approver asks the requester for more context.
@@ -420,9 +434,11 @@ pub(crate) mod tests {
     #[test]
     fn quorum_of_distinct_eligible_approvers() {
         let mut a = approval(2, false, None);
+        assert_eq!(a.approvals_needed(), 2);
         a.decide(&person("lea", &["leads"]), Verdict::Approve, "ok", 200)
             .unwrap();
         assert_eq!(a.state, State::Pending);
+        assert_eq!(a.approvals_needed(), 1);
         assert_eq!(
             a.decide(&person("lea", &["leads"]), Verdict::Approve, "again", 201),
             Err(ApprovalError::AlreadyDecided)
@@ -434,6 +450,7 @@ pub(crate) mod tests {
         a.decide(&person("max", &["leads"]), Verdict::Approve, "ok", 203)
             .unwrap();
         assert_eq!(a.state, State::Approved);
+        assert_eq!(a.approvals_needed(), 0);
         assert_eq!(a.version, 2);
         assert!(matches!(
             a.decide(&person("kim", &["leads"]), Verdict::Deny, "late", 204),
