@@ -4,12 +4,17 @@
 //! took it. A replica that cannot renew in time stops leading (the process
 //! exits, and the kubelet restarts it as a follower).
 
+use super::guard::Leadership;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long before the lease could lapse this replica stops writing.
+const MARGIN: Duration = Duration::from_secs(3);
 
 pub struct Elector {
     leases: Api<Lease>,
@@ -17,6 +22,8 @@ pub struct Elector {
     identity: String,
     /// How long a lease lasts without renewal.
     duration: Duration,
+    /// Told of every renewal, so writes stop the moment the lease may lapse.
+    leadership: Arc<Leadership>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,12 +35,19 @@ pub enum LeaderError {
 }
 
 impl Elector {
-    pub fn new(client: kube::Client, namespace: &str, name: &str, identity: &str) -> Elector {
+    pub fn new(
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        leadership: Arc<Leadership>,
+    ) -> Elector {
         Elector {
             leases: Api::namespaced(client, namespace),
             name: name.to_string(),
             identity: identity.to_string(),
             duration: Duration::from_secs(15),
+            leadership,
         }
     }
 
@@ -72,8 +86,24 @@ impl Elector {
         }
     }
 
-    /// Takes or renews the lease if it is free, expired or already ours.
+    /// Takes or renews the lease if it is free, expired or already ours, and
+    /// tells [`Leadership`] how long that holds.
     async fn try_take(&self) -> Result<bool, LeaderError> {
+        let sent = Instant::now();
+        let taken = self.take_or_renew().await;
+        match &taken {
+            // Other replicas may take over `duration` after our renewTime;
+            // stop writing a little before.
+            Ok(true) => self
+                .leadership
+                .renewed(sent, self.duration.saturating_sub(MARGIN)),
+            Ok(false) => self.leadership.lost(),
+            Err(_) => {}
+        }
+        taken
+    }
+
+    async fn take_or_renew(&self) -> Result<bool, LeaderError> {
         let now = Timestamp::now();
         let seconds = i32::try_from(self.duration.as_secs()).unwrap_or(15);
         let Some(mut lease) = self.leases.get_opt(&self.name).await? else {

@@ -3,6 +3,7 @@
 //! ApprovalRequest store, and feeds it the cluster's servers and policies;
 //! the replica holding the Lease also runs the controllers.
 
+pub mod guard;
 pub mod leader;
 
 use crate::approvals::audit_log::AuditLog;
@@ -144,8 +145,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         approvals_url: args.approvals_url.clone(),
         jwks_urls,
     };
+    // The controllers write through a client that refuses writes unless
+    // this replica holds the Lease; the service's own store writes on every replica.
+    let leadership = guard::Leadership::new();
+    let controllers_client = kube::client::ClientBuilder::try_from(
+        kube::Config::infer()
+            .await
+            .context("reading the cluster configuration")?,
+    )?
+    .with_layer(&guard::WritesWhileLeading(leadership.clone()))
+    .build();
     let context = Context::new(
-        client.clone(),
+        controllers_client,
         settings,
         gateway_key,
         watched,
@@ -171,7 +182,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &format!("{} serving; waiting for the lease", args.pod_name),
     );
 
-    let elector = leader::Elector::new(client, &args.namespace, LEASE, &args.pod_name);
+    let elector = leader::Elector::new(client, &args.namespace, LEASE, &args.pod_name, leadership);
     let lead = async {
         elector.acquire().await?;
         tokio::select! {
