@@ -42,12 +42,20 @@ fn tests() -> Vec<(&'static str, Test)> {
         operator::a_held_call_completes_once_a_lead_approves,
         operator::only_the_gateway_port_is_reachable,
         operator::a_policy_edit_reaches_the_live_sidecar,
+        operator::decided_requests_are_deleted_after_the_retention,
     ]
+}
+
+/// Tests that disturb what the others rely on (they kill operator replicas):
+/// run one at a time, after every test of [`tests`].
+fn exclusive_tests() -> Vec<(&'static str, Test)> {
+    node_tests![operator::killing_the_leader_and_the_polled_replica_loses_nothing]
 }
 
 fn main() -> ExitCode {
     let arguments = Arguments::from_args();
-    let tests = tests();
+    let exclusive: Vec<&str> = exclusive_tests().iter().map(|(name, _)| *name).collect();
+    let tests: Vec<(&'static str, Test)> = tests().into_iter().chain(exclusive_tests()).collect();
     if arguments.list {
         let trials = tests
             .into_iter()
@@ -81,21 +89,26 @@ fn main() -> ExitCode {
     };
     tear_down_on_signal();
     let node = runtime.block_on(Node::start()).map(Arc::new);
-    let trials = tests
-        .into_iter()
-        .map(|(name, test)| {
-            let node = node.as_ref().map(Arc::clone).map_err(|e| format!("{e:#}"));
-            let runtime = Arc::clone(&runtime);
-            Trial::test(name, move || {
-                let node =
-                    node.map_err(|e| Failed::from(format!("the node could not start: {e}")))?;
-                runtime
-                    .block_on(test(&node))
-                    .map_err(|e| Failed::from(format!("{e:#}")))
-            })
+    let trial = |(name, test): (&'static str, Test)| {
+        let node = node.as_ref().map(Arc::clone).map_err(|e| format!("{e:#}"));
+        let runtime = Arc::clone(&runtime);
+        Trial::test(name, move || {
+            let node = node.map_err(|e| Failed::from(format!("the node could not start: {e}")))?;
+            runtime
+                .block_on(test(&node))
+                .map_err(|e| Failed::from(format!("{e:#}")))
         })
-        .collect();
-    let conclusion = libtest_mimic::run(&arguments, trials);
+    };
+    let (alone, together): (Vec<_>, Vec<_>) = tests
+        .into_iter()
+        .partition(|(name, _)| exclusive.contains(name));
+    let conclusion = libtest_mimic::run(&arguments, together.into_iter().map(trial).collect());
+    let one_at_a_time = Arguments {
+        test_threads: Some(1),
+        ..arguments.clone()
+    };
+    let alone_conclusion =
+        libtest_mimic::run(&one_at_a_time, alone.into_iter().map(trial).collect());
 
     // Every trial has finished and dropped its handle, so this is the last one.
     let restored = match node.map(Arc::try_unwrap) {
@@ -120,7 +133,7 @@ fn main() -> ExitCode {
             false
         }
     };
-    if conclusion.has_failed() || !host_ok {
+    if conclusion.has_failed() || alone_conclusion.has_failed() || !host_ok {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

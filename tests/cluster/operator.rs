@@ -15,6 +15,7 @@ use airlock_tests::node::host::NODE_IP;
 use airlock_tests::node::images::MCP_PYTHON;
 use airlock_tests::people::People;
 use airlock_tests::wait_for;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
@@ -249,6 +250,25 @@ pub async fn a_held_call_completes_once_a_lead_approves(node: &Node) -> anyhow::
         }
     }
 
+    // Each request's life is told in Events on it.
+    let reasons = node.kubectl(
+        ADMIN,
+        &[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            "involvedObject.kind=ApprovalRequest",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ],
+    )?;
+    let reasons = String::from_utf8_lossy(&reasons.stdout).to_string();
+    for reason in ["Pending", "Approved", "Executed", "Denied"] {
+        assert!(reasons.contains(reason), "no {reason} event: {reasons}");
+    }
+
     let expired = call(
         node,
         ns,
@@ -399,4 +419,253 @@ pub async fn a_policy_edit_reaches_the_live_sidecar(node: &Node) -> anyhow::Resu
         assert_eq!(restarts, 0, "the sidecar restarted");
     }
     Ok(())
+}
+
+/// A request decided longer ago than the retention (30 days by default) is
+/// deleted by the operator; one still waiting is not.
+pub async fn decided_requests_are_deleted_after_the_retention(node: &Node) -> anyhow::Result<()> {
+    operator(node).await?;
+    let ns = "gate-retention";
+    node.namespace(ns).await?;
+    let request = |name: &str, expires: &str| {
+        format!(
+            r#"
+apiVersion: mcp.airlock.dev/v1alpha1
+kind: ApprovalRequest
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  server: {ns}/{SERVER}
+  requester: {{tid: t, oid: o, name: ada}}
+  call: {{method: tools/call, target: deploy_model, argumentsDigest: "sha256:00"}}
+  requirements: [{{rule: r, policyVersion: "1", approverGroups: [leads], minApprovals: 1}}]
+  summary: ada asks to deploy
+  requestedAt: "2026-01-01T00:00:00Z"
+  expiresAt: "{expires}"
+"#
+        )
+    };
+    node.apply(
+        &(request("ar-old", "2026-01-01T01:00:00Z")
+            + "---"
+            + &request("ar-waiting", "2099-01-01T00:00:00Z")),
+    )?;
+    let status = node.kubectl(
+        ADMIN,
+        &[
+            "patch",
+            "areq",
+            "-n",
+            ns,
+            "ar-old",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status": {"phase": "Expired"}}"#,
+        ],
+    )?;
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let requests: Api<airlock_operator::crd::ApprovalRequest> =
+        Api::namespaced(node.client(ADMIN).await?, ns);
+    wait_for(
+        "the old request to be deleted",
+        Duration::from_secs(180),
+        || {
+            let requests = requests.clone();
+            async move { Ok(requests.get_opt("ar-old").await?.is_none().then_some(())) }
+        },
+    )
+    .await?;
+    assert!(
+        requests.get_opt("ar-waiting").await?.is_some(),
+        "a waiting request was deleted"
+    );
+    Ok(())
+}
+
+/// High availability with three replicas: while a deploy is held, the
+/// replica holding the Lease and the one serving the sidecar's long-poll
+/// (found in the host's conntrack table) are killed. Nothing is lost: the
+/// sidecar's next long-poll reaches a survivor, a lead approves through the
+/// people's API, the call completes, and another replica takes the Lease.
+/// Runs alone: it kills replicas every other test relies on.
+pub async fn killing_the_leader_and_the_polled_replica_loses_nothing(
+    node: &Node,
+) -> anyhow::Result<()> {
+    let installed = operator(node).await?;
+    let ns = "gate-ha";
+    gated_server(node, ns, 50).await?;
+    let admin = node.client(ADMIN).await?;
+    let scale = |replicas: &str| {
+        node.kubectl(
+            ADMIN,
+            &[
+                "scale",
+                "deployment/airlock-operator",
+                "-n",
+                chart::SYSTEM_NAMESPACE,
+                "--replicas",
+                replicas,
+            ],
+        )
+    };
+    scale("3")?;
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), chart::SYSTEM_NAMESPACE);
+    let all_ready = |count: i32| {
+        let deployments = deployments.clone();
+        wait_for(
+            "the operator's replicas to be ready",
+            Duration::from_secs(240),
+            move || {
+                let deployments = deployments.clone();
+                async move {
+                    let status = deployments
+                        .get("airlock-operator")
+                        .await?
+                        .status
+                        .unwrap_or_default();
+                    Ok((status.ready_replicas.unwrap_or(0) >= count
+                        && status.replicas.unwrap_or(0) == count)
+                        .then_some(()))
+                }
+            },
+        )
+    };
+    all_ready(3).await?;
+
+    let ada = token(&installed.issuer, "ada", &["engineers"])?;
+    let lea = token(&installed.issuer, "lea", &["leads"])?;
+    let held = call(
+        node,
+        ns,
+        &ada,
+        "deploy_model",
+        json!({"model": "fraud:v10", "environment": "prod"}),
+    );
+    let chaos = async {
+        let id = installed.people.pending(&lea, "deploy_model").await?;
+        let operators: Api<Pod> = Api::namespaced(admin.clone(), chart::SYSTEM_NAMESPACE);
+        let pods = operators
+            .list(&ListParams::default().labels("app.kubernetes.io/name=airlock-operator"))
+            .await?
+            .items;
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(admin.clone(), chart::SYSTEM_NAMESPACE);
+        let leader = leases
+            .get("airlock-operator")
+            .await?
+            .spec
+            .and_then(|s| s.holder_identity)
+            .unwrap_or_default();
+        let gateway_pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+        let gateway_ip = gateway_pods
+            .list(&ListParams::default().labels(&format!("mcp.airlock.dev/server={SERVER}")))
+            .await?
+            .items
+            .first()
+            .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+            .ok_or_else(|| anyhow::anyhow!("no gateway pod IP"))?;
+        let polled = polled_replica(&gateway_ip, &pods)?;
+        let mut victims = vec![leader.clone()];
+        if let Some(polled) = &polled
+            && polled != &leader
+        {
+            victims.push(polled.clone());
+        }
+        eprintln!("HA: leader {leader}, long-poll served by {polled:?}; killing {victims:?}");
+        for victim in &victims {
+            let killed = node.kubectl(
+                ADMIN,
+                &[
+                    "delete",
+                    "pod",
+                    "-n",
+                    chart::SYSTEM_NAMESPACE,
+                    victim,
+                    "--grace-period=0",
+                    "--force",
+                ],
+            )?;
+            anyhow::ensure!(
+                killed.status.success(),
+                "{}",
+                String::from_utf8_lossy(&killed.stderr)
+            );
+        }
+        // The people's Service may still route to a dead replica for a moment.
+        wait_for(
+            "a surviving replica to take the decision",
+            Duration::from_secs(60),
+            || async {
+                Ok(installed
+                    .people
+                    .decide(&lea, &id, "approve", "survived")
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ()))
+            },
+        )
+        .await?;
+        let new_leader = wait_for(
+            "another replica to take the Lease",
+            Duration::from_secs(90),
+            || {
+                let leases = leases.clone();
+                let leader = leader.clone();
+                async move {
+                    let holder = leases
+                        .get("airlock-operator")
+                        .await?
+                        .spec
+                        .and_then(|s| s.holder_identity);
+                    Ok(holder.filter(|h| h != &leader))
+                }
+            },
+        )
+        .await?;
+        anyhow::ensure!(
+            !victims.contains(&new_leader),
+            "a killed replica holds the Lease"
+        );
+        Ok(())
+    };
+    let (answer, chaos) = tokio::join!(held, chaos);
+    chaos?;
+    let answer = answer?;
+    assert_eq!(answer["isError"], false, "{answer}");
+    assert_eq!(answer["text"], "deployed fraud:v10 to prod");
+    scale("2")?;
+    all_ready(2).await?;
+    Ok(())
+}
+
+/// The operator pod the gateway at `gateway_ip` has a connection open to on
+/// the gateways' port, from the host's conntrack table (kube-proxy's DNAT
+/// shows the pod as the reply's source).
+fn polled_replica(gateway_ip: &str, pods: &[Pod]) -> anyhow::Result<Option<String>> {
+    let output = std::process::Command::new("conntrack")
+        .args([
+            "-L",
+            "-p",
+            "tcp",
+            "--orig-src",
+            gateway_ip,
+            "--state",
+            "ESTABLISHED",
+        ])
+        .output()?;
+    let table = String::from_utf8_lossy(&output.stdout);
+    Ok(pods.iter().find_map(|pod| {
+        let ip = pod.status.as_ref()?.pod_ip.clone()?;
+        let needle = format!("src={ip} ");
+        table
+            .lines()
+            .any(|l| l.contains("sport=8443") && l.contains(&needle))
+            .then(|| pod.metadata.name.clone())
+            .flatten()
+    }))
 }

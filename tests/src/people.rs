@@ -17,7 +17,8 @@ impl People {
             url: url.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
                 .no_proxy()
-                .timeout(Duration::from_secs(30))
+                // Short: a replica that died mid-request must not stall a test for long.
+                .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),
         }

@@ -143,8 +143,11 @@ impl Context for AirlockStream {
                 }
                 self.resume_http_request();
             }
-            Next::Poll { id, wait } => {
-                held.stage = Stage::Waiting { id: id.clone() };
+            Next::Poll { id, wait, failures } => {
+                held.stage = Stage::Waiting {
+                    id: id.clone(),
+                    failures,
+                };
                 self.call_service(
                     held,
                     "GET",

@@ -14,7 +14,9 @@ use crate::crd::{
 };
 use airlock_policy::audit::{parse_rfc3339, rfc3339};
 use futures::{Stream, StreamExt};
+use kube::Resource;
 use kube::api::{Api, ListParams, PartialObjectMeta, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 
 /// Label holding a digest of the binding, so identical asks are found with a
@@ -42,6 +44,9 @@ pub enum Placement {
 pub struct KubeStore {
     client: kube::Client,
     placement: Placement,
+    /// Announces each request held and each change of its phase as an Event
+    /// on it, when set.
+    recorder: Option<Recorder>,
     /// Every request the store may hold: one namespace's, or all.
     api: Api<ApprovalRequest>,
     /// The same resources, names and versions only: all a watch needs.
@@ -60,8 +65,49 @@ impl KubeStore {
         KubeStore {
             client,
             placement,
+            recorder: None,
             api,
             metadata,
+        }
+    }
+
+    /// Also records an Event on each request when it is held and whenever
+    /// its phase changes, as `instance` of the operator.
+    pub fn announcing(mut self, instance: &str) -> KubeStore {
+        let reporter = Reporter {
+            controller: "airlock-approvals".into(),
+            instance: Some(instance.to_string()),
+        };
+        self.recorder = Some(Recorder::new(self.client.clone(), reporter));
+        self
+    }
+
+    /// An Event on `resource` saying what became of it; failing to record
+    /// one is logged, never fatal (the request itself is the record).
+    async fn announce(&self, resource: &ApprovalRequest, approval: &Approval) {
+        let Some(recorder) = &self.recorder else {
+            return;
+        };
+        let phase = Phase::from(approval.state);
+        let (type_, reason) = match phase {
+            Phase::Denied | Phase::Expired | Phase::Cancelled => {
+                (EventType::Warning, format!("{phase:?}"))
+            }
+            _ => (EventType::Normal, format!("{phase:?}")),
+        };
+        let note = match phase {
+            Phase::Pending => approval.summary.clone(),
+            _ => format!("{}: {reason}", approval.summary),
+        };
+        let event = Event {
+            type_,
+            reason,
+            note: Some(note.chars().take(1024).collect()),
+            action: "Approval".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &resource.object_ref(&())).await {
+            super::service::log_error(&format!("recording an event on {}: {e}", approval.id));
         }
     }
 
@@ -156,13 +202,15 @@ impl Store for KubeStore {
         // its status is newer.
         let mut with_status = created;
         with_status.status = resource.status;
-        match api
+        let written = match api
             .replace_status(&approval.id, &PostParams::default(), &with_status)
             .await
         {
             Err(e) if !conflict(&e) => Err(e.into()),
             _ => Ok(()),
-        }
+        };
+        self.announce(&with_status, approval).await;
+        written
     }
 
     async fn get(&self, id: &str) -> Result<Option<Approval>, StoreError> {
@@ -200,6 +248,7 @@ impl Store for KubeStore {
         if wanted.spec != current.spec {
             return Err(StoreError::Immutable(approval.id.clone()));
         }
+        let phase_before = current.status.as_ref().map(|s| s.phase);
         let conditions = current
             .status
             .take()
@@ -215,7 +264,12 @@ impl Store for KubeStore {
             .replace_status(&approval.id, &PostParams::default(), &current)
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(written) => {
+                if phase_before != Some(Phase::from(approval.state)) {
+                    self.announce(&written, approval).await;
+                }
+                Ok(true)
+            }
             Err(e) if conflict(&e) => Ok(false),
             Err(e) => Err(e.into()),
         }

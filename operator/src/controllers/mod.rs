@@ -1,6 +1,7 @@
 //! The operator's controllers. [`catalog`] runs on every replica (each
-//! serves gateways their policy); [`mcp_server`] and [`approval_policy`]
-//! write to the cluster and run only on the replica holding the Lease.
+//! serves gateways their policy); [`mcp_server`], [`approval_policy`] and
+//! [`retention`] write to the cluster and run only on the replica holding
+//! the Lease.
 //!
 //! One malformed object is reported on that object (a condition and an
 //! Event) and never stops a controller.
@@ -9,6 +10,7 @@ pub mod approval_policy;
 pub mod catalog;
 pub mod conditions;
 pub mod mcp_server;
+pub mod retention;
 
 use crate::render::workload::Settings;
 use kube::runtime::events::{Recorder, Reporter};

@@ -117,6 +117,11 @@ fn render_cluster(cluster: &Cluster) -> Value {
         "type": if literal { "STATIC" } else { "LOGICAL_DNS" },
         "dns_lookup_family": "V4_PREFERRED",
         "connect_timeout": "5s",
+        // A peer that vanished without closing (a killed pod) is found within
+        // seconds, so a long-poll or a pooled connection to it fails over
+        // instead of hanging until its timeout.
+        "upstream_connection_options": {"tcp_keepalive": {
+            "keepalive_time": 3, "keepalive_interval": 1, "keepalive_probes": 3}},
         "load_assignment": {
             "cluster_name": cluster.name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address(&cluster.host, cluster.port)}}]}],

@@ -65,6 +65,9 @@ pub struct RunArgs {
     /// `TENANT=URL`: where that tenant's keys are, when not at Entra.
     #[arg(long = "jwks-url", value_parser = parse_pair)]
     pub jwks_urls: Vec<(String, String)>,
+    /// How long a decided ApprovalRequest is kept (`30d`, `12h`); the audit trail keeps the record.
+    #[arg(long, default_value = "30d", value_parser = parse_retention)]
+    pub retention: Duration,
     /// The audit trail file (JSON lines, hash-chained).
     #[arg(long, default_value = "/var/lib/airlock/audit.jsonl")]
     pub audit_log: PathBuf,
@@ -77,6 +80,13 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
         }
         _ => Err(format!("{text:?} is not KEY=VALUE")),
     }
+}
+
+fn parse_retention(text: &str) -> Result<Duration, String> {
+    airlock_policy::model::parse_duration(text)
+        .filter(|seconds| *seconds > 0)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is not a duration like 30d or 12h"))
 }
 
 const GATEWAY_KEY_SECRET: &str = "airlock-gateway-key";
@@ -119,7 +129,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let filter_sha256 = crate::filter_install::digest(&args.filter)?;
 
     let service = ApprovalService::new(
-        KubeStore::new(client.clone(), Placement::ServerNamespace),
+        KubeStore::new(client.clone(), Placement::ServerNamespace).announcing(&args.pod_name),
         ServiceConfig {
             trust,
             jwks,
@@ -189,6 +199,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             lost = elector.hold() => Err::<(), anyhow::Error>(lost.into()),
             () = controllers::mcp_server::run(context.clone()) => Ok(()),
             () = controllers::approval_policy::run(context.clone()) => Ok(()),
+            () = controllers::retention::run(context.clone(), args.retention) => Ok(()),
         }
     };
     tokio::select! {

@@ -14,17 +14,25 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stage {
     Asking,
-    Waiting { id: String },
-    Releasing { id: String },
+    /// Long-polling; `failures` counts long-polls in a row that got no answer.
+    Waiting {
+        id: String,
+        failures: u32,
+    },
+    Releasing {
+        id: String,
+    },
 }
 
 /// What to do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
-    /// Long-poll the request for up to `wait` seconds.
+    /// Long-poll the request for up to `wait` seconds; `failures` long-polls
+    /// in a row have gone unanswered so far.
     Poll {
         id: String,
         wait: u64,
+        failures: u32,
     },
     /// Spend the grant.
     Consume {
@@ -39,6 +47,12 @@ pub enum Next {
 
 /// Longest single long-poll; a hold is a series of these up to its deadline.
 pub const POLL_SECONDS: u64 = 20;
+
+/// Unanswered long-polls in a row a hold rides out: the request is durable
+/// in the service's store and any replica answers for it, so a replica that
+/// dies mid-poll costs a retry, not the call. Only a release (never a
+/// refusal turned into a pass) follows a clear `approved`.
+pub const POLL_FAILURES: u32 = 3;
 
 fn refusal(code: i64, reason: String, rule: Option<&str>, approval: Option<&str>) -> Refusal {
     Refusal {
@@ -92,6 +106,16 @@ pub fn on_answer(
     remaining: u64,
     rule: Option<&str>,
 ) -> Next {
+    if let Stage::Waiting { id, failures } = stage {
+        let answered = status.is_some_and(|s| s < 500);
+        if !answered && remaining > 0 && *failures < POLL_FAILURES {
+            return Next::Poll {
+                id: id.clone(),
+                wait: remaining.min(POLL_SECONDS),
+                failures: failures + 1,
+            };
+        }
+    }
     let Some(status) = status else {
         return unavailable("no answer", rule, None);
     };
@@ -102,7 +126,7 @@ pub fn on_answer(
         .unwrap_or("refused");
     let known_id = match stage {
         Stage::Asking => None,
-        Stage::Waiting { id } | Stage::Releasing { id } => Some(id.as_str()),
+        Stage::Waiting { id, .. } | Stage::Releasing { id } => Some(id.as_str()),
     };
     match (stage, status) {
         (Stage::Asking, 403) => {
@@ -151,6 +175,7 @@ pub fn on_answer(
         (_, "pending" | "info_requested") if remaining > 0 => Next::Poll {
             wait: remaining.min(POLL_SECONDS),
             id,
+            failures: 0,
         },
         (_, "pending" | "info_requested") => Next::Refuse(refusal(
             codes::APPROVAL_PENDING,
@@ -211,7 +236,10 @@ mod tests {
 
     #[test]
     fn the_happy_path() {
-        let waiting = Stage::Waiting { id: "ar-1".into() };
+        let waiting = Stage::Waiting {
+            id: "ar-1".into(),
+            failures: 0,
+        };
         assert_eq!(
             answer(
                 &Stage::Asking,
@@ -221,14 +249,16 @@ mod tests {
             ),
             Next::Poll {
                 id: "ar-1".into(),
-                wait: 20
+                wait: 20,
+                failures: 0
             }
         );
         assert_eq!(
             answer(&waiting, 200, json!({"id": "ar-1", "state": "pending"}), 7),
             Next::Poll {
                 id: "ar-1".into(),
-                wait: 7
+                wait: 7,
+                failures: 0
             }
         );
         assert_eq!(
@@ -257,8 +287,59 @@ mod tests {
     }
 
     #[test]
+    fn a_long_poll_nobody_answers_is_retried_a_few_times_then_refused() {
+        let mut stage = Stage::Waiting {
+            id: "ar-1".into(),
+            failures: 0,
+        };
+        for failed in 1..=POLL_FAILURES {
+            // A replica that died mid-poll: no answer, or a 503 from the proxy.
+            let status = if failed % 2 == 0 { Some(503) } else { None };
+            let next = on_answer(&stage, status, b"", 30, None);
+            assert_eq!(
+                next,
+                Next::Poll {
+                    id: "ar-1".into(),
+                    wait: 20,
+                    failures: failed
+                }
+            );
+            stage = Stage::Waiting {
+                id: "ar-1".into(),
+                failures: failed,
+            };
+        }
+        assert_eq!(
+            refused_code(on_answer(&stage, None, b"", 30, None)),
+            codes::APPROVAL_UNAVAILABLE
+        );
+        // Out of time: no retry.
+        let fresh = Stage::Waiting {
+            id: "ar-1".into(),
+            failures: 0,
+        };
+        assert_eq!(
+            refused_code(on_answer(&fresh, None, b"", 0, None)),
+            codes::APPROVAL_UNAVAILABLE
+        );
+        // An answer that is not a failure of the service is judged as before.
+        assert_eq!(
+            refused_code(answer(
+                &fresh,
+                404,
+                json!({"message": "no such approval"}),
+                30
+            )),
+            codes::APPROVAL_UNAVAILABLE
+        );
+    }
+
+    #[test]
     fn everything_else_refuses() {
-        let waiting = Stage::Waiting { id: "ar-1".into() };
+        let waiting = Stage::Waiting {
+            id: "ar-1".into(),
+            failures: 0,
+        };
         let denied = answer(
             &waiting,
             200,
