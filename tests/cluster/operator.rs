@@ -15,7 +15,6 @@ use airlock_tests::node::host::NODE_IP;
 use airlock_tests::node::images::MCP_PYTHON;
 use airlock_tests::people::People;
 use airlock_tests::wait_for;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
@@ -513,28 +512,7 @@ pub async fn killing_the_leader_and_the_polled_replica_loses_nothing(
         )
     };
     scale("3")?;
-    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), chart::SYSTEM_NAMESPACE);
-    let all_ready = |count: i32| {
-        let deployments = deployments.clone();
-        wait_for(
-            "the operator's replicas to be ready",
-            Duration::from_secs(240),
-            move || {
-                let deployments = deployments.clone();
-                async move {
-                    let status = deployments
-                        .get("airlock-operator")
-                        .await?
-                        .status
-                        .unwrap_or_default();
-                    Ok((status.ready_replicas.unwrap_or(0) >= count
-                        && status.replicas.unwrap_or(0) == count)
-                        .then_some(()))
-                }
-            },
-        )
-    };
-    all_ready(3).await?;
+    chart::operator_ready(node, Some(3)).await?;
 
     let ada = token(&installed.issuer, "ada", &["engineers"])?;
     let lea = token(&installed.issuer, "lea", &["leads"])?;
@@ -639,7 +617,7 @@ pub async fn killing_the_leader_and_the_polled_replica_loses_nothing(
     assert_eq!(answer["isError"], false, "{answer}");
     assert_eq!(answer["text"], "deployed fraud:v10 to prod");
     scale("2")?;
-    all_ready(2).await?;
+    chart::operator_ready(node, Some(2)).await?;
     Ok(())
 }
 

@@ -71,23 +71,8 @@ pub async fn install(
         "auth": {"tenants": [tenant], "audiences": [audience], "jwksUrls": {tenant: jwks_url}},
     });
     node.apply(&render("airlock", SYSTEM_NAMESPACE, &values)?)?;
+    operator_ready(node, None).await?;
     let admin = node.client(ADMIN).await?;
-    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), SYSTEM_NAMESPACE);
-    let available = wait_for("the operator to be available", STARTUP, || {
-        let deployments = deployments.clone();
-        async move {
-            let status = deployments
-                .get("airlock-operator")
-                .await?
-                .status
-                .unwrap_or_default();
-            Ok((status.ready_replicas.unwrap_or(0) >= 1).then_some(()))
-        }
-    })
-    .await;
-    if let Err(e) = available {
-        return Err(e.context(diagnostics(node, SYSTEM_NAMESPACE)));
-    }
     let people = Api::<Service>::namespaced(admin, SYSTEM_NAMESPACE)
         .get("airlock-approvals")
         .await?;
@@ -98,6 +83,30 @@ pub async fn install(
     Ok(Installed {
         people_url: format!("http://{ip}:8080"),
     })
+}
+
+/// Waits until the operator's Deployment has a ready replica, or (with
+/// `replicas`) exactly that many replicas, all ready.
+pub async fn operator_ready(node: &Node, replicas: Option<i32>) -> anyhow::Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(node.client(ADMIN).await?, SYSTEM_NAMESPACE);
+    let ready = wait_for("the operator's replicas to be ready", STARTUP, || {
+        let deployments = deployments.clone();
+        async move {
+            let status = deployments
+                .get("airlock-operator")
+                .await?
+                .status
+                .unwrap_or_default();
+            let ready = status.ready_replicas.unwrap_or(0);
+            let done = match replicas {
+                None => ready >= 1,
+                Some(wanted) => ready >= wanted && status.replicas.unwrap_or(0) == wanted,
+            };
+            Ok(done.then_some(()))
+        }
+    })
+    .await;
+    ready.map_err(|e| e.context(diagnostics(node, SYSTEM_NAMESPACE)))
 }
 
 /// Waits until McpServer `namespace/name` is Ready; returns its status.

@@ -6,6 +6,7 @@ use crate::approvals::{Approvals, CREDENTIAL};
 use crate::envoy::{Envoy, EnvoyOptions};
 use crate::issuer::{AUDIENCE, Issuer, TENANT};
 use crate::paths::filter_wasm;
+use crate::people::People;
 use crate::wait_for;
 use airlock_operator::dev_issuer::TokenRequest;
 use serde_json::{Value, json};
@@ -226,19 +227,7 @@ impl Gateway {
 
     /// Waits until `count` approval requests are visible to `token`; returns them all.
     pub async fn visible(&self, token: &str, count: usize) -> anyhow::Result<Vec<Value>> {
-        let http = reqwest::Client::new();
-        let url = format!("{}/v1/approvals", self.approvals.url);
-        wait_for("approval requests", Duration::from_secs(60), || {
-            let request = http.get(&url).bearer_auth(token).send();
-            async move {
-                let list: Value = request.await?.json().await?;
-                Ok(list
-                    .as_array()
-                    .filter(|l| l.len() >= count && count > 0)
-                    .cloned())
-            }
-        })
-        .await
+        self.people().visible(token, count).await
     }
 
     pub async fn decide(
@@ -248,11 +237,11 @@ impl Gateway {
         verdict: &str,
         reason: &str,
     ) -> anyhow::Result<reqwest::Response> {
-        Ok(reqwest::Client::new()
-            .post(format!("{}/v1/approvals/{id}/decision", self.approvals.url))
-            .bearer_auth(token)
-            .json(&json!({"verdict": verdict, "reason": reason}))
-            .send()
-            .await?)
+        self.people().decide(token, id, verdict, reason).await
+    }
+
+    /// The approval service's people's API.
+    pub fn people(&self) -> People {
+        People::new(&self.approvals.url)
     }
 }

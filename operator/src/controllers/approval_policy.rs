@@ -8,11 +8,11 @@ use super::{Context, Error, MANAGER};
 use crate::controllers::catalog::{named, qualified};
 use crate::crd::{ApprovalPolicy, ApprovalPolicyStatus};
 use futures::StreamExt;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,24 +101,14 @@ async fn check(policy: &ApprovalPolicy, context: &Context) -> Result<Action, Err
             &Patch::Apply(&patch),
         )
         .await?;
-        let event = Event {
-            type_: if accepted {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            },
-            reason: if accepted { "Accepted" } else { "Invalid" }.into(),
-            note: Some(message.chars().take(1024).collect()),
-            action: "Validate".into(),
-            secondary: None,
+        let (type_, reason) = if accepted {
+            (EventType::Normal, "Accepted")
+        } else {
+            (EventType::Warning, "Invalid")
         };
-        if let Err(e) = context
-            .recorder
-            .publish(&event, &policy.object_ref(&()))
-            .await
-        {
-            crate::log::error("approval-policy", &format!("publishing an event: {e}"));
-        }
+        context
+            .publish(policy, type_, reason, "Validate", &message)
+            .await;
     }
     // The servers it governs change without touching the policy.
     Ok(Action::requeue(Duration::from_secs(30)))

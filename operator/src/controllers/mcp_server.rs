@@ -14,11 +14,11 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -124,7 +124,9 @@ async fn apply(server: &McpServer, context: &Context) -> Result<Action, Error> {
                 .iter()
                 .any(|c| c.type_ == "Ready" && c.status == "True")
         {
-            publish(server, context, EventType::Normal, "Ready", &message).await;
+            context
+                .publish(server, EventType::Normal, "Ready", "Reconcile", &message)
+                .await;
         }
     }
     // Policies change without touching this object: look again now and then.
@@ -184,7 +186,15 @@ async fn report_invalid(
     };
     if &status != previous {
         write_status(server, context, &status).await?;
-        publish(server, context, EventType::Warning, "InvalidSpec", &message).await;
+        context
+            .publish(
+                server,
+                EventType::Warning,
+                "InvalidSpec",
+                "Reconcile",
+                &message,
+            )
+            .await;
     }
     Ok(())
 }
@@ -206,29 +216,6 @@ async fn write_status(
     )
     .await?;
     Ok(())
-}
-
-async fn publish(
-    server: &McpServer,
-    context: &Context,
-    type_: EventType,
-    reason: &str,
-    note: &str,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1024).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = context
-        .recorder
-        .publish(&event, &server.object_ref(&()))
-        .await
-    {
-        crate::log::error("mcp-server", &format!("publishing an event: {e}"));
-    }
 }
 
 fn error_policy(server: Arc<McpServer>, error: &Error, _: Arc<Context>) -> Action {

@@ -64,6 +64,30 @@ impl Context {
     }
 }
 
+impl Context {
+    /// Records an Event on `object`; failing to is logged, never fatal (the
+    /// status says the same).
+    pub async fn publish<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: kube::runtime::events::EventType,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
+        let event = kube::runtime::events::Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1024).collect()),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            crate::log::error("controllers", &format!("publishing an event: {e}"));
+        }
+    }
+}
+
 /// Reconciles by kind and result, and how long they take.
 pub struct ControllerMetrics {
     pub reconciles: IntCounterVec,
