@@ -81,7 +81,8 @@ debian_packages=(
 )
 missing=()
 for pin in "${debian_packages[@]}"; do
-  [ "$(dpkg-query -W -f='${Version}' "${pin%%=*}" 2>/dev/null)" = "${pin#*=}" ] || missing+=("$pin")
+  # Status too: a removed package whose configuration remains still has a version.
+  [ "$(dpkg-query -W -f='${Status} ${Version}' "${pin%%=*}" 2>/dev/null)" = "install ok installed ${pin#*=}" ] || missing+=("$pin")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
