@@ -225,3 +225,27 @@ fn error_policy(server: Arc<McpServer>, error: &Error, _: Arc<Context>) -> Actio
     );
     Action::requeue(Duration::from_secs(5))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(generation: i64, observed: i64, available: i32, updated: i32) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "models", "generation": generation},
+            "status": {"observedGeneration": observed, "availableReplicas": available, "updatedReplicas": updated},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn ready_once_every_wanted_replica_is_available_on_the_latest_spec() {
+        assert!(availability(&deployment(2, 2, 2, 2), 2).0);
+        assert_eq!(availability(&deployment(2, 2, 1, 2), 2).1, "Progressing");
+        // Replicas of the previous spec do not count.
+        assert!(!availability(&deployment(2, 2, 2, 1), 2).0);
+        // The Deployment controller has not seen the edit yet.
+        assert_eq!(availability(&deployment(3, 2, 2, 2), 2).1, "Progressing");
+        assert_eq!(availability(&deployment(1, 1, 0, 0), 0).1, "ScaledToZero");
+    }
+}
