@@ -2,7 +2,6 @@
 //! out of the operator's image into the volume Envoy loads it from, and
 //! refuses a module whose digest is not the one the operator rendered.
 
-use sha2::{Digest, Sha256};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,16 +19,13 @@ pub enum InstallError {
     },
 }
 
-/// The hex sha256 of the file at `path`.
+/// `sha256:` and the hex SHA-256 of the file at `path`.
 pub fn digest(path: &Path) -> Result<String, InstallError> {
     let bytes = std::fs::read(path).map_err(|source| InstallError::Io {
         path: path.display().to_string(),
         source,
     })?;
-    Ok(Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(airlock_policy::canonical::sha256_hex(&bytes))
 }
 
 /// Copies `from` to `to` if its digest is `sha256`.

@@ -127,7 +127,7 @@ impl GatewayIdentity {
 pub fn server_credential(key: &[u8], server: &str) -> String {
     format!(
         "{server}:{}",
-        hex_encode(&hmac_sha256(key, server.as_bytes()))
+        hex::encode(hmac_sha256(key, server.as_bytes()))
     )
 }
 
@@ -140,10 +140,6 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
     };
     mac.update(message);
     mac.finalize().into_bytes().to_vec()
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Constant-time: credentials are secrets.

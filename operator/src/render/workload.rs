@@ -17,7 +17,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// The gateway's MCP port in every pod; the Service's `mcp` port targets it.
@@ -119,7 +118,7 @@ pub fn render(
         upstream_port,
     )?;
     let bootstrap_text = bootstrap.to_string();
-    let config_digest = hex(&Sha256::digest(bootstrap_text.as_bytes()));
+    let config_digest = airlock_policy::canonical::sha256_hex(bootstrap_text.as_bytes());
     let owner = owner_reference(server)?;
     let labels = json!({SERVER_LABEL: name, "app.kubernetes.io/managed-by": "airlock-operator"});
     let gateway_name = format!("{name}-airlock-gateway");
@@ -361,10 +360,6 @@ fn merge_object(target: &mut Value, extra: &Value) {
             target.insert(key.clone(), value.clone());
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //! load — written as `docker save` archives that containerd imports. No
 //! registry is involved, so nothing is ever pulled.
 
+use airlock_policy::canonical::sha256_hex;
 use anyhow::{Context, bail};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -133,16 +133,18 @@ impl Image {
     /// Writes the image as a `docker save` archive at `out`.
     pub fn write_archive(&self, out: &Path) -> anyhow::Result<()> {
         let layer = self.layer()?;
-        let layer_digest = hex(&Sha256::digest(&layer));
+        let layer_digest = sha256_hex(&layer);
         let config = serde_json::to_vec(&serde_json::json!({
             "architecture": "amd64",
             "os": "linux",
             "config": {"Entrypoint": self.entrypoint, "Env": self.env, "WorkingDir": "/"},
-            "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]},
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
             "history": [{"created_by": "airlock test harness"}],
         }))?;
-        let config_name = format!("{}.json", hex(&Sha256::digest(&config)));
-        let layer_name = format!("{layer_digest}/layer.tar");
+        // Archive member names are the bare hex digests.
+        let bare = |digest: &str| digest.trim_start_matches("sha256:").to_string();
+        let config_name = format!("{}.json", bare(&sha256_hex(&config)));
+        let layer_name = format!("{}/layer.tar", bare(&layer_digest));
         let manifest = serde_json::to_vec(&serde_json::json!([{
             "Config": config_name,
             "RepoTags": [self.reference],
@@ -224,10 +226,6 @@ fn relative(path: &str) -> String {
     path.trim_start_matches('/')
         .trim_end_matches('/')
         .to_string()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The shared libraries `program` loads, as the host's dynamic loader
