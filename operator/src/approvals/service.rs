@@ -96,10 +96,10 @@ pub struct ServiceConfig {
 pub enum GatewayCredentials {
     /// One secret for every gateway (`airlock up` runs one).
     Shared(String),
-    /// Each server's gateway presents [`server_credential`] for its own
+    /// Each server's gateway presents [`GatewayKey::credential`] for its own
     /// server: it names the server and proves the operator issued it, so a
     /// gateway asks, reports and reads policy for that server only.
-    PerServer { key: Vec<u8> },
+    PerServer(GatewayKey),
 }
 
 /// Which server a verified gateway speaks for.
@@ -123,23 +123,22 @@ impl GatewayIdentity {
     }
 }
 
-/// The credential of `server`'s gateway under `key`: `server:hex(HMAC-SHA256(key, server))`.
-pub fn server_credential(key: &[u8], server: &str) -> String {
-    format!(
-        "{server}:{}",
-        hex::encode(hmac_sha256(key, server.as_bytes()))
-    )
-}
+/// The key that signs each server's gateway credential (HMAC-SHA256).
+#[derive(Clone)]
+pub struct GatewayKey(hmac::Hmac<sha2::Sha256>);
 
-fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
-    use hmac::Mac;
-    // HMAC takes a key of any length.
-    let mut mac = match hmac::Hmac::<sha2::Sha256>::new_from_slice(key) {
-        Ok(mac) => mac,
-        Err(_) => return Vec::new(),
-    };
-    mac.update(message);
-    mac.finalize().into_bytes().to_vec()
+impl GatewayKey {
+    pub fn new(key: &[u8]) -> Result<GatewayKey, hmac::digest::InvalidLength> {
+        hmac::Mac::new_from_slice(key).map(GatewayKey)
+    }
+
+    /// `server:hex(HMAC-SHA256(key, server))`.
+    pub fn credential(&self, server: &str) -> String {
+        use hmac::Mac;
+        let mut mac = self.0.clone();
+        mac.update(server.as_bytes());
+        format!("{server}:{}", hex::encode(mac.finalize().into_bytes()))
+    }
 }
 
 /// Constant-time: credentials are secrets.
@@ -600,13 +599,10 @@ impl<S: Store> ApprovalService<S> {
             GatewayCredentials::Shared(secret) => {
                 same_secret(presented.as_bytes(), secret.as_bytes()).then_some(GatewayIdentity::Any)
             }
-            GatewayCredentials::PerServer { key } => {
+            GatewayCredentials::PerServer(key) => {
                 presented.rsplit_once(':').and_then(|(server, _)| {
-                    same_secret(
-                        presented.as_bytes(),
-                        server_credential(key, server).as_bytes(),
-                    )
-                    .then(|| GatewayIdentity::Server(server.to_string()))
+                    same_secret(presented.as_bytes(), key.credential(server).as_bytes())
+                        .then(|| GatewayIdentity::Server(server.to_string()))
                 })
             }
         };
@@ -1198,17 +1194,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_server_credential_names_its_server_and_only_the_key_makes_it() {
-        let credential = server_credential(b"key", "ml/models");
+    fn a_server_credential_names_its_server_and_only_the_key_makes_it()
+    -> Result<(), hmac::digest::InvalidLength> {
+        let key = GatewayKey::new(b"key")?;
+        let credential = key.credential("ml/models");
         assert!(credential.starts_with("ml/models:"));
-        assert_eq!(credential, server_credential(b"key", "ml/models"));
-        assert_ne!(credential, server_credential(b"other key", "ml/models"));
+        assert_eq!(credential, key.credential("ml/models"));
+        assert_ne!(
+            credential,
+            GatewayKey::new(b"other key")?.credential("ml/models")
+        );
         assert_ne!(
             credential.rsplit_once(':').map(|(_, mac)| mac),
-            server_credential(b"key", "ml/other")
+            key.credential("ml/other")
                 .rsplit_once(':')
                 .map(|(_, mac)| mac)
         );
+        Ok(())
     }
 
     #[test]

@@ -5,7 +5,6 @@
 
 use super::conditions::condition;
 use super::{Context, Error, MANAGER};
-use crate::approvals::service::server_credential;
 use crate::controllers::catalog::qualified;
 use crate::crd::{AppliedPolicy, McpServer, McpServerStatus};
 use crate::render::workload::{self, RenderError};
@@ -55,7 +54,7 @@ async fn apply(server: &McpServer, context: &Context) -> Result<Action, Error> {
     let namespace = server.namespace().unwrap_or_default();
     let name = server.name_any();
     let full_name = qualified(server);
-    let credential = server_credential(&context.gateway_key, &full_name);
+    let credential = context.gateway_key.credential(&full_name);
     let previous = server.status.clone().unwrap_or_default();
     let generation = server.metadata.generation;
 

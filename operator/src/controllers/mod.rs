@@ -12,6 +12,7 @@ pub mod conditions;
 pub mod mcp_server;
 pub mod retention;
 
+use crate::approvals::service::GatewayKey;
 use crate::render::workload::Settings;
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
@@ -33,7 +34,7 @@ pub struct Context {
     pub client: kube::Client,
     pub settings: Settings,
     /// Signs each server's gateway credential.
-    pub gateway_key: Vec<u8>,
+    pub gateway_key: GatewayKey,
     pub recorder: Recorder,
     pub metrics: ControllerMetrics,
     /// The servers and policies the catalog feeder keeps.
@@ -44,7 +45,7 @@ impl Context {
     pub fn new(
         client: kube::Client,
         settings: Settings,
-        gateway_key: Vec<u8>,
+        gateway_key: GatewayKey,
         watched: catalog::Watched,
         instance: String,
         registry: &Registry,

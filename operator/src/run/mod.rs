@@ -8,7 +8,9 @@ pub mod leader;
 
 use crate::approvals::audit_log::AuditLog;
 use crate::approvals::kubernetes::{KubeStore, Placement};
-use crate::approvals::service::{Api, ApprovalService, Catalog, GatewayCredentials, ServiceConfig};
+use crate::approvals::service::{
+    Api, ApprovalService, Catalog, GatewayCredentials, GatewayKey, ServiceConfig,
+};
 use crate::controllers::{self, Context};
 use crate::render::workload::Settings;
 use airlock_policy::entra::{OtherIssuer, TokenVersion, TrustConfig};
@@ -125,7 +127,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             })
             .collect(),
     };
-    let gateway_key = gateway_key(&client, &args.namespace).await?;
+    let gateway_key = GatewayKey::new(&gateway_key(&client, &args.namespace).await?)
+        .map_err(|e| anyhow::anyhow!("the gateway key: {e}"))?;
     let filter_sha256 = crate::filter_install::digest(&args.filter)?;
 
     let service = ApprovalService::new(
@@ -133,9 +136,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ServiceConfig {
             trust,
             jwks,
-            gateway_credentials: GatewayCredentials::PerServer {
-                key: gateway_key.clone(),
-            },
+            gateway_credentials: GatewayCredentials::PerServer(gateway_key.clone()),
             max_pending_per_principal: 20,
             jwks_min_refresh: Duration::from_secs(300),
         },
