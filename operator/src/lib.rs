@@ -7,6 +7,7 @@ pub mod controllers;
 pub mod crd;
 pub mod demo_server;
 pub mod dev_issuer;
+pub mod events;
 pub mod filter_install;
 pub mod local;
 pub mod log;

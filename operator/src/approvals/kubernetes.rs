@@ -14,9 +14,8 @@ use crate::crd::{
 };
 use airlock_policy::audit::{parse_rfc3339, rfc3339};
 use futures::{Stream, StreamExt};
-use kube::Resource;
 use kube::api::{Api, ListParams, PartialObjectMeta, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 
 /// Label holding a digest of the binding, so identical asks are found with a
@@ -82,33 +81,26 @@ impl KubeStore {
         self
     }
 
-    /// An Event on `resource` saying what became of it; failing to record
-    /// one is logged, never fatal (the request itself is the record).
+    /// An Event on `resource` saying what became of it.
     async fn announce(&self, resource: &ApprovalRequest, approval: &Approval) {
         let Some(recorder) = &self.recorder else {
             return;
         };
         let phase = Phase::from(approval.state);
-        let (type_, reason) = match phase {
-            Phase::Denied | Phase::Expired | Phase::Cancelled => {
-                (EventType::Warning, format!("{phase:?}"))
-            }
-            _ => (EventType::Normal, format!("{phase:?}")),
+        let type_ = match phase {
+            Phase::Denied | Phase::Expired | Phase::Cancelled => EventType::Warning,
+            _ => EventType::Normal,
         };
-        let note = match phase {
-            Phase::Pending => approval.summary.clone(),
-            _ => format!("{}: {reason}", approval.summary),
-        };
-        let event = Event {
+        let reason = format!("{phase:?}");
+        crate::events::publish(
+            recorder,
+            resource,
             type_,
-            reason,
-            note: Some(note.chars().take(1024).collect()),
-            action: "Approval".into(),
-            secondary: None,
-        };
-        if let Err(e) = recorder.publish(&event, &resource.object_ref(&())).await {
-            super::service::log_error(&format!("recording an event on {}: {e}", approval.id));
-        }
+            &reason,
+            "Approval",
+            &approval.summary,
+        )
+        .await;
     }
 
     /// The namespace a request for `server` (`namespace/name`) is kept in.

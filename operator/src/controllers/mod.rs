@@ -66,8 +66,7 @@ impl Context {
 }
 
 impl Context {
-    /// Records an Event on `object`; failing to is logged, never fatal (the
-    /// status says the same).
+    /// Records an Event on `object` as the controllers.
     pub async fn publish<K: kube::Resource<DynamicType = ()>>(
         &self,
         object: &K,
@@ -76,16 +75,7 @@ impl Context {
         action: &str,
         note: &str,
     ) {
-        let event = kube::runtime::events::Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note.chars().take(1024).collect()),
-            action: action.into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
-            crate::log::error("controllers", &format!("publishing an event: {e}"));
-        }
+        crate::events::publish(&self.recorder, object, type_, reason, action, note).await;
     }
 }
 
