@@ -324,6 +324,36 @@ pub struct Remark {
     pub time: String,
 }
 
+/// The head of one operator replica's audit chain, written by that replica
+/// every few seconds: records the chain holds at this sequence must hash as
+/// recorded here, so a trail rewritten or cut after the fact no longer
+/// matches (`airlock audit verify --checkpoints`). Named after its chain.
+#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "mcp.airlock.dev",
+    version = "v1alpha1",
+    kind = "AuditCheckpoint",
+    namespaced,
+    shortname = "auditcp",
+    category = "airlock",
+    printcolumn = r#"{"name":"Sequence","type":"integer","jsonPath":".spec.sequence"}"#,
+    printcolumn = r#"{"name":"Hash","type":"string","jsonPath":".spec.hash"}"#,
+    printcolumn = r#"{"name":"Taken","type":"string","jsonPath":".spec.time"}"#
+)]
+#[x_kube(validation = Rule::new("self.chain == oldSelf.chain && self.sequence >= oldSelf.sequence").message("a checkpoint only moves forward along its own chain"))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditCheckpointSpec {
+    /// The chain, as its records name it.
+    pub chain: String,
+    /// The last record's `seq` when the checkpoint was taken.
+    #[x_kube(validation = Rule::new("self >= 1").message("must be at least 1"))]
+    pub sequence: i64,
+    /// That record's `hash`.
+    pub hash: String,
+    /// RFC 3339 time the checkpoint was taken.
+    pub time: String,
+}
+
 /// Every CRD as (file name, YAML).
 pub fn all_yaml() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
     Ok(vec![
@@ -335,6 +365,10 @@ pub fn all_yaml() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
         (
             "approvalrequests.yaml",
             serde_yaml::to_string(&ApprovalRequest::crd())?,
+        ),
+        (
+            "auditcheckpoints.yaml",
+            serde_yaml::to_string(&AuditCheckpoint::crd())?,
         ),
     ])
 }

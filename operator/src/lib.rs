@@ -3,6 +3,7 @@
 //! `airlock` CLI with its local mode.
 
 pub mod approvals;
+pub mod audit;
 pub mod controllers;
 pub mod crd;
 pub mod demo_server;

@@ -245,9 +245,15 @@ impl From<&crate::entra::Principal> for AuditPrincipal {
     }
 }
 
-/// The state needed to append to a chain: the next `seq` and the last `hash`.
+/// The state needed to append to a chain: its name, the next `seq` and the
+/// last `hash`. One writer per chain: in a cluster each operator replica
+/// writes its own, named so that chains interleaved by log collection can be
+/// told apart and checked against their checkpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
+    /// Carried in every record as `chain`; `None` for the single unnamed
+    /// chain of `airlock up`.
+    pub name: Option<String>,
     pub next_seq: u64,
     pub last_hash: String,
 }
@@ -255,6 +261,7 @@ pub struct Chain {
 impl Default for Chain {
     fn default() -> Self {
         Chain {
+            name: None,
             next_seq: 1,
             last_hash: GENESIS.to_string(),
         }
@@ -275,12 +282,31 @@ fn record_hash(record: &Map<String, Value>) -> String {
     sha256_hex(to_canonical_string(&Value::Object(without)).as_bytes())
 }
 
+/// The chain a record belongs to, from its `chain` field.
+fn chain_of(record: &Map<String, Value>) -> Option<String> {
+    record
+        .get("chain")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
 impl Chain {
+    /// A new chain that names itself `name` in every record.
+    pub fn named(name: &str) -> Chain {
+        Chain {
+            name: Some(name.to_string()),
+            ..Chain::default()
+        }
+    }
+
     /// Seals `event` as the next record and returns its JSON line (no newline).
     pub fn append(&mut self, event: &AuditEvent) -> Result<String, ChainError> {
         let Ok(Value::Object(mut record)) = serde_json::to_value(event) else {
             return Err(ChainError::NotAnObject);
         };
+        if let Some(name) = &self.name {
+            record.insert("chain".into(), Value::from(name.clone()));
+        }
         record.insert("seq".into(), Value::from(self.next_seq));
         record.insert("prev".into(), Value::from(self.last_hash.clone()));
         let hash = record_hash(&record);
@@ -290,10 +316,33 @@ impl Chain {
         Ok(to_canonical_string(&Value::Object(record)))
     }
 
-    /// The chain state after the given records, checking each; used to resume
-    /// appending to an existing file and by [`verify`].
-    pub fn resume<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Chain, ChainError> {
-        let mut chain = Chain::default();
+    /// Takes `record` as this chain's next one, or says why it cannot be.
+    fn advance(&mut self, record: &Map<String, Value>) -> Result<(), String> {
+        let seq = record.get("seq").and_then(Value::as_u64);
+        if seq != Some(self.next_seq) {
+            return Err(format!("expected seq {}, found {seq:?}", self.next_seq));
+        }
+        if record.get("prev").and_then(Value::as_str) != Some(self.last_hash.as_str()) {
+            return Err("prev does not match the previous record's hash".into());
+        }
+        let hash = record_hash(record);
+        if record.get("hash").and_then(Value::as_str) != Some(hash.as_str()) {
+            return Err("hash does not match the record's content".into());
+        }
+        self.next_seq += 1;
+        self.last_hash = hash;
+        Ok(())
+    }
+
+    /// The chain state after the given records of one chain, checking each;
+    /// used to resume appending to an existing file. `fresh` is the chain to
+    /// start when there are no records yet; records continue the name they
+    /// carry.
+    pub fn resume<'a>(
+        fresh: Chain,
+        lines: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Chain, ChainError> {
+        let mut chain: Option<Chain> = None;
         for (index, line) in lines.into_iter().enumerate() {
             let broken = |reason: String| ChainError::Broken {
                 line: index + 1,
@@ -302,33 +351,140 @@ impl Chain {
             let Ok(Value::Object(record)) = json::parse_default(line.as_bytes()) else {
                 return Err(broken("not a JSON object".into()));
             };
-            let seq = record.get("seq").and_then(Value::as_u64);
-            if seq != Some(chain.next_seq) {
+            let current = chain.get_or_insert_with(|| Chain {
+                name: chain_of(&record),
+                ..Chain::default()
+            });
+            if chain_of(&record) != current.name {
                 return Err(broken(format!(
-                    "expected seq {}, found {seq:?}",
-                    chain.next_seq
+                    "belongs to chain {:?}, not {:?}: one file holds one chain",
+                    chain_of(&record),
+                    current.name
                 )));
             }
-            if record.get("prev").and_then(Value::as_str) != Some(chain.last_hash.as_str()) {
-                return Err(broken(
-                    "prev does not match the previous record's hash".into(),
-                ));
-            }
-            let hash = record_hash(&record);
-            if record.get("hash").and_then(Value::as_str) != Some(hash.as_str()) {
-                return Err(broken("hash does not match the record's content".into()));
-            }
-            chain.next_seq += 1;
-            chain.last_hash = hash;
+            current.advance(&record).map_err(broken)?;
         }
-        Ok(chain)
+        Ok(chain.unwrap_or(fresh))
     }
 }
 
-/// Verifies a JSON-lines audit log; returns the number of records.
+/// What the input to [`verify_chains`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// Only records (a trail file): any other line is an error.
+    Records,
+    /// Records among other lines (a container's log, a log store's export):
+    /// a line that is not a JSON object with `seq` and `hash` is skipped.
+    /// Skipping cannot hide tampering: a record turned into something else
+    /// leaves a gap in its chain, and a missing tail falls short of its
+    /// checkpoint.
+    Logs,
+}
+
+/// A chain's head as its writer recorded it outside the trail (in the API
+/// server): the chain's records must reach `seq` and record `seq` must
+/// have `hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub chain: String,
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// One intact chain found by [`verify_chains`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedChain {
+    pub name: Option<String>,
+    /// Every record's hash, in order (`hashes[0]` is record 1's).
+    hashes: Vec<String>,
+}
+
+impl VerifiedChain {
+    pub fn records(&self) -> u64 {
+        self.hashes.len() as u64
+    }
+
+    /// Whether this chain matches `checkpoint`: `Err` says how it does not
+    /// (a chain cut short or rewritten after the checkpoint was taken).
+    pub fn check(&self, checkpoint: &Checkpoint) -> Result<(), String> {
+        let index = usize::try_from(checkpoint.seq.saturating_sub(1)).unwrap_or(usize::MAX);
+        match self.hashes.get(index) {
+            _ if checkpoint.seq == 0 => Ok(()),
+            None => Err(format!(
+                "its checkpoint is at seq {} but its records end at seq {}: records were removed",
+                checkpoint.seq,
+                self.records()
+            )),
+            Some(hash) if *hash != checkpoint.hash => Err(format!(
+                "record {} has hash {hash} but its checkpoint says {}: the chain was rewritten",
+                checkpoint.seq, checkpoint.hash
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// Verifies every chain in a JSON-lines log, each record against the
+/// previous record of its own chain (chains may interleave); returns the
+/// chains in order of first appearance, or names the first broken record
+/// by its line in `log`.
+pub fn verify_chains(log: &str, input: Input) -> Result<Vec<VerifiedChain>, ChainError> {
+    let mut chains: Vec<(Chain, VerifiedChain)> = Vec::new();
+    for (index, line) in log.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let broken = |reason: String| ChainError::Broken {
+            line: index + 1,
+            reason,
+        };
+        let record = match json::parse_default(line.as_bytes()) {
+            Ok(Value::Object(record))
+                if record.contains_key("seq") && record.contains_key("hash") =>
+            {
+                record
+            }
+            _ if input == Input::Logs => continue,
+            Ok(Value::Object(_)) => {
+                return Err(broken("not an audit record (no seq or hash)".into()));
+            }
+            _ => return Err(broken("not a JSON object".into())),
+        };
+        let name = chain_of(&record);
+        let position = match chains.iter().position(|(chain, _)| chain.name == name) {
+            Some(position) => position,
+            None => {
+                let chain = Chain {
+                    name: name.clone(),
+                    ..Chain::default()
+                };
+                chains.push((
+                    chain,
+                    VerifiedChain {
+                        name,
+                        hashes: Vec::new(),
+                    },
+                ));
+                chains.len() - 1
+            }
+        };
+        let (chain, verified) = &mut chains[position];
+        chain.advance(&record).map_err(|reason| match &chain.name {
+            Some(name) => broken(format!("chain {name}: {reason}")),
+            None => broken(reason),
+        })?;
+        verified.hashes.push(chain.last_hash.clone());
+    }
+    Ok(chains.into_iter().map(|(_, verified)| verified).collect())
+}
+
+/// Verifies a JSON-lines audit log of records only; returns the number of
+/// records in all its chains.
 pub fn verify(log: &str) -> Result<u64, ChainError> {
-    let chain = Chain::resume(log.lines().filter(|l| !l.trim().is_empty()))?;
-    Ok(chain.next_seq - 1)
+    Ok(verify_chains(log, Input::Records)?
+        .iter()
+        .map(VerifiedChain::records)
+        .sum())
 }
 
 #[cfg(test)]
@@ -447,7 +603,7 @@ mod tests {
         let lines = log(5);
         assert_eq!(verify(&lines.join("\n")), Ok(5));
         assert_eq!(verify(""), Ok(0));
-        let resumed = Chain::resume(lines.iter().map(String::as_str)).unwrap();
+        let resumed = Chain::resume(Chain::default(), lines.iter().map(String::as_str)).unwrap();
         assert_eq!(resumed.next_seq, 6);
         // Appending after resuming continues the same chain.
         let mut chain = resumed;
@@ -495,5 +651,107 @@ mod tests {
         let mut garbage = lines;
         garbage[0] = "not json".into();
         assert_eq!(first_broken(&garbage), 1);
+    }
+
+    fn named_log(name: &str, n: u32) -> Vec<String> {
+        let mut chain = Chain::named(name);
+        (0..n).map(|i| chain.append(&event(i)).unwrap()).collect()
+    }
+
+    fn checkpoint(chain: &str, seq: u64, lines: &[String]) -> Checkpoint {
+        let record: Value = serde_json::from_str(&lines[seq as usize - 1]).unwrap();
+        Checkpoint {
+            chain: chain.into(),
+            seq,
+            hash: record["hash"].as_str().unwrap().into(),
+        }
+    }
+
+    #[test]
+    fn interleaved_chains_verify_each_on_its_own_among_log_lines() {
+        let (a, b) = (named_log("replica-a", 4), named_log("replica-b", 3));
+        let log = [
+            a[0].clone(),
+            r#"{"level":"info","message":"serving"}"#.to_string(),
+            b[0].clone(),
+            a[1].clone(),
+            "plain text from a library".to_string(),
+            b[1].clone(),
+            b[2].clone(),
+            a[2].clone(),
+            a[3].clone(),
+        ]
+        .join("\n");
+        let chains = verify_chains(&log, Input::Logs).unwrap();
+        let summary: Vec<_> = chains
+            .iter()
+            .map(|c| (c.name.clone().unwrap(), c.records()))
+            .collect();
+        assert_eq!(summary, [("replica-a".into(), 4), ("replica-b".into(), 3)]);
+        // The same input is refused as a trail file: it holds other lines.
+        assert!(matches!(
+            verify_chains(&log, Input::Records),
+            Err(ChainError::Broken { line: 2, .. })
+        ));
+        // A record of one chain removed from among the other's is still found.
+        let mut cut: Vec<&str> = log.lines().collect();
+        cut.remove(3);
+        match verify_chains(&cut.join("\n"), Input::Logs) {
+            Err(ChainError::Broken { line, reason }) => {
+                assert_eq!(line, 7);
+                assert!(
+                    reason.starts_with("chain replica-a: expected seq 2"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected a broken chain, got {other:?}"),
+        }
+        // Turning a record into a non-record does not hide it either.
+        let mut mangled: Vec<String> = log.lines().map(String::from).collect();
+        mangled[2] = mangled[2].replace("\"seq\":", "\"sequence\":");
+        assert!(verify_chains(&mangled.join("\n"), Input::Logs).is_err());
+    }
+
+    #[test]
+    fn checkpoints_catch_a_cut_or_rewritten_chain() {
+        let lines = named_log("replica-a", 5);
+        let chains = verify_chains(&lines.join("\n"), Input::Records).unwrap();
+        let head = checkpoint("replica-a", 4, &lines);
+        assert_eq!(chains[0].check(&head), Ok(()));
+
+        // The last two records dropped: the chain is intact but short.
+        let short = verify_chains(&lines[..3].join("\n"), Input::Records).unwrap();
+        let reason = short[0].check(&head).unwrap_err();
+        assert!(reason.contains("records were removed"), "{reason}");
+
+        // Rewritten from record 2 on, every hash recomputed: intact, but not
+        // the chain that was checkpointed.
+        let mut forged = Chain::named("replica-a");
+        let mut rewritten = vec![forged.append(&event(0)).unwrap()];
+        rewritten.extend((1..5).map(|i| forged.append(&event(i + 10)).unwrap()));
+        let rewritten = verify_chains(&rewritten.join("\n"), Input::Records).unwrap();
+        let reason = rewritten[0].check(&head).unwrap_err();
+        assert!(reason.contains("the chain was rewritten"), "{reason}");
+    }
+
+    #[test]
+    fn a_file_resumes_its_own_chain_and_holds_only_one() {
+        let lines = named_log("replica-a", 3);
+        let resumed = Chain::resume(
+            Chain::named("replica-new"),
+            lines.iter().map(String::as_str),
+        )
+        .unwrap();
+        assert_eq!(resumed.name.as_deref(), Some("replica-a"));
+        assert_eq!(resumed.next_seq, 4);
+        let fresh = Chain::resume(Chain::named("replica-new"), []).unwrap();
+        assert_eq!(fresh, Chain::named("replica-new"));
+
+        let mut mixed = lines;
+        mixed.push(named_log("replica-b", 1).remove(0));
+        assert!(matches!(
+            Chain::resume(Chain::default(), mixed.iter().map(String::as_str)),
+            Err(ChainError::Broken { line: 4, .. })
+        ));
     }
 }

@@ -9,6 +9,7 @@
 
 mod operator;
 mod smoke;
+mod trail;
 
 use airlock_tests::node::{Node, host};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -43,12 +44,20 @@ fn tests() -> Vec<(&'static str, Test)> {
         operator::only_the_gateway_port_is_reachable,
         operator::a_policy_edit_reaches_the_live_sidecar,
         operator::decided_requests_are_deleted_after_the_retention,
+        trail::the_trail_verifies_against_its_checkpoints,
     ]
+}
+
+/// Tests that disturb what the others rely on (they kill operator replicas):
+/// run one at a time, after every test of [`tests`].
+fn exclusive_tests() -> Vec<(&'static str, Test)> {
+    node_tests![operator::killing_the_leader_and_the_polled_replica_loses_nothing]
 }
 
 fn main() -> ExitCode {
     let arguments = Arguments::from_args();
-    let tests = tests();
+    let exclusive: Vec<&str> = exclusive_tests().iter().map(|(name, _)| *name).collect();
+    let tests: Vec<(&'static str, Test)> = tests().into_iter().chain(exclusive_tests()).collect();
     if arguments.list {
         let trials = tests
             .into_iter()
@@ -92,7 +101,16 @@ fn main() -> ExitCode {
                 .map_err(|e| Failed::from(format!("{e:#}")))
         })
     };
-    let conclusion = libtest_mimic::run(&arguments, tests.into_iter().map(trial).collect());
+    let (alone, together): (Vec<_>, Vec<_>) = tests
+        .into_iter()
+        .partition(|(name, _)| exclusive.contains(name));
+    let conclusion = libtest_mimic::run(&arguments, together.into_iter().map(trial).collect());
+    let one_at_a_time = Arguments {
+        test_threads: Some(1),
+        ..arguments.clone()
+    };
+    let alone_conclusion =
+        libtest_mimic::run(&one_at_a_time, alone.into_iter().map(trial).collect());
 
     // Every trial has finished and dropped its handle, so this is the last one.
     let restored = match node.map(Arc::try_unwrap) {
@@ -117,7 +135,7 @@ fn main() -> ExitCode {
             false
         }
     };
-    if conclusion.has_failed() || !host_ok {
+    if conclusion.has_failed() || alone_conclusion.has_failed() || !host_ok {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

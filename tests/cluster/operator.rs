@@ -21,18 +21,18 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
-const SERVER: &str = "models";
+pub(crate) const SERVER: &str = "models";
 
 /// The installed operator: where its tokens come from and where people decide.
-struct Installed {
-    issuer: Issuer,
-    people: People,
+pub(crate) struct Installed {
+    pub(crate) issuer: Issuer,
+    pub(crate) people: People,
 }
 
 static INSTALLED: OnceCell<Installed> = OnceCell::const_new();
 
 /// The operator from the chart, Ready (installed by the first test that needs it).
-async fn operator(node: &Node) -> anyhow::Result<&'static Installed> {
+pub(crate) async fn operator(node: &Node) -> anyhow::Result<&'static Installed> {
     INSTALLED
         .get_or_try_init(|| async {
             let issuer = Issuer::start_on(NODE_IP).await?;
@@ -45,7 +45,7 @@ async fn operator(node: &Node) -> anyhow::Result<&'static Installed> {
         .await
 }
 
-fn token(issuer: &Issuer, user: &str, groups: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn token(issuer: &Issuer, user: &str, groups: &[&str]) -> anyhow::Result<String> {
     let mut request = TokenRequest::user(
         &format!("oid-{user}"),
         &format!("{user}@contoso.com"),
@@ -94,7 +94,11 @@ spec:
 /// A gated server in `namespace` (the Python SDK's server, bound to 0.0.0.0
 /// on purpose) and a `client` pod to call it from; returns when both are
 /// Ready.
-async fn gated_server(node: &Node, namespace: &str, max_hold: u32) -> anyhow::Result<()> {
+pub(crate) async fn gated_server(
+    node: &Node,
+    namespace: &str,
+    max_hold: u32,
+) -> anyhow::Result<()> {
     node.namespace(namespace).await?;
     node.apply(&format!(
         r#"{policy}
@@ -133,7 +137,7 @@ spec:
 
 /// The Python SDK client in `namespace`'s `client` pod, calling the server
 /// through its Service by DNS name.
-async fn call(
+pub(crate) async fn call(
     node: &Node,
     namespace: &str,
     token: &str,
@@ -210,7 +214,10 @@ pub async fn a_held_call_completes_once_a_lead_approves(node: &Node) -> anyhow::
             json!({"model": model, "environment": "prod"}),
         );
         let decide = async {
-            let id = installed.people.pending(&lea, "deploy_model").await?;
+            let id = installed
+                .people
+                .pending(&lea, &format!("{ns}/{SERVER}"), "deploy_model")
+                .await?;
             // Kept in the server's namespace, where the team's approvers have rights.
             let request = node.kubectl(
                 ADMIN,
@@ -483,4 +490,205 @@ spec:
         "a waiting request was deleted"
     );
     Ok(())
+}
+
+/// High availability with three replicas: while a deploy is held, the
+/// replica holding the Lease and the one serving the sidecar's long-poll
+/// (found in the host's conntrack table) are killed. Nothing is lost: the
+/// sidecar's next long-poll reaches a survivor, a lead approves through the
+/// people's API, the call completes, and another replica takes the Lease.
+/// Runs alone: it kills replicas every other test relies on.
+pub async fn killing_the_leader_and_the_polled_replica_loses_nothing(
+    node: &Node,
+) -> anyhow::Result<()> {
+    let installed = operator(node).await?;
+    let ns = "gate-ha";
+    gated_server(node, ns, 50).await?;
+    let admin = node.client(ADMIN).await?;
+    let scale = |replicas: &str| {
+        node.kubectl(
+            ADMIN,
+            &[
+                "scale",
+                "deployment/airlock-operator",
+                "-n",
+                chart::SYSTEM_NAMESPACE,
+                "--replicas",
+                replicas,
+            ],
+        )
+    };
+    scale("3")?;
+    chart::operator_ready(node, Some(3)).await?;
+
+    let ada = token(&installed.issuer, "ada", &["engineers"])?;
+    let lea = token(&installed.issuer, "lea", &["leads"])?;
+    let started = Instant::now();
+    let at = |what: &str| eprintln!("HA: {:>5.1}s {what}", started.elapsed().as_secs_f64());
+    let held = call(
+        node,
+        ns,
+        &ada,
+        "deploy_model",
+        json!({"model": "fraud:v10", "environment": "prod"}),
+    );
+    let chaos = async {
+        let id = installed
+            .people
+            .pending(&lea, &format!("{ns}/{SERVER}"), "deploy_model")
+            .await?;
+        at("pending");
+        let operators: Api<Pod> = Api::namespaced(admin.clone(), chart::SYSTEM_NAMESPACE);
+        let pods = operators
+            .list(&ListParams::default().labels("app.kubernetes.io/name=airlock-operator"))
+            .await?
+            .items;
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(admin.clone(), chart::SYSTEM_NAMESPACE);
+        let leader = leases
+            .get("airlock-operator")
+            .await?
+            .spec
+            .and_then(|s| s.holder_identity)
+            .unwrap_or_default();
+        let gateway_pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+        let gateway_ip = gateway_pods
+            .list(&ListParams::default().labels(&format!("mcp.airlock.dev/server={SERVER}")))
+            .await?
+            .items
+            .first()
+            .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+            .ok_or_else(|| anyhow::anyhow!("no gateway pod IP"))?;
+        let polled = polled_replica(&gateway_ip, &pods)?;
+        let mut victims = vec![leader.clone()];
+        if let Some(polled) = &polled
+            && polled != &leader
+        {
+            victims.push(polled.clone());
+        }
+        at(&format!(
+            "leader {leader}, long-poll served by {polled:?}; killing {victims:?}"
+        ));
+        for victim in &victims {
+            let killed = node.kubectl(
+                ADMIN,
+                &[
+                    "delete",
+                    "pod",
+                    "-n",
+                    chart::SYSTEM_NAMESPACE,
+                    victim,
+                    "--grace-period=0",
+                    "--force",
+                ],
+            )?;
+            anyhow::ensure!(
+                killed.status.success(),
+                "{}",
+                String::from_utf8_lossy(&killed.stderr)
+            );
+        }
+        at("killed");
+        // The people's Service may still route to a dead replica for a moment.
+        wait_for(
+            "a surviving replica to take the decision",
+            Duration::from_secs(60),
+            || async {
+                Ok(installed
+                    .people
+                    .decide(&lea, &id, "approve", "survived")
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ()))
+            },
+        )
+        .await?;
+        at("approved");
+        let new_leader = wait_for(
+            "another replica to take the Lease",
+            Duration::from_secs(90),
+            || {
+                let leases = leases.clone();
+                let leader = leader.clone();
+                async move {
+                    let holder = leases
+                        .get("airlock-operator")
+                        .await?
+                        .spec
+                        .and_then(|s| s.holder_identity);
+                    Ok(holder.filter(|h| h != &leader))
+                }
+            },
+        )
+        .await?;
+        anyhow::ensure!(
+            !victims.contains(&new_leader),
+            "a killed replica holds the Lease"
+        );
+        Ok(())
+    };
+    let (answer, chaos) = tokio::join!(held, chaos);
+    at("answered");
+    chaos?;
+    let answer = answer?;
+    if answer["isError"] != false {
+        let logs = |args: &[&str]| {
+            node.kubectl(ADMIN, args)
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        anyhow::bail!(
+            "{answer}\nsidecar:\n{}\nreplicas:\n{}",
+            logs(&[
+                "logs",
+                "-n",
+                ns,
+                &format!("deployment/{SERVER}"),
+                "-c",
+                "airlock-gateway",
+                "--tail=200"
+            ]),
+            logs(&[
+                "logs",
+                "-n",
+                chart::SYSTEM_NAMESPACE,
+                "-l",
+                "app.kubernetes.io/name=airlock-operator",
+                "--prefix",
+                "--tail=100"
+            ]),
+        );
+    }
+    assert_eq!(answer["text"], "deployed fraud:v10 to prod");
+    scale("2")?;
+    chart::operator_ready(node, Some(2)).await?;
+    Ok(())
+}
+
+/// The operator pod the gateway at `gateway_ip` has a connection open to on
+/// the gateways' port, from the host's conntrack table (kube-proxy's DNAT
+/// shows the pod as the reply's source).
+fn polled_replica(gateway_ip: &str, pods: &[Pod]) -> anyhow::Result<Option<String>> {
+    let output = std::process::Command::new("conntrack")
+        .args([
+            "-L",
+            "-p",
+            "tcp",
+            "--orig-src",
+            gateway_ip,
+            "--state",
+            "ESTABLISHED",
+        ])
+        .output()?;
+    let table = String::from_utf8_lossy(&output.stdout);
+    Ok(pods.iter().find_map(|pod| {
+        let ip = pod.status.as_ref()?.pod_ip.clone()?;
+        let needle = format!("src={ip} ");
+        table
+            .lines()
+            .any(|l| l.contains("sport=8443") && l.contains(&needle))
+            .then(|| pod.metadata.name.clone())
+            .flatten()
+    }))
 }

@@ -208,7 +208,7 @@ async fn session_capture_records_each_exchange_redacted_and_airlock_audit_sessio
     assert!(verify(&std::fs::read_to_string(&log)?).is_ok());
 
     // `airlock audit session ID`: the exchange, in order.
-    let shown = airlock_operator::local::people::session_events(&log, &session)?;
+    let shown = airlock_operator::audit::cli::session_events(&log, &session)?;
     let echo_at = shown.find("-> {").unwrap_or(usize::MAX);
     let answer_at = shown.find("<- {").unwrap_or(0);
     assert!(echo_at < answer_at, "{shown}");

@@ -264,7 +264,7 @@ async fn allow_deny_hold_approve_deny_ask_and_self_approval() -> anyhow::Result<
     assert_eq!(refused["isError"], true, "{refused}");
 
     let log = &local.running.endpoints.audit_log;
-    let records = people::verify_audit(log)?;
+    let records = airlock_policy::audit::verify(&std::fs::read_to_string(log)?)?;
     assert!(records > 10, "{records}");
     // Each call above was its own MCP session; the session view replays one.
     let session = std::fs::read_to_string(log)?
@@ -276,7 +276,7 @@ async fn allow_deny_hold_approve_deny_ask_and_self_approval() -> anyhow::Result<
                 .flatten()
         })
         .ok_or_else(|| anyhow::anyhow!("no session recorded"))?;
-    let replay = people::session_events(log, &session)?;
+    let replay = airlock_operator::audit::cli::session_events(log, &session)?;
     assert!(
         replay.contains("notifications/initialized")
             && replay.contains("tools/call read_secret Deny"),

@@ -2,11 +2,11 @@
 //! the operator (Kubernetes store) runs it.
 
 use crate::issuer::{AUDIENCE, Issuer, TENANT};
-use airlock_operator::approvals::audit_log::AuditLog;
 use airlock_operator::approvals::service::{
     Api, ApprovalService, Catalog, GatewayCredentials, ServerEntry, ServiceConfig,
 };
 use airlock_operator::approvals::store::{SqliteStore, Store};
+use airlock_operator::audit::trail::AuditLog;
 use airlock_policy::entra::TrustConfig;
 use airlock_policy::gateway::config::NamedPolicy;
 use futures::future::BoxFuture;

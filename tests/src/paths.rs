@@ -55,11 +55,24 @@ pub fn crash_hook_wasm() -> anyhow::Result<PathBuf> {
 }
 
 fn built_module(profile_dir: &str, make: &str) -> anyhow::Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
+    let target = target_dir();
     let path = target.join(format!("wasm32-wasip1/{profile_dir}/airlock_filter.wasm"));
     path.exists()
         .then_some(path.clone())
         .with_context(|| format!("{} is missing: run `{make}`", path.display()))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// A binary of the workspace built by `make bins` (`cargo build --bins`).
+pub fn built_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let target = target_dir();
+    let path = target.join("debug").join(name);
+    path.exists()
+        .then_some(path.clone())
+        .with_context(|| format!("{} is missing: run `make bins`", path.display()))
 }

@@ -40,8 +40,10 @@ impl People {
         .await
     }
 
-    /// Waits for a `pending` request for `tool` that `token` may see; returns its id.
-    pub async fn pending(&self, token: &str, tool: &str) -> anyhow::Result<String> {
+    /// Waits for a `pending` request for `tool` on `server` (`namespace/name`)
+    /// that `token` may see; returns its id. Other servers' requests do not
+    /// count: an approver may see many.
+    pub async fn pending(&self, token: &str, server: &str, tool: &str) -> anyhow::Result<String> {
         let url = format!("{}/v1/approvals", self.url);
         wait_for(
             &format!("a pending approval of {tool}"),
@@ -52,7 +54,11 @@ impl People {
                     let list: Value = request.await?.json().await?;
                     Ok(list.as_array().and_then(|l| {
                         l.iter()
-                            .find(|a| a["state"] == "pending" && a["tool"] == tool)
+                            .find(|a| {
+                                a["state"] == "pending"
+                                    && a["server"] == server
+                                    && a["tool"] == tool
+                            })
                             .and_then(|a| a["id"].as_str().map(String::from))
                     }))
                 }

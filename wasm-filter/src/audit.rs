@@ -83,6 +83,7 @@ impl AuditQueue {
         let body = format!("[{}]", batch.join(","));
         match service::call(
             &config.approvals,
+            &config.approvals.cluster,
             "POST",
             "/v1/audit",
             None,

@@ -80,6 +80,7 @@ impl PolicyState {
         let path = config.policy_path(version, POLL_WAIT_SECONDS);
         match service::call(
             &config.approvals,
+            &config.approvals.cluster,
             "GET",
             &path,
             None,

@@ -7,10 +7,12 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
 use std::time::Duration;
 
-/// Sends one request; the answer reaches the calling context's
+/// Sends one request through `cluster` (the endpoint's, or its hold
+/// cluster); the answer reaches the calling context's
 /// `on_http_call_response` under the returned token.
 pub fn call(
     endpoint: &ApprovalEndpoint,
+    cluster: &str,
     method: &str,
     path: &str,
     bearer: Option<&str>,
@@ -30,5 +32,5 @@ pub fn call(
     if let Some(credential) = &endpoint.credential {
         headers.push((GATEWAY_CREDENTIAL_HEADER, credential.as_str()));
     }
-    hostcalls::dispatch_http_call(&endpoint.cluster, headers, body, vec![], timeout)
+    hostcalls::dispatch_http_call(cluster, headers, body, vec![], timeout)
 }

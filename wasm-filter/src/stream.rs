@@ -489,6 +489,7 @@ impl AirlockStream {
         let body = (method == "POST").then_some(held.call.as_slice());
         match service::call(
             &gateway.config.approvals,
+            gateway.config.approvals.hold_cluster(),
             method,
             path,
             self.token.as_deref(),

@@ -1,7 +1,6 @@
 //! The approval service: one implementation, used by the operator in a
 //! cluster and by `airlock up` on one machine.
 
-pub mod audit_log;
 pub mod kubernetes;
 pub mod metrics;
 pub mod model;

@@ -7,11 +7,11 @@
 //! gateway can neither invent an approval requirement nor spend a grant for
 //! another call. People (approvers, requesters) act with their own tokens.
 
-use super::audit_log::AuditLog;
 use super::metrics::ServiceMetrics;
 use super::model::{Approval, ApprovalError, Binding, Person, Requirement, State, Verdict};
 use super::store::{Store, StoreError};
 use super::time::{now_seconds, rfc3339};
+use crate::audit::trail::{AuditError, AuditLog};
 use airlock_policy::audit::{AuditEvent, AuditPrincipal, captured_arguments};
 use airlock_policy::entra::{Principal, TrustConfig};
 use airlock_policy::evaluate::{Call, evaluate};
@@ -226,8 +226,8 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<super::audit_log::AuditError> for ApiError {
-    fn from(e: super::audit_log::AuditError) -> ApiError {
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> ApiError {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "audit_unavailable",

@@ -50,8 +50,10 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Verify the hash chain: prints the record count, or names the first broken record.
-    Verify { file: PathBuf },
+    /// Verify the hash chains: prints the record counts, or names the first
+    /// broken record; with `--checkpoints`, checks each chain against the
+    /// heads the operator replicas recorded in the API server.
+    Verify(airlock_operator::audit::cli::VerifyArgs),
     /// What happened in one MCP session, in order.
     Session {
         id: String,
@@ -69,12 +71,11 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             command,
         } => people::approvals(&connection, &command).await,
         Command::Audit {
-            command: AuditCommand::Verify { file },
-        } => people::verify_audit(&file)
-            .map(|count| format!("{}: {count} records, chain intact", file.display())),
+            command: AuditCommand::Verify(args),
+        } => airlock_operator::audit::cli::verify(&args).await,
         Command::Audit {
             command: AuditCommand::Session { id, file },
-        } => people::session_events(&file, &id),
+        } => airlock_operator::audit::cli::session_events(&file, &id),
         Command::DemoServer { listen, any_host } => {
             let hosts = if any_host {
                 airlock_operator::demo_server::Hosts::Any

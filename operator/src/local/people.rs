@@ -409,57 +409,6 @@ pub fn summary(approval: &Value, raw: bool, now: u64) -> String {
     out.trim_end().to_string()
 }
 
-/// `airlock audit verify FILE`: the record count, or the first broken record.
-pub fn verify_audit(file: &std::path::Path) -> anyhow::Result<u64> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    airlock_policy::audit::verify(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
-}
-
-/// `airlock audit session ID`: the session's events, in order, one a line.
-pub fn session_events(file: &std::path::Path, session: &str) -> anyhow::Result<String> {
-    verify_audit(file)?;
-    let text = std::fs::read_to_string(file)?;
-    let lines: Vec<String> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["session"] == session)
-        .map(|e| {
-            let mut text = printable(&format!(
-                "#{} {} {} {} {} {} {}",
-                e["seq"],
-                e["time"].as_str().unwrap_or(""),
-                e["principal"]["name"].as_str().unwrap_or("-"),
-                e["method"]
-                    .as_str()
-                    .unwrap_or(e["kind"].as_str().unwrap_or("")),
-                e["target"].as_str().unwrap_or(""),
-                e["decision"].as_str().unwrap_or(""),
-                e["arguments"]
-                    .as_object()
-                    .map(|_| e["arguments"].to_string())
-                    .unwrap_or_default()
-            ));
-            // Session capture: the whole exchange, in order.
-            if let Some(request) = e.get("request") {
-                text.push_str(&format!("\n    -> {}", printable(&request.to_string())));
-            }
-            for response in e["responses"].as_array().into_iter().flatten() {
-                text.push_str(&format!("\n    <- {}", printable(&response.to_string())));
-            }
-            text
-        })
-        .collect();
-    if lines.is_empty() {
-        bail!(
-            "no events of session {} in {}",
-            printable(session),
-            file.display()
-        );
-    }
-    Ok(lines.join("\n"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,11 +3,11 @@
 //! the configuration the operator renders, and optionally the demo server.
 
 use super::{Endpoints, LOCAL_AUDIENCE, LOCAL_TENANT, StateDir, policy_files};
-use crate::approvals::audit_log::AuditLog;
 use crate::approvals::service::{
     Api, ApprovalService, Catalog, GatewayCredentials, ServerEntry, ServiceConfig,
 };
 use crate::approvals::store::SqliteStore;
+use crate::audit::trail::AuditLog;
 use crate::dev_issuer::DevIssuer;
 use crate::render::envoy::{self, Bootstrap, Cluster, FilterModule};
 use airlock_policy::entra::{OtherIssuer, TokenVersion, TrustConfig};
@@ -231,12 +231,14 @@ impl Running {
 
         // Envoy with the filter, configured as the operator configures a sidecar.
         let (jwks, jwks_path) = Cluster::for_url("jwks", &jwks_url)?;
+        let approvals = Cluster::loopback("approvals", approvals_address.port()).retried();
         let filter_config = json!({
             "server": server,
             "mcpPath": upstream_path,
             "auth": trust,
             "jwks": [{"tenant": tenant, "cluster": "jwks", "path": jwks_path, "authority": jwks.host}],
-            "approvals": {"cluster": "approvals", "authority": "airlock-approvals", "credential": credential},
+            "approvals": {"cluster": approvals.name, "holdCluster": approvals.retrying_name(),
+                "authority": "airlock-approvals", "credential": credential},
             "maxHoldSeconds": args.max_hold_seconds,
         });
         FilterConfig::from_json(filter_config.to_string().as_bytes())?;
@@ -248,10 +250,7 @@ impl Running {
                 path: filter,
                 config: filter_config,
             }),
-            clusters: vec![
-                jwks,
-                Cluster::loopback("approvals", approvals_address.port()),
-            ],
+            clusters: vec![jwks, approvals],
         };
         let run = state.run_dir();
         let config_path = run.join("envoy.json");

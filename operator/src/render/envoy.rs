@@ -16,6 +16,14 @@ pub struct Cluster {
     pub port: u16,
     /// TLS with SNI and the system's CA bundle (Entra's JWKS endpoint).
     pub tls: bool,
+    /// Also reachable as [`Cluster::retrying_name`]: an internal listener
+    /// whose route retries, with backoff, a request that never reached a
+    /// peer (connect failure, refused stream, reset before the request was
+    /// sent) — safe for any method. The filter's own calls have no retries:
+    /// without this, a replica that just died, or a Service endpoint not
+    /// yet removed, fails a call at once. Envoy's main thread has no
+    /// internal listeners, so only streams use it.
+    pub retried: bool,
 }
 
 /// A URL that cannot name an Envoy cluster.
@@ -53,6 +61,7 @@ impl Cluster {
             host: host.to_string(),
             port,
             tls,
+            retried: false,
         };
         Ok((cluster, path))
     }
@@ -64,8 +73,30 @@ impl Cluster {
             host: "127.0.0.1".into(),
             port,
             tls: false,
+            retried: false,
         }
     }
+
+    /// This cluster, and a second one that retries requests that never
+    /// reached a peer.
+    pub fn retried(self) -> Cluster {
+        Cluster {
+            retried: true,
+            ..self
+        }
+    }
+
+    /// The name of the retrying cluster, when this one has one.
+    pub fn retrying_name(&self) -> Option<String> {
+        self.retried.then(|| format!("{}_retried", self.name))
+    }
+}
+
+/// Retries of a [`Cluster::retried`]: a few seconds of backoff in all,
+/// enough for kube-proxy to drop a dead endpoint.
+fn retry_policy() -> Value {
+    json!({"retry_on": "connect-failure,refused-stream,reset-before-request",
+        "num_retries": 5, "retry_back_off": {"base_interval": "0.25s", "max_interval": "2s"}})
 }
 
 /// The proxy-wasm module and its plugin configuration.
@@ -110,7 +141,53 @@ fn address(host: &str, port: u16) -> Value {
     json!({"socket_address": {"address": host, "port_value": port}})
 }
 
-fn render_cluster(cluster: &Cluster) -> Value {
+fn http_connection_manager(stat_prefix: &str, virtual_host: Value, http_filters: Value) -> Value {
+    json!({
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": stat_prefix,
+            "route_config": {"virtual_hosts": [virtual_host]},
+            "http_filters": http_filters,
+        },
+    })
+}
+
+fn router() -> Value {
+    json!([{
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    }])
+}
+
+/// The clusters and listeners that reach `cluster`: the cluster itself,
+/// and when it is retried, its retrying cluster into an internal listener
+/// whose route retries onto it.
+fn render_cluster(cluster: &Cluster) -> (Vec<Value>, Option<Value>) {
+    let direct = direct_cluster(cluster);
+    let Some(retrying) = cluster.retrying_name() else {
+        return (vec![direct], None);
+    };
+    let listener = format!("{}_retries", cluster.name);
+    let route = json!({"match": {"prefix": "/"}, "route": {
+        // The filter's own timeout on each call governs, long-polls included.
+        "cluster": cluster.name, "timeout": "0s", "retry_policy": retry_policy()}});
+    let internal = json!({
+        "name": retrying,
+        "load_assignment": {"cluster_name": retrying, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"envoy_internal_address": {"server_listener_name": listener}}}}]}]},
+    });
+    let hcm = http_connection_manager(
+        &listener,
+        json!({"name": listener, "domains": ["*"], "routes": [route]}),
+        router(),
+    );
+    let listener =
+        json!({"name": listener, "internal_listener": {}, "filter_chains": [{"filters": [hcm]}]});
+    (vec![direct, internal], Some(listener))
+}
+
+fn direct_cluster(cluster: &Cluster) -> Value {
     let literal = cluster.host.parse::<std::net::IpAddr>().is_ok();
     let mut rendered = json!({
         "name": cluster.name,
@@ -168,38 +245,37 @@ impl Bootstrap {
                 },
             }));
         }
-        http_filters.push(json!({
-            "name": "envoy.filters.http.router",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-        }));
-        let mut clusters: Vec<Value> = std::iter::once(&self.upstream)
-            .chain(&self.clusters)
-            .map(render_cluster)
-            .collect();
+        http_filters.extend(router().as_array().into_iter().flatten().cloned());
+        let mut clusters = Vec::new();
+        let mut internal_listeners = Vec::new();
+        for cluster in std::iter::once(&self.upstream).chain(&self.clusters) {
+            let (rendered, listener) = render_cluster(cluster);
+            clusters.extend(rendered);
+            internal_listeners.extend(listener);
+        }
         let (admin, listen_host) = match &self.in_pod {
             Some(pod) => (json!({"pipe": {"path": pod.admin_socket}}), "0.0.0.0"),
             None => (address("127.0.0.1", 0), "127.0.0.1"),
         };
+        let mut mcp = http_connection_manager(
+            "mcp",
+            json!({
+                "name": "mcp",
+                "domains": ["*"],
+                // Route timeout 0: the default 15 s would cut a held call.
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": self.upstream.name, "timeout": "0s"}}],
+            }),
+            Value::Array(http_filters),
+        );
+        // Held calls and SSE streams idle for long: keep this above any hold.
+        mcp["typed_config"]["stream_idle_timeout"] = json!("300s");
         let mut listeners = vec![json!({
             "name": "mcp",
             "address": address(listen_host, self.listen_port),
-            "filter_chains": [{"filters": [{
-                "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                    "stat_prefix": "mcp",
-                    // Held calls and SSE streams idle for long: keep this above any hold.
-                    "stream_idle_timeout": "300s",
-                    "route_config": {"virtual_hosts": [{
-                        "name": "mcp",
-                        "domains": ["*"],
-                        // Route timeout 0: the default 15 s would cut a held call.
-                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": self.upstream.name, "timeout": "0s"}}],
-                    }]},
-                    "http_filters": http_filters,
-                },
-            }]}],
+            "filter_chains": [{"filters": [mcp]}],
         })];
+        let has_internal_listeners = !internal_listeners.is_empty();
+        listeners.extend(internal_listeners);
         if let Some(pod) = &self.in_pod {
             listeners.push(stats_listener(pod.stats_port));
             clusters.push(json!({
@@ -210,13 +286,20 @@ impl Bootstrap {
                     {"endpoint": {"address": {"pipe": {"path": pod.admin_socket}}}}]}]},
             }));
         }
-        json!({
+        let mut bootstrap = json!({
             "admin": {"address": admin},
             "static_resources": {
                 "listeners": listeners,
                 "clusters": clusters,
             },
-        })
+        });
+        if has_internal_listeners {
+            bootstrap["bootstrap_extensions"] = json!([{
+                "name": "envoy.bootstrap.internal_listener",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"},
+            }]);
+        }
+        bootstrap
     }
 }
 
@@ -224,25 +307,15 @@ impl Bootstrap {
 /// interface; anything else is a 404.
 fn stats_listener(port: u16) -> Value {
     let route = |path: &str| json!({"match": {"path": path}, "route": {"cluster": "admin"}});
+    let hcm = http_connection_manager(
+        "stats",
+        json!({"name": "stats", "domains": ["*"], "routes": [route(READY_PATH), route(STATS_PATH)]}),
+        router(),
+    );
     json!({
         "name": "stats",
         "address": address("0.0.0.0", port),
-        "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": "stats",
-                "route_config": {"virtual_hosts": [{
-                    "name": "stats",
-                    "domains": ["*"],
-                    "routes": [route(READY_PATH), route(STATS_PATH)],
-                }]},
-                "http_filters": [{
-                    "name": "envoy.filters.http.router",
-                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-                }],
-            },
-        }]}],
+        "filter_chains": [{"filters": [hcm]}],
     })
 }
 
@@ -315,7 +388,8 @@ mod tests {
                 name: "jwks".into(),
                 host: "login.microsoftonline.com".into(),
                 port: 443,
-                tls: true
+                tls: true,
+                retried: false,
             }
         );
         assert_eq!(path, "/t/discovery/v2.0/keys");
@@ -340,6 +414,7 @@ mod tests {
                 host: "login.microsoftonline.com".into(),
                 port: 443,
                 tls: true,
+                retried: false,
             }],
         };
         let rendered = bootstrap.render();
@@ -357,6 +432,52 @@ mod tests {
             listener["address"]["socket_address"]["address"],
             "127.0.0.1"
         );
+    }
+
+    #[test]
+    fn a_retried_cluster_is_also_reached_through_an_internal_listener_that_retries() {
+        let bootstrap = Bootstrap {
+            listen_port: 0,
+            in_pod: None,
+            upstream: Cluster::loopback("upstream", 9000),
+            filter: None,
+            clusters: vec![Cluster::loopback("approvals", 8443).retried()],
+        };
+        let rendered = bootstrap.render();
+        let resources = &rendered["static_resources"];
+        let names: Vec<&str> = resources["clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(names, ["upstream", "approvals", "approvals_retried"]);
+        assert_eq!(
+            resources["clusters"][2]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+                ["address"],
+            json!({"envoy_internal_address": {"server_listener_name": "approvals_retries"}})
+        );
+        let listener = &resources["listeners"][1];
+        assert_eq!(listener["name"], "approvals_retries");
+        let route = &listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]
+            [0]["routes"][0]["route"];
+        assert_eq!(route["cluster"], "approvals");
+        // Only failures before the request reached a peer: safe for a POST.
+        assert_eq!(
+            route["retry_policy"]["retry_on"],
+            "connect-failure,refused-stream,reset-before-request"
+        );
+        assert_eq!(
+            rendered["bootstrap_extensions"][0]["name"],
+            "envoy.bootstrap.internal_listener"
+        );
+        // Without a retried cluster there is no internal listener at all.
+        let plain = Bootstrap {
+            clusters: vec![Cluster::loopback("approvals", 8443)],
+            ..bootstrap
+        }
+        .render();
+        assert!(plain.get("bootstrap_extensions").is_none());
     }
 
     #[test]

@@ -237,6 +237,9 @@ fn bootstrap(
 ) -> Result<Value, RenderError> {
     let spec = &server.spec;
     let (approvals, _) = Cluster::for_url("approvals", &settings.approvals_url)?;
+    // A replica that dies, or an endpoint kube-proxy has not dropped yet,
+    // costs a retry, not the call.
+    let approvals = approvals.retried();
     let mut clusters = vec![approvals.clone()];
     let mut jwks = Vec::new();
     for (index, tenant) in spec.auth.tenants.iter().enumerate() {
@@ -252,7 +255,8 @@ fn bootstrap(
         "mcpPath": spec.path,
         "auth": spec.auth,
         "jwks": jwks,
-        "approvals": {"cluster": approvals.name, "authority": approvals.host, "credential": credential},
+        "approvals": {"cluster": approvals.name, "holdCluster": approvals.retrying_name(),
+            "authority": approvals.host, "credential": credential},
         "maxHoldSeconds": spec.gateway.max_hold_seconds,
         "maxBodyBytes": spec.gateway.max_body_bytes,
         "forwardToken": spec.gateway.forward_token,

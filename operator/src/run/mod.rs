@@ -6,13 +6,16 @@
 pub mod guard;
 pub mod leader;
 
-use crate::approvals::audit_log::AuditLog;
 use crate::approvals::kubernetes::{KubeStore, Placement};
 use crate::approvals::service::{
     Api, ApprovalService, Catalog, GatewayCredentials, GatewayKey, ServiceConfig,
 };
+use crate::audit::checkpoints::{self, CheckpointMetrics};
+use crate::audit::trail::{AuditLog, Sinks};
 use crate::controllers::{self, Context};
+use crate::crd::AuditCheckpoint;
 use crate::render::workload::Settings;
+use airlock_policy::audit::Chain;
 use airlock_policy::entra::{OtherIssuer, TokenVersion, TrustConfig};
 use anyhow::Context as _;
 use k8s_openapi::ByteString;
@@ -70,9 +73,16 @@ pub struct RunArgs {
     /// How long a decided ApprovalRequest is kept (`30d`, `12h`); the audit trail keeps the record.
     #[arg(long, default_value = "30d", value_parser = parse_retention)]
     pub retention: Duration,
-    /// The audit trail file (JSON lines, hash-chained).
-    #[arg(long, default_value = "/var/lib/airlock/audit.jsonl")]
-    pub audit_log: PathBuf,
+    /// Write this replica's audit chain to standard output, one record a
+    /// line (logs go to standard error), for the cluster's log collection.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub audit_stdout: bool,
+    /// Also append it to this file (on a volume), continued across restarts.
+    #[arg(long)]
+    pub audit_file: Option<PathBuf>,
+    /// How often this replica's chain head is checkpointed in the API server.
+    #[arg(long, default_value = "5s", value_parser = parse_interval)]
+    pub audit_checkpoint_interval: Duration,
 }
 
 fn parse_pair(text: &str) -> Result<(String, String), String> {
@@ -89,6 +99,10 @@ fn parse_retention(text: &str) -> Result<Duration, String> {
         .filter(|seconds| *seconds > 0)
         .map(Duration::from_secs)
         .ok_or_else(|| format!("{text:?} is not a duration like 30d or 12h"))
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    parse_retention(text).map_err(|_| format!("{text:?} is not a duration like 5s or 1m"))
 }
 
 const GATEWAY_KEY_SECRET: &str = "airlock-gateway-key";
@@ -131,6 +145,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("the gateway key: {e}"))?;
     let filter_sha256 = crate::filter_install::digest(&args.filter)?;
 
+    let audit = AuditLog::with_sinks(
+        Chain::named(&checkpoints::chain_name(
+            &args.pod_name,
+            crate::approvals::time::now_seconds(),
+        )),
+        Sinks {
+            file: args.audit_file.clone(),
+            stdout: args.audit_stdout,
+        },
+    )?;
+    let heads = audit.heads();
     let service = ApprovalService::new(
         KubeStore::new(client.clone(), Placement::ServerNamespace).announcing(&args.pod_name),
         ServiceConfig {
@@ -141,7 +166,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             jwks_min_refresh: Duration::from_secs(300),
         },
         Catalog::new(Vec::new(), Vec::new()).map_err(anyhow::Error::msg)?,
-        AuditLog::open(&args.audit_log)?,
+        audit,
     )
     .map_err(anyhow::Error::msg)?;
     service.await_catalog();
@@ -174,6 +199,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.pod_name.clone(),
         service.metrics_registry(),
     )?;
+    let checkpoint_api: KubeApi<AuditCheckpoint> =
+        KubeApi::namespaced(client.clone(), &args.namespace);
+    let checkpoint_metrics = CheckpointMetrics::new(service.metrics_registry())?;
     let listeners = vec![
         (
             Api::Gateways,
@@ -206,9 +234,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::select! {
         served = service.serve(listeners) => served.context("serving the approval APIs"),
         () = feed => anyhow::bail!("the watch of servers and policies ended"),
+        () = checkpoints::keep(checkpoint_api.clone(), heads.clone(), args.audit_checkpoint_interval, &checkpoint_metrics) => Ok(()),
         led = lead => led,
         requested = crate::shutdown::requested() => {
             crate::log::info("operator", "stopping");
+            // The last records of this chain get their checkpoint too.
+            let head = heads.borrow().clone();
+            if let Some(head) = head {
+                let _ = checkpoints::write(&checkpoint_api, &head, &checkpoint_metrics).await;
+            }
             Ok(requested?)
         }
     }

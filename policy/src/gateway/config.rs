@@ -92,10 +92,23 @@ pub struct JwksEndpoint {
 pub struct ApprovalEndpoint {
     /// The Envoy cluster of the approval service.
     pub cluster: String,
+    /// The cluster a held call's requests (ask, long-polls, release) take,
+    /// when not `cluster`: one whose route retries what never reached a
+    /// peer, so a replica that just died costs a retry, not the call. It is
+    /// an internal listener, which only streams (on Envoy's workers) can
+    /// reach; the filter's own polls and flushes use `cluster`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_cluster: Option<String>,
     pub authority: String,
     /// The gateway credential (local mode); in a cluster Envoy attaches it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+}
+
+impl ApprovalEndpoint {
+    pub fn hold_cluster(&self) -> &str {
+        self.hold_cluster.as_deref().unwrap_or(&self.cluster)
+    }
 }
 
 /// A policy with its name and version, as the approval service serves them.

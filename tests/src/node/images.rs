@@ -3,7 +3,7 @@
 //! plain values: in a real cluster the same names point at a registry.
 
 use super::image::Image;
-use crate::paths::{filter_wasm, python, repo_root, tool};
+use crate::paths::{built_binary, filter_wasm, python, repo_root, tool};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -181,15 +181,4 @@ fn mcp_python() -> anyhow::Result<Image> {
             "8080",
         ]);
     Ok(image)
-}
-
-/// A binary of the workspace built by `make test` (`cargo build --bins`).
-fn built_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
-    let path = target.join("debug").join(name);
-    path.exists()
-        .then_some(path.clone())
-        .with_context(|| format!("{} is missing: run `make bins`", path.display()))
 }
