@@ -7,6 +7,7 @@
 //! When the node cannot start (not root, a part missing) every test fails
 //! with the reason; none is skipped.
 
+mod ha;
 mod operator;
 mod smoke;
 mod trail;
@@ -51,7 +52,10 @@ fn tests() -> Vec<(&'static str, Test)> {
 /// Tests that disturb what the others rely on (they kill operator replicas):
 /// run one at a time, after every test of [`tests`].
 fn exclusive_tests() -> Vec<(&'static str, Test)> {
-    node_tests![operator::killing_the_leader_and_the_polled_replica_loses_nothing]
+    node_tests![
+        ha::killing_the_leader_and_the_polled_replica_loses_nothing,
+        ha::a_frozen_leader_writes_nothing_when_it_resumes,
+    ]
 }
 
 fn main() -> ExitCode {

@@ -148,6 +148,20 @@ impl ClusterDir {
 /// node routes it onto its own bridge.
 pub const SERVICE_RANGE: &str = "10.96.0.0/16";
 
+const AUDIT_POLICY: &str = "audit-policy.yaml";
+const AUDIT_LOG: &str = "audit.log";
+
+/// The API server's audit policy: every write, at Metadata level, once it
+/// is answered; reads are not recorded.
+const WRITES_ONLY: &str = r#"apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted, Panic]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+"#;
+
 fn token_of(user: User) -> String {
     format!("token-{}", user.name.replace(':', "-"))
 }
@@ -175,6 +189,7 @@ impl Cluster {
         let root = dir.path();
         write_pki(root, plane.address)?;
         write_tokens(root)?;
+        std::fs::write(root.join(AUDIT_POLICY), WRITES_ONLY)?;
 
         let etcd_port = free_port()?;
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
@@ -216,6 +231,11 @@ impl Cluster {
             "--enable-priority-and-fairness=false",
             "--profiling=false",
             "--v=0",
+            &format!("--audit-policy-file={}", path(AUDIT_POLICY)),
+            &format!("--audit-log-path={}", path(AUDIT_LOG)),
+            "--audit-log-format=json",
+            // Written as requests complete, so a test reads what just happened.
+            "--audit-log-mode=blocking",
         ]);
         if plane.serves_node {
             api_cmd.args([
@@ -309,6 +329,14 @@ impl Cluster {
     /// The directory holding the PKI, tokens and kubeconfigs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Every write the API server received, one JSON audit event a line
+    /// (`audit.k8s.io/v1` Event, stage `ResponseComplete`, level Metadata):
+    /// who (with the pod of a ServiceAccount token in `user.extra`), what,
+    /// when, and the answer's code.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.path().join(AUDIT_LOG)
     }
 
     /// The CA that signs the API server's (and the kubelet client's) certificates.
