@@ -51,9 +51,9 @@ demo-cluster: setup wasm bins
 	cargo build --locked -p airlock-tests --bin airlock-test-node
 	target/debug/airlock-test-node --demo
 
-## bench: tools/call direct vs plain Envoy vs filter, cold RS256, callgrind, approvals, audit intake (docs/BENCHMARKS.md)
+## bench: tools/call direct vs plain Envoy vs filter, cold RS256, callgrind, approvals, audit intake, operator at scale (docs/BENCHMARKS.md)
 bench: setup wasm
-	cargo build --release --locked -p airlock-bench
+	cargo build --release --locked -p airlock-bench -p airlock-operator --bin airlock-bench --bin airlock-operator
 	cargo build --locked -p airlock-noop-filter --target wasm32-wasip1 --profile wasm
 	target/release/airlock-bench $(BENCH_ARGS)
 

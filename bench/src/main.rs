@@ -5,14 +5,19 @@
 //!   path, warm token cache), and with a new token on every call (cold RS256);
 //! - callgrind instruction counts of the filter's request path (native);
 //! - time from `approve` to the held call's response;
-//! - audit intake throughput of the approval service.
+//! - audit intake throughput of the approval service;
+//! - the operator at scale: hundreds of McpServers and thousands of
+//!   ApprovalRequests in a real API server — time to serve and to observe
+//!   every server, and memory.
 //!
-//! The bench process (load generator, upstream, approval service, issuer) is
-//! pinned to core 0 and Envoy (one worker) to core 1.
+//! The scale run comes first, on every core. Then the bench process (load
+//! generator, upstream, approval service, issuer) is pinned to core 0 and
+//! Envoy (one worker) to core 1.
 
 mod approvals;
 mod cpu;
 mod load;
+mod operator_scale;
 mod report;
 mod request_path;
 mod upstream;
@@ -41,6 +46,8 @@ struct Cli {
 enum Command {
     /// Runs the filter's request path natively (the target callgrind measures).
     RequestPath(request_path::RequestPathArgs),
+    /// Only the operator scale run.
+    Scale,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -65,6 +72,18 @@ struct RunArgs {
     /// Keep callgrind's inputs and profiles here (for `callgrind_annotate DIR/warm.out`).
     #[arg(long)]
     callgrind_dir: Option<std::path::PathBuf>,
+    /// McpServers (replicas 0) of the operator scale run.
+    #[arg(long, default_value_t = 500)]
+    scale_servers: usize,
+    /// ApprovalRequests of the operator scale run.
+    #[arg(long, default_value_t = 5000)]
+    scale_requests: usize,
+    /// Namespaces they are spread over.
+    #[arg(long, default_value_t = 10)]
+    scale_namespaces: usize,
+    /// Skip the operator scale run.
+    #[arg(long)]
+    no_scale: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,22 +96,40 @@ fn main() -> anyhow::Result<()> {
         cores >= 2,
         "the bench needs two cores (load on one, Envoy on the other); this machine has {cores}"
     );
-    // Before any thread starts: every thread of this process inherits it.
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    };
+    let scale_only = matches!(cli.command, Some(Command::Scale));
+    let scale = if cli.run.no_scale && !scale_only {
+        None
+    } else {
+        let scale = operator_scale::Scale {
+            servers: cli.run.scale_servers,
+            requests: cli.run.scale_requests,
+            namespaces: cli.run.scale_namespaces.max(1),
+        };
+        Some(runtime()?.block_on(operator_scale::run(scale))?)
+    };
+    if let (true, Some(scale)) = (scale_only, &scale) {
+        println!("{}", scale.markdown());
+        return Ok(());
+    }
+    // Before any thread of the data-path runs starts: they inherit it.
     cpu::pin_this_thread(0)?;
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?
-        .block_on(run(&cli.run))
+    runtime()?.block_on(run(&cli.run, scale))
 }
 
 const BODY: &str = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"get_status","arguments":{"service":"api"}}}"#;
 /// What an answered call's body contains, and a refusal's does not.
 const SERVED: &str = r#""isError":false"#;
 
-async fn run(args: &RunArgs) -> anyhow::Result<()> {
+async fn run(args: &RunArgs, scale: Option<operator_scale::ScaleReport>) -> anyhow::Result<()> {
     let upstream = upstream::Upstream::start()?;
     let mut report = Report::new(args.connections);
+    report.scale = scale;
     let latency = Load {
         connections: 1,
         warmup: Duration::from_secs(args.warmup_seconds),

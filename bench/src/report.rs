@@ -48,6 +48,7 @@ pub struct Report {
     /// Sorted.
     pub approvals: Vec<Duration>,
     pub intake: Option<Intake>,
+    pub scale: Option<crate::operator_scale::ScaleReport>,
 }
 
 fn micros(d: Duration) -> f64 {
@@ -64,6 +65,7 @@ impl Report {
             callgrind_skipped: None,
             approvals: Vec::new(),
             intake: None,
+            scale: None,
         }
     }
 
@@ -180,6 +182,9 @@ impl Report {
                 intake.events,
                 intake.elapsed.as_secs_f64(),
             );
+        }
+        if let Some(scale) = &self.scale {
+            out.push_str(&scale.markdown());
         }
         out
     }

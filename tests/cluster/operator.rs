@@ -4,7 +4,7 @@
 //! DNS name, with development-issuer tokens. The operator is installed once
 //! for the binary; each test gates a server in a namespace of its own.
 
-use airlock_operator::crd::McpServer;
+use airlock_operator::crd::{ApprovalRequest, McpServer, Phase};
 use airlock_operator::dev_issuer::TokenRequest;
 use airlock_operator::render::workload::GATEWAY_PORT;
 use airlock_tests::chart;
@@ -305,6 +305,28 @@ pub async fn a_held_call_completes_once_a_lead_approves(node: &Node) -> anyhow::
     )?;
     let phases = String::from_utf8_lossy(&phases.stdout).to_string();
     assert!(phases.contains("Expired"), "{phases}");
+
+    // A decision arriving after the deadline never counts: the service
+    // judges it by its own clock, and the request stays Expired.
+    let requests: Api<ApprovalRequest> = Api::namespaced(node.client(ADMIN).await?, ns);
+    let expired_id = requests
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|r| r.status.as_ref().map(|s| s.phase) == Some(Phase::Expired))
+        .and_then(|r| r.metadata.name)
+        .ok_or_else(|| anyhow::anyhow!("no Expired request in {ns}"))?;
+    let late = installed
+        .people
+        .decide(&lea, &expired_id, "approve", "too late")
+        .await?;
+    let status = late.status();
+    let body = late.text().await?;
+    assert_eq!(status.as_u16(), 409, "{body}");
+    assert!(body.contains("expired"), "{body}");
+    let still = requests.get(&expired_id).await?;
+    assert_eq!(still.status.map(|s| s.phase), Some(Phase::Expired));
     Ok(())
 }
 
