@@ -4,7 +4,7 @@
 //! DNS name, with development-issuer tokens. The operator is installed once
 //! for the binary; each test gates a server in a namespace of its own.
 
-use airlock_operator::crd::{ApprovalRequest, McpServer, Phase};
+use airlock_operator::crd::{ApprovalPolicy, ApprovalRequest, McpServer, Phase};
 use airlock_operator::dev_issuer::TokenRequest;
 use airlock_operator::render::workload::GATEWAY_PORT;
 use airlock_tests::chart;
@@ -446,6 +446,29 @@ pub async fn a_policy_edit_reaches_the_live_sidecar(node: &Node) -> anyhow::Resu
             .sum();
         assert_eq!(restarts, 0, "the sidecar restarted");
     }
+    // The server's status follows the policy through a watch, not a poll
+    // (the controllers look again unprompted only every 5 minutes).
+    let policies: Api<ApprovalPolicy> = Api::namespaced(node.client(ADMIN).await?, ns);
+    let servers: Api<McpServer> = Api::namespaced(node.client(ADMIN).await?, ns);
+    let reported = wait_for(
+        "the server's status to report the edited policy",
+        Duration::from_secs(30),
+        || async {
+            let compiled = policies
+                .get("models")
+                .await?
+                .status
+                .and_then(|s| s.compiled_version);
+            let in_force = servers
+                .get(SERVER)
+                .await?
+                .status
+                .and_then(|s| s.policies.first().map(|p| p.version.clone()));
+            Ok((compiled.is_some() && compiled == in_force).then_some(()))
+        },
+    );
+    reported.await?;
+    eprintln!("policy edit → server status: {:.1?}", edited.elapsed());
     Ok(())
 }
 

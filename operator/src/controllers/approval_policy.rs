@@ -5,11 +5,12 @@
 
 use super::conditions::condition;
 use super::{Context, Error, MANAGER};
+use super::{SAFETY_NET, in_namespace_of};
 use crate::controllers::catalog::{named, qualified};
-use crate::crd::{ApprovalPolicy, ApprovalPolicyStatus};
+use crate::crd::{ApprovalPolicy, ApprovalPolicyStatus, McpServer};
 use futures::StreamExt;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
@@ -19,15 +20,20 @@ use std::time::{Duration, Instant};
 
 const KIND: &str = "ApprovalPolicy";
 
+/// A policy is reconciled when it changes, and when a server in its
+/// namespace does (the servers it governs are part of its status).
 pub async fn run(context: Arc<Context>) {
-    Controller::new(
-        Api::<ApprovalPolicy>::all(context.client.clone()),
-        watcher::Config::default(),
-    )
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, context)
-    .for_each(|_| async {})
-    .await;
+    let client = context.client.clone();
+    let config = watcher::Config::default();
+    let policies = context.watched.policies.clone();
+    Controller::new(Api::<ApprovalPolicy>::all(client.clone()), config.clone())
+        .watches(Api::<McpServer>::all(client), config, move |server| {
+            in_namespace_of(&policies, &server)
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, context)
+        .for_each(|_| async {})
+        .await;
 }
 
 async fn reconcile(policy: Arc<ApprovalPolicy>, context: Arc<Context>) -> Result<Action, Error> {
@@ -44,15 +50,17 @@ async fn check(policy: &ApprovalPolicy, context: &Context) -> Result<Action, Err
     let namespace = policy.namespace().unwrap_or_default();
     let status = match named(policy) {
         Ok(checked) => {
-            let mut matched: Vec<String> = context
-                .watched
-                .servers
-                .state()
-                .iter()
-                .filter(|s| s.namespace().as_deref() == Some(namespace.as_str()))
-                .filter(|s| policy.spec.servers.selects(&s.name_any(), s.labels()))
-                .map(|s| qualified(s.as_ref()))
-                .collect();
+            // Read now, not from a cache: the server edit that triggered
+            // this reconcile must be the one counted.
+            let mut matched: Vec<String> =
+                Api::<McpServer>::namespaced(context.client.clone(), &namespace)
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .iter()
+                    .filter(|s| policy.spec.servers.selects(&s.name_any(), s.labels()))
+                    .map(qualified)
+                    .collect();
             matched.sort();
             ApprovalPolicyStatus {
                 observed_generation: generation,
@@ -110,8 +118,8 @@ async fn check(policy: &ApprovalPolicy, context: &Context) -> Result<Action, Err
             .publish(policy, type_, reason, "Validate", &message)
             .await;
     }
-    // The servers it governs change without touching the policy.
-    Ok(Action::requeue(Duration::from_secs(30)))
+    // Changes arrive through the watches; this is only a safety net.
+    Ok(Action::requeue(SAFETY_NET))
 }
 
 fn error_policy(policy: Arc<ApprovalPolicy>, error: &Error, _: Arc<Context>) -> Action {

@@ -5,16 +5,17 @@
 
 use super::conditions::condition;
 use super::{Context, Error, MANAGER};
-use crate::controllers::catalog::qualified;
-use crate::crd::{AppliedPolicy, McpServer, McpServerStatus};
+use super::{SAFETY_NET, in_namespace_of};
+use crate::controllers::catalog::{named, qualified};
+use crate::crd::{AppliedPolicy, ApprovalPolicy, McpServer, McpServerStatus};
 use crate::render::workload::{self, RenderError};
-use airlock_policy::gateway::config::PolicyDocument;
+use airlock_policy::gateway::config::{NamedPolicy, PolicyDocument};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
@@ -24,15 +25,21 @@ use std::time::{Duration, Instant};
 
 const KIND: &str = "McpServer";
 
-/// Runs the controller until the stream of objects ends.
+/// Runs the controller until the stream of objects ends. A server is
+/// reconciled when it or what it owns changes, and when a policy in its
+/// namespace does (the policies in force are part of its status).
 pub async fn run(context: Arc<Context>) {
     let client = context.client.clone();
     let config = watcher::Config::default();
+    let servers = context.watched.servers.clone();
     Controller::new(Api::<McpServer>::all(client.clone()), config.clone())
         .owns(Api::<Deployment>::all(client.clone()), config.clone())
         .owns(Api::<ConfigMap>::all(client.clone()), config.clone())
         .owns(Api::<Service>::all(client.clone()), config.clone())
-        .owns(Api::<NetworkPolicy>::all(client), config)
+        .owns(Api::<NetworkPolicy>::all(client.clone()), config.clone())
+        .watches(Api::<ApprovalPolicy>::all(client), config, move |policy| {
+            in_namespace_of(&servers, &policy)
+        })
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|_| async {})
@@ -90,11 +97,16 @@ async fn apply(server: &McpServer, context: &Context) -> Result<Action, Error> {
         .await?;
 
     let (ready, reason, message) = availability(&deployment, server.spec.replicas);
-    let document = PolicyDocument::for_server(
-        &full_name,
-        server.labels(),
-        &context.watched.named_policies(),
-    );
+    // Read now, not from a cache: a policy edit that triggered this
+    // reconcile must be the one reported.
+    let policies: Vec<NamedPolicy> = Api::<ApprovalPolicy>::namespaced(client.clone(), &namespace)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|policy| named(policy).ok())
+        .collect();
+    let document = PolicyDocument::for_server(&full_name, server.labels(), &policies);
     let status = McpServerStatus {
         observed_generation: generation,
         conditions: vec![condition(
@@ -128,8 +140,8 @@ async fn apply(server: &McpServer, context: &Context) -> Result<Action, Error> {
                 .await;
         }
     }
-    // Policies change without touching this object: look again now and then.
-    Ok(Action::requeue(Duration::from_secs(60)))
+    // Changes arrive through the watches; this is only a safety net.
+    Ok(Action::requeue(SAFETY_NET))
 }
 
 /// `Ready` once every wanted replica is available and the Deployment has

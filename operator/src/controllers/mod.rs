@@ -111,3 +111,29 @@ impl ControllerMetrics {
             .observe(started.elapsed().as_secs_f64());
     }
 }
+
+/// How often an object is reconciled with nothing changed: the watches
+/// bring every change, this only bounds how long a missed one could last.
+pub const SAFETY_NET: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Every cached object in `changed`'s namespace: what a change to it may
+/// concern (a policy governs servers of its own namespace only). The
+/// reconcile reads the current state itself, so a cache a moment behind
+/// only ever triggers more, never less, than needed — except for an object
+/// the cache has not seen yet, which its own watch reconciles.
+pub fn in_namespace_of<K, Other>(
+    cache: &kube::runtime::reflector::Store<K>,
+    changed: &Other,
+) -> Vec<kube::runtime::reflector::ObjectRef<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    Other: kube::ResourceExt,
+{
+    let namespace = changed.namespace();
+    cache
+        .state()
+        .iter()
+        .filter(|object| kube::ResourceExt::namespace(object.as_ref()) == namespace)
+        .map(|object| kube::runtime::reflector::ObjectRef::from_obj(object.as_ref()))
+        .collect()
+}
