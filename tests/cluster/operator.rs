@@ -327,6 +327,31 @@ pub async fn a_held_call_completes_once_a_lead_approves(node: &Node) -> anyhow::
     assert!(body.contains("expired"), "{body}");
     let still = requests.get(&expired_id).await?;
     assert_eq!(still.status.map(|s| s.phase), Some(Phase::Expired));
+
+    // Nor can anyone but the operator write a decision into the record: not
+    // even the cluster's admin, past RBAC, gets by the admission policy.
+    let forged = node.kubectl(
+        ADMIN,
+        &[
+            "patch",
+            "approvalrequest",
+            "-n",
+            ns,
+            &expired_id,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Approved","approvalsNeeded":0}}"#,
+        ],
+    )?;
+    let refusal = String::from_utf8_lossy(&forged.stderr).to_string();
+    assert!(!forged.status.success(), "an admin approved by hand");
+    assert!(
+        refusal.contains("written only by the Airlock operator"),
+        "{refusal}"
+    );
+    let still = requests.get(&expired_id).await?;
+    assert_eq!(still.status.map(|s| s.phase), Some(Phase::Expired));
     Ok(())
 }
 
@@ -495,30 +520,34 @@ spec:
 "#
         )
     };
-    node.apply(
-        &(request("ar-old", "2026-01-01T01:00:00Z")
-            + "---"
-            + &request("ar-waiting", "2099-01-01T00:00:00Z")),
-    )?;
-    let status = node.kubectl(
-        ADMIN,
-        &[
-            "patch",
-            "areq",
-            "-n",
-            ns,
-            "ar-old",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status": {"phase": "Expired"}}"#,
-        ],
-    )?;
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
+    // Only the operator writes ApprovalRequests (the chart's admission
+    // policy): seed them as it would, impersonating its ServiceAccount.
+    let operator_identity = format!(
+        "system:serviceaccount:{}:airlock-operator",
+        chart::SYSTEM_NAMESPACE
     );
+    let as_operator: Api<ApprovalRequest> = Api::namespaced(
+        airlock_tests::cluster::client_impersonating(
+            &node.kubeconfig(ADMIN),
+            Some(&operator_identity),
+        )
+        .await?,
+        ns,
+    );
+    for (name, expires) in [
+        ("ar-old", "2026-01-01T01:00:00Z"),
+        ("ar-waiting", "2099-01-01T00:00:00Z"),
+    ] {
+        let object: ApprovalRequest = serde_yaml::from_str(&request(name, expires))?;
+        as_operator
+            .create(&kube::api::PostParams::default(), &object)
+            .await?;
+    }
+    let mut old = as_operator.get("ar-old").await?;
+    old.status = Some(serde_json::from_value(json!({"phase": "Expired"}))?);
+    as_operator
+        .replace_status("ar-old", &kube::api::PostParams::default(), &old)
+        .await?;
     let requests: Api<airlock_operator::crd::ApprovalRequest> =
         Api::namespaced(node.client(ADMIN).await?, ns);
     wait_for(

@@ -230,25 +230,32 @@ pub async fn the_trail_verifies_against_its_checkpoints(node: &Node) -> anyhow::
 
     let at = checkpoint["spec"]["sequence"].as_u64().unwrap_or_default();
     anyhow::ensure!(at >= 2, "the chain is too short to move back: {checkpoint}");
-    let back = format!(r#"{{"spec":{{"sequence":{}}}}}"#, at - 1);
-    let back = node.kubectl(
-        ADMIN,
-        &[
-            "patch",
-            "auditcheckpoint",
-            "-n",
-            SYSTEM_NAMESPACE,
-            &chain,
-            "--type=merge",
-            "-p",
-            &back,
-        ],
-    )?;
-    assert!(!back.status.success(), "{checkpoint}");
-    assert!(
-        String::from_utf8_lossy(&back.stderr).contains("a checkpoint only moves forward"),
-        "{}",
-        String::from_utf8_lossy(&back.stderr)
-    );
+    // The admin's edit is refused either way: back by the CRD's rule, and
+    // forward (a valid checkpoint) because only the operator writes them.
+    for (sequence, refusal) in [
+        (at - 1, "a checkpoint only moves forward"),
+        (at + 1, "written only by the Airlock operator"),
+    ] {
+        let edit = format!(r#"{{"spec":{{"sequence":{sequence}}}}}"#);
+        let edited = node.kubectl(
+            ADMIN,
+            &[
+                "patch",
+                "auditcheckpoint",
+                "-n",
+                SYSTEM_NAMESPACE,
+                &chain,
+                "--type=merge",
+                "-p",
+                &edit,
+            ],
+        )?;
+        let said = String::from_utf8_lossy(&edited.stderr);
+        assert!(
+            !edited.status.success(),
+            "moved to {sequence}: {checkpoint}"
+        );
+        assert!(said.contains(refusal), "{said}");
+    }
     Ok(())
 }

@@ -489,12 +489,22 @@ pub fn apply() -> PatchParams {
 
 /// A client configured by the kubeconfig file at `path`.
 pub async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
+    client_impersonating(path, None).await
+}
+
+/// A client from kubeconfig `path` acting as `identity` (which that user
+/// must be allowed to impersonate), or as itself.
+pub async fn client_impersonating(
+    path: &Path,
+    identity: Option<&str>,
+) -> anyhow::Result<kube::Client> {
     let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
-    let config = kube::Config::from_custom_kubeconfig(
+    let mut config = kube::Config::from_custom_kubeconfig(
         kubeconfig,
         &kube::config::KubeConfigOptions::default(),
     )
     .await?;
+    config.auth_info.impersonate = identity.map(str::to_string);
     Ok(kube::Client::try_from(config)?)
 }
 
