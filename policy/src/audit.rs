@@ -407,9 +407,13 @@ impl VerifiedChain {
     /// Whether this chain matches `checkpoint`: `Err` says how it does not
     /// (a chain cut short or rewritten after the checkpoint was taken).
     pub fn check(&self, checkpoint: &Checkpoint) -> Result<(), String> {
-        let index = usize::try_from(checkpoint.seq.saturating_sub(1)).unwrap_or(usize::MAX);
-        match self.hashes.get(index) {
-            _ if checkpoint.seq == 0 => Ok(()),
+        let recorded = checkpoint
+            .seq
+            .checked_sub(1)
+            .and_then(|index| usize::try_from(index).ok())
+            .and_then(|index| self.hashes.get(index));
+        match recorded {
+            None if checkpoint.seq == 0 => Err("its checkpoint names no record (seq 0)".into()),
             None => Err(format!(
                 "its checkpoint is at seq {} but its records end at seq {}: records were removed",
                 checkpoint.seq,
@@ -718,6 +722,12 @@ mod tests {
         let chains = verify_chains(&lines.join("\n"), Input::Records).unwrap();
         let head = checkpoint("replica-a", 4, &lines);
         assert_eq!(chains[0].check(&head), Ok(()));
+        // A checkpoint that names no record vouches for nothing.
+        let nothing = Checkpoint {
+            seq: 0,
+            ..head.clone()
+        };
+        assert!(chains[0].check(&nothing).is_err());
 
         // The last two records dropped: the chain is intact but short.
         let short = verify_chains(&lines[..3].join("\n"), Input::Records).unwrap();

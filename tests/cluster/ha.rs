@@ -65,12 +65,7 @@ pub async fn killing_the_leader_and_the_polled_replica_loses_nothing(
             .await?
             .items;
         let leases: Api<Lease> = Api::namespaced(admin.clone(), chart::SYSTEM_NAMESPACE);
-        let leader = leases
-            .get("airlock-operator")
-            .await?
-            .spec
-            .and_then(|s| s.holder_identity)
-            .unwrap_or_default();
+        let leader = leader(&leases).await?;
         let gateway_pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
         let gateway_ip = gateway_pods
             .list(&ListParams::default().labels(&format!("mcp.airlock.dev/server={SERVER}")))
@@ -125,23 +120,7 @@ pub async fn killing_the_leader_and_the_polled_replica_loses_nothing(
         )
         .await?;
         at("approved");
-        let new_leader = wait_for(
-            "another replica to take the Lease",
-            Duration::from_secs(90),
-            || {
-                let leases = leases.clone();
-                let leader = leader.clone();
-                async move {
-                    let holder = leases
-                        .get("airlock-operator")
-                        .await?
-                        .spec
-                        .and_then(|s| s.holder_identity);
-                    Ok(holder.filter(|h| h != &leader))
-                }
-            },
-        )
-        .await?;
+        let new_leader = successor(&leases, &leader).await?;
         anyhow::ensure!(
             !victims.contains(&new_leader),
             "a killed replica holds the Lease"
@@ -221,6 +200,19 @@ async fn leader(leases: &Api<Lease>) -> anyhow::Result<String> {
         .spec
         .and_then(|s| s.holder_identity)
         .unwrap_or_default())
+}
+
+/// Waits until a replica other than `previous` holds the Lease; returns it.
+async fn successor(leases: &Api<Lease>, previous: &str) -> anyhow::Result<String> {
+    wait_for(
+        "another replica to take the Lease",
+        Duration::from_secs(90),
+        || async move {
+            let holder = leader(leases).await?;
+            Ok((!holder.is_empty() && holder != previous).then_some(holder))
+        },
+    )
+    .await
 }
 
 /// The host PID of the operator process of pod `pod`: the one whose
@@ -346,19 +338,7 @@ pub async fn a_frozen_leader_writes_nothing_when_it_resumes(node: &Node) -> anyh
     let started = Instant::now();
     signal(pid, "STOP")?;
     let outcome = async {
-        let successor =
-            wait_for(
-                "another replica to take the Lease",
-                Duration::from_secs(60),
-                || {
-                    let leases = leases.clone();
-                    let frozen = frozen.clone();
-                    async move {
-                        Ok(Some(leader(&leases).await?).filter(|h| !h.is_empty() && h != &frozen))
-                    }
-                },
-            )
-            .await?;
+        let successor = successor(&leases, &frozen).await?;
         eprintln!(
             "frozen: {frozen} stopped; {successor} holds the Lease after {:.1}s",
             started.elapsed().as_secs_f64()

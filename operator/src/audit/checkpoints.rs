@@ -4,14 +4,13 @@
 //! through log collection; the checkpoints are what a rewritten or cut
 //! copy of them no longer matches.
 
+use crate::controllers::MANAGER;
 use crate::crd::{AuditCheckpoint, AuditCheckpointSpec};
 use airlock_policy::audit::Checkpoint;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use prometheus::{IntCounter, IntGauge, Registry};
 use std::time::Duration;
 use tokio::sync::watch;
-
-const MANAGER: &str = "airlock-operator";
 
 /// The chain a replica starts when it has no file to continue: its pod's
 /// name and its start time, so a restarted container never continues (and

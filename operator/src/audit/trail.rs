@@ -93,7 +93,9 @@ impl AuditLog {
 
     /// Appends events in order to every sink, syncing the file once before
     /// returning: a batch costs one sync, not one per event. The chain
-    /// advances only when every sink took every line.
+    /// advances once any sink took the lines, so no sink ever holds two
+    /// records with one `seq`; a failure of any sink is still the batch's
+    /// error (counted and refused to its sender).
     pub fn append_all(&self, events: &[AuditEvent]) -> Result<(), AuditError> {
         let mut state = self.state.lock().map_err(|_| AuditError::Poisoned)?;
         let mut next = state.chain.clone();
@@ -102,23 +104,31 @@ impl AuditLog {
             lines.push_str(&next.append(event).map_err(AuditError::Record)?);
             lines.push('\n');
         }
+        let mut outcomes = Vec::new();
         if let Some((path, file)) = &mut state.file {
             let io = |source| AuditError::Io {
                 path: path.clone(),
                 source,
             };
-            file.write_all(lines.as_bytes()).map_err(io)?;
-            file.sync_data().map_err(io)?;
+            outcomes.push(
+                file.write_all(lines.as_bytes())
+                    .and_then(|()| file.sync_data())
+                    .map_err(io),
+            );
         }
         if self.stdout {
             let mut out = std::io::stdout().lock();
-            out.write_all(lines.as_bytes())
-                .and_then(|()| out.flush())
-                .map_err(AuditError::Stdout)?;
+            outcomes.push(
+                out.write_all(lines.as_bytes())
+                    .and_then(|()| out.flush())
+                    .map_err(AuditError::Stdout),
+            );
         }
-        self.head.send_replace(head(&next));
-        state.chain = next;
-        Ok(())
+        if outcomes.iter().any(Result::is_ok) {
+            self.head.send_replace(head(&next));
+            state.chain = next;
+        }
+        outcomes.into_iter().collect()
     }
 }
 

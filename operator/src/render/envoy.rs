@@ -154,10 +154,10 @@ fn http_connection_manager(stat_prefix: &str, virtual_host: Value, http_filters:
 }
 
 fn router() -> Value {
-    json!([{
+    json!({
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-    }])
+    })
 }
 
 /// The clusters and listeners that reach `cluster`: the cluster itself,
@@ -180,7 +180,7 @@ fn render_cluster(cluster: &Cluster) -> (Vec<Value>, Option<Value>) {
     let hcm = http_connection_manager(
         &listener,
         json!({"name": listener, "domains": ["*"], "routes": [route]}),
-        router(),
+        json!([router()]),
     );
     let listener =
         json!({"name": listener, "internal_listener": {}, "filter_chains": [{"filters": [hcm]}]});
@@ -245,7 +245,7 @@ impl Bootstrap {
                 },
             }));
         }
-        http_filters.extend(router().as_array().into_iter().flatten().cloned());
+        http_filters.push(router());
         let mut clusters = Vec::new();
         let mut internal_listeners = Vec::new();
         for cluster in std::iter::once(&self.upstream).chain(&self.clusters) {
@@ -310,7 +310,7 @@ fn stats_listener(port: u16) -> Value {
     let hcm = http_connection_manager(
         "stats",
         json!({"name": "stats", "domains": ["*"], "routes": [route(READY_PATH), route(STATS_PATH)]}),
-        router(),
+        json!([router()]),
     );
     json!({
         "name": "stats",

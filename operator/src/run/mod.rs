@@ -71,7 +71,7 @@ pub struct RunArgs {
     #[arg(long = "jwks-url", value_parser = parse_pair)]
     pub jwks_urls: Vec<(String, String)>,
     /// How long a decided ApprovalRequest is kept (`30d`, `12h`); the audit trail keeps the record.
-    #[arg(long, default_value = "30d", value_parser = parse_retention)]
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
     pub retention: Duration,
     /// Write this replica's audit chain to standard output, one record a
     /// line (logs go to standard error), for the cluster's log collection.
@@ -81,7 +81,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub audit_file: Option<PathBuf>,
     /// How often this replica's chain head is checkpointed in the API server.
-    #[arg(long, default_value = "5s", value_parser = parse_interval)]
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub audit_checkpoint_interval: Duration,
 }
 
@@ -94,15 +94,11 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
     }
 }
 
-fn parse_retention(text: &str) -> Result<Duration, String> {
+fn parse_duration(text: &str) -> Result<Duration, String> {
     airlock_policy::model::parse_duration(text)
         .filter(|seconds| *seconds > 0)
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is not a duration like 30d or 12h"))
-}
-
-fn parse_interval(text: &str) -> Result<Duration, String> {
-    parse_retention(text).map_err(|_| format!("{text:?} is not a duration like 5s or 1m"))
+        .ok_or_else(|| format!("{text:?} is not a duration like 30d, 12h or 5s"))
 }
 
 const GATEWAY_KEY_SECRET: &str = "airlock-gateway-key";
