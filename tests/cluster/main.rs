@@ -8,6 +8,7 @@
 //! with the reason; none is skipped.
 
 mod ha;
+mod neighbours;
 mod operator;
 mod smoke;
 mod trail;
@@ -46,6 +47,8 @@ fn tests() -> Vec<(&'static str, Test)> {
         operator::a_policy_edit_reaches_the_live_sidecar,
         operator::decided_requests_are_deleted_after_the_retention,
         trail::the_trail_verifies_against_its_checkpoints,
+        neighbours::a_gateway_speaks_only_for_its_own_server,
+        neighbours::the_mcp_container_holds_no_gateway_credential,
     ]
 }
 

@@ -4,6 +4,7 @@ mod approvals_api;
 mod audit;
 mod conformance;
 mod filter;
+mod gateway_credential;
 mod harness_cluster;
 mod harness_envoy;
 mod harness_issuer;

@@ -2,7 +2,7 @@
 
 use crate::paths::tool;
 use crate::process::Process;
-use airlock_operator::render::envoy::{self, Bootstrap, Cluster, FilterModule};
+use airlock_operator::render::envoy::{self, Bootstrap, Cluster, FileCredential, FilterModule};
 use anyhow::Context;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -25,6 +25,8 @@ pub struct EnvoyOptions {
     /// Headers Envoy adds to every request it forwards (a client that cannot
     /// send a bearer token gets one from a hop in front of the gateway).
     pub add_request_headers: Vec<(String, String)>,
+    /// A credential Envoy itself sets on every request to the upstream.
+    pub upstream_credential: Option<FileCredential>,
 }
 
 impl EnvoyOptions {
@@ -36,6 +38,7 @@ impl EnvoyOptions {
             concurrency: 2,
             clusters: Vec::new(),
             add_request_headers: Vec::new(),
+            upstream_credential: None,
         }
     }
 
@@ -63,7 +66,11 @@ fn bootstrap(options: &EnvoyOptions) -> Bootstrap {
     Bootstrap {
         listen_port: 0,
         in_pod: None,
-        upstream: Cluster::loopback("upstream", options.upstream_port),
+        upstream: match &options.upstream_credential {
+            Some(credential) => Cluster::loopback("upstream", options.upstream_port)
+                .with_credential(credential.clone()),
+            None => Cluster::loopback("upstream", options.upstream_port),
+        },
         filter: options.filter.as_ref().map(|path| FilterModule {
             path: path.clone(),
             config: options.filter_config.clone(),

@@ -7,6 +7,7 @@
 //! gateway can neither invent an approval requirement nor spend a grant for
 //! another call. People (approvers, requesters) act with their own tokens.
 
+use super::gateway_identity::{Refusal, TokenReviews};
 use super::metrics::ServiceMetrics;
 use super::model::{Approval, ApprovalError, Binding, Person, Requirement, State, Verdict};
 use super::store::{Store, StoreError};
@@ -96,10 +97,11 @@ pub struct ServiceConfig {
 pub enum GatewayCredentials {
     /// One secret for every gateway (`airlock up` runs one).
     Shared(String),
-    /// Each server's gateway presents [`GatewayKey::credential`] for its own
-    /// server: it names the server and proves the operator issued it, so a
-    /// gateway asks, reports and reads policy for that server only.
-    PerServer(GatewayKey),
+    /// Each gateway presents its pod's ServiceAccount token for the
+    /// `airlock` audience (Envoy attaches it); the API server vouches for
+    /// the pod and the pod's controllers name its server, so a gateway
+    /// asks, reports and reads policy for that server only.
+    ServiceAccountTokens(TokenReviews),
 }
 
 /// Which server a verified gateway speaks for.
@@ -116,28 +118,10 @@ impl GatewayIdentity {
             GatewayIdentity::Server(own) if own != server => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "wrong_server",
-                format!("this gateway's credential is for {own}, not {server}"),
+                format!("this gateway is {own}'s, not {server}'s"),
             )),
             _ => Ok(()),
         }
-    }
-}
-
-/// The key that signs each server's gateway credential (HMAC-SHA256).
-#[derive(Clone)]
-pub struct GatewayKey(hmac::Hmac<sha2::Sha256>);
-
-impl GatewayKey {
-    pub fn new(key: &[u8]) -> Result<GatewayKey, hmac::digest::InvalidLength> {
-        hmac::Mac::new_from_slice(key).map(GatewayKey)
-    }
-
-    /// `server:hex(HMAC-SHA256(key, server))`.
-    pub fn credential(&self, server: &str) -> String {
-        use hmac::Mac;
-        let mut mac = self.0.clone();
-        mac.update(server.as_bytes());
-        format!("{server}:{}", hex::encode(mac.finalize().into_bytes()))
     }
 }
 
@@ -590,29 +574,36 @@ impl<S: Store> ApprovalService<S> {
         })
     }
 
-    fn check_gateway(&self, headers: &HeaderMap) -> Result<GatewayIdentity, ApiError> {
+    async fn check_gateway(&self, headers: &HeaderMap) -> Result<GatewayIdentity, ApiError> {
         let presented = headers
             .get(GATEWAY_CREDENTIAL_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        let identity = match &self.config.gateway_credentials {
+        let refused =
+            |why: String| ApiError::new(StatusCode::UNAUTHORIZED, "gateway_unauthorized", why);
+        match &self.config.gateway_credentials {
             GatewayCredentials::Shared(secret) => {
-                same_secret(presented.as_bytes(), secret.as_bytes()).then_some(GatewayIdentity::Any)
+                if same_secret(presented.as_bytes(), secret.as_bytes()) {
+                    Ok(GatewayIdentity::Any)
+                } else {
+                    Err(refused("missing or wrong gateway credential".into()))
+                }
             }
-            GatewayCredentials::PerServer(key) => {
-                presented.rsplit_once(':').and_then(|(server, _)| {
-                    same_secret(presented.as_bytes(), key.credential(server).as_bytes())
-                        .then(|| GatewayIdentity::Server(server.to_string()))
-                })
+            GatewayCredentials::ServiceAccountTokens(reviews) => {
+                if presented.is_empty() {
+                    return Err(refused("no gateway credential was presented".into()));
+                }
+                match reviews.server_of(presented).await {
+                    Ok(server) => Ok(GatewayIdentity::Server(server)),
+                    Err(unavailable @ Refusal::Unavailable(_)) => Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "gateway_unverifiable",
+                        format!("the gateway's token cannot be checked now: {unavailable}"),
+                    )),
+                    Err(refusal) => Err(refused(format!("not a gateway's token: {refusal}"))),
+                }
             }
-        };
-        identity.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "gateway_unauthorized",
-                "missing or wrong gateway credential",
-            )
-        })
+        }
     }
 
     /// Replaces the servers and policies; gateways long-polling their
@@ -822,7 +813,7 @@ async fn ask<S: Store>(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult {
-    let gateway = service.check_gateway(&headers)?;
+    let gateway = service.check_gateway(&headers).await?;
     let principal = service.principal(&headers).await?;
     let call: CallBody = body(&bytes)?;
     gateway.may_act_for(&call.server)?;
@@ -989,7 +980,7 @@ async fn consume<S: Store>(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult {
-    let gateway = service.check_gateway(&headers)?;
+    let gateway = service.check_gateway(&headers).await?;
     let principal = service.principal(&headers).await?;
     let call: CallBody = body(&bytes)?;
     gateway.may_act_for(&call.server)?;
@@ -1104,7 +1095,7 @@ async fn audit<S: Store>(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult {
-    let gateway = service.check_gateway(&headers)?;
+    let gateway = service.check_gateway(&headers).await?;
     let mut events: Vec<AuditEvent> = body(&bytes)?;
     // An event's server is the one whose credential sent it, whatever it claims.
     if let GatewayIdentity::Server(server) = &gateway {
@@ -1124,7 +1115,7 @@ async fn config<S: Store>(
     Query(query): Query<ConfigQuery>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let gateway = service.check_gateway(&headers)?;
+    let gateway = service.check_gateway(&headers).await?;
     let server = format!("{namespace}/{server}");
     gateway.may_act_for(&server)?;
     let wait = Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECONDS));
@@ -1192,26 +1183,6 @@ async fn metrics<S: Store>(AppState(service): AppState<Arc<ApprovalService<S>>>)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_server_credential_names_its_server_and_only_the_key_makes_it()
-    -> Result<(), hmac::digest::InvalidLength> {
-        let key = GatewayKey::new(b"key")?;
-        let credential = key.credential("ml/models");
-        assert!(credential.starts_with("ml/models:"));
-        assert_eq!(credential, key.credential("ml/models"));
-        assert_ne!(
-            credential,
-            GatewayKey::new(b"other key")?.credential("ml/models")
-        );
-        assert_ne!(
-            credential.rsplit_once(':').map(|(_, mac)| mac),
-            key.credential("ml/other")
-                .rsplit_once(':')
-                .map(|(_, mac)| mac)
-        );
-        Ok(())
-    }
 
     #[test]
     fn a_gateway_acts_only_for_its_own_server() {

@@ -61,11 +61,10 @@ async fn apply(server: &McpServer, context: &Context) -> Result<Action, Error> {
     let namespace = server.namespace().unwrap_or_default();
     let name = server.name_any();
     let full_name = qualified(server);
-    let credential = context.gateway_key.credential(&full_name);
     let previous = server.status.clone().unwrap_or_default();
     let generation = server.metadata.generation;
 
-    let rendered = match workload::render(server, &context.settings, &credential) {
+    let rendered = match workload::render(server, &context.settings) {
         Ok(rendered) => rendered,
         Err(error) => {
             // The object is wrong, not the operator: say so on it and wait for an edit.

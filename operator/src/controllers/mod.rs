@@ -12,7 +12,6 @@ pub mod conditions;
 pub mod mcp_server;
 pub mod retention;
 
-use crate::approvals::service::GatewayKey;
 use crate::render::workload::Settings;
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
@@ -33,8 +32,6 @@ pub enum Error {
 pub struct Context {
     pub client: kube::Client,
     pub settings: Settings,
-    /// Signs each server's gateway credential.
-    pub gateway_key: GatewayKey,
     pub recorder: Recorder,
     pub metrics: ControllerMetrics,
     /// The servers and policies the catalog feeder keeps.
@@ -45,7 +42,6 @@ impl Context {
     pub fn new(
         client: kube::Client,
         settings: Settings,
-        gateway_key: GatewayKey,
         watched: catalog::Watched,
         instance: String,
         registry: &Registry,
@@ -58,7 +54,6 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             settings,
-            gateway_key,
             metrics: ControllerMetrics::new(registry)?,
             watched,
         }))

@@ -24,6 +24,64 @@ pub struct Cluster {
     /// yet removed, fails a call at once. Envoy's main thread has no
     /// internal listeners, so only streams use it.
     pub retried: bool,
+    /// A credential Envoy itself sets on every request to this cluster.
+    pub credential: Option<FileCredential>,
+}
+
+/// A credential kept in a file that Envoy sets as `header` on every request
+/// to a cluster, replacing whatever the request carried. The wasm sandbox
+/// cannot read files, and should not hold the credential anyway: Envoy
+/// reads it through a file-based SDS secret, re-read whenever something in
+/// the file's directory is moved — a kubelet-projected token is renewed by
+/// swapping a `..data` symlink, so the next request carries the new one.
+/// Without the file, requests to the cluster are refused (401) by Envoy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileCredential {
+    pub header: String,
+    /// The credential itself, e.g. a projected ServiceAccount token.
+    pub file: PathBuf,
+    /// Where [`FileCredential::sds_document`] is placed for Envoy to read.
+    pub sds_file: PathBuf,
+}
+
+/// The SDS secret name of a cluster's credential.
+const CREDENTIAL_SECRET: &str = "credential";
+
+impl FileCredential {
+    /// The SDS document naming the credential's file, to be written at
+    /// [`FileCredential::sds_file`].
+    pub fn sds_document(&self) -> Value {
+        json!({"resources": [{
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            "name": CREDENTIAL_SECRET,
+            "generic_secret": {"secret": {"filename": self.file}},
+        }]})
+    }
+
+    /// The upstream HTTP filters that set the credential, ending in the codec.
+    fn upstream_filters(&self) -> Value {
+        let watched = self.file.parent().unwrap_or(Path::new("/"));
+        json!([{
+            "name": "envoy.filters.http.credential_injector",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector",
+                // Whatever the filter or a caller put in the header is replaced.
+                "overwrite": true,
+                "credential": {
+                    "name": "envoy.http.injected_credentials.generic",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic",
+                        "header": self.header,
+                        "credential": {"name": CREDENTIAL_SECRET, "sds_config": {"path_config_source": {
+                            "path": self.sds_file, "watched_directory": {"path": watched}}}},
+                    },
+                },
+            },
+        }, {
+            "name": "envoy.filters.http.upstream_codec",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"},
+        }])
+    }
 }
 
 /// A URL that cannot name an Envoy cluster.
@@ -62,6 +120,7 @@ impl Cluster {
             port,
             tls,
             retried: false,
+            credential: None,
         };
         Ok((cluster, path))
     }
@@ -74,6 +133,7 @@ impl Cluster {
             port,
             tls: false,
             retried: false,
+            credential: None,
         }
     }
 
@@ -82,6 +142,14 @@ impl Cluster {
     pub fn retried(self) -> Cluster {
         Cluster {
             retried: true,
+            ..self
+        }
+    }
+
+    /// This cluster, with `credential` set on every request to it.
+    pub fn with_credential(self, credential: FileCredential) -> Cluster {
+        Cluster {
+            credential: Some(credential),
             ..self
         }
     }
@@ -204,6 +272,15 @@ fn direct_cluster(cluster: &Cluster) -> Value {
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address(&cluster.host, cluster.port)}}]}],
         },
     });
+    if let Some(credential) = &cluster.credential {
+        rendered["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http_protocol_options": {}},
+                "http_filters": credential.upstream_filters(),
+            },
+        });
+    }
     if cluster.tls {
         rendered["transport_socket"] = json!({
             "name": "envoy.transport_sockets.tls",
@@ -287,6 +364,8 @@ impl Bootstrap {
             }));
         }
         let mut bootstrap = json!({
+            // SDS, which credentials are read through, requires a node.
+            "node": {"id": "airlock-gateway", "cluster": "airlock"},
             "admin": {"address": admin},
             "static_resources": {
                 "listeners": listeners,
@@ -390,6 +469,7 @@ mod tests {
                 port: 443,
                 tls: true,
                 retried: false,
+                credential: None,
             }
         );
         assert_eq!(path, "/t/discovery/v2.0/keys");
@@ -415,6 +495,7 @@ mod tests {
                 port: 443,
                 tls: true,
                 retried: false,
+                credential: None,
             }],
         };
         let rendered = bootstrap.render();

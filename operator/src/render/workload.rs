@@ -9,8 +9,10 @@
 //! image through an init container that checks its sha256, so the pod runs
 //! exactly the module the operator was built with and needs no registry.
 
-use super::envoy::{Bootstrap, Cluster, FilterModule, InPod, READY_PATH, UrlError};
+use super::envoy::{Bootstrap, Cluster, FileCredential, FilterModule, InPod, READY_PATH, UrlError};
+use crate::approvals::gateway_identity;
 use crate::crd::McpServer;
+use airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER;
 use airlock_policy::gateway::config::FilterConfig;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -35,6 +37,15 @@ const FILTER_FILE: &str = "airlock_filter.wasm";
 const ADMIN_DIR: &str = "/var/run/airlock/admin";
 const CONFIG_DIR: &str = "/etc/airlock";
 const CONFIG_FILE: &str = "envoy.json";
+/// The SDS document through which Envoy reads the gateway's token.
+const CREDENTIAL_SDS_FILE: &str = "gateway-token.json";
+/// The pod's ServiceAccount token for the `airlock` audience, projected
+/// into the gateway container only: it is how the approval service knows
+/// which server's gateway is asking.
+const TOKEN_DIR: &str = "/var/run/airlock/token";
+const TOKEN_FILE: &str = "token";
+/// An hour; kubelet renews the token after 80% of it.
+const TOKEN_SECONDS: i64 = 3600;
 
 /// What the operator knows that an McpServer does not say.
 #[derive(Debug, Clone)]
@@ -86,13 +97,8 @@ pub enum RenderError {
 const GATEWAY_CONTAINER: &str = "airlock-gateway";
 const INSTALLER_CONTAINER: &str = "airlock-filter";
 
-/// The objects for `server`, owned by it. `credential` is what its gateway
-/// presents to the approval service.
-pub fn render(
-    server: &McpServer,
-    settings: &Settings,
-    credential: &str,
-) -> Result<Workload, RenderError> {
+/// The objects for `server`, owned by it.
+pub fn render(server: &McpServer, settings: &Settings) -> Result<Workload, RenderError> {
     let name = server
         .metadata
         .name
@@ -110,15 +116,18 @@ pub fn render(
         .filter(|p| *p != GATEWAY_PORT && *p != STATS_PORT)
         .ok_or(RenderError::PortClash(spec.upstream_port))?;
 
+    let credential = gateway_credential();
     let bootstrap = bootstrap(
         &format!("{namespace}/{name}"),
         server,
         settings,
-        credential,
+        &credential,
         upstream_port,
     )?;
     let bootstrap_text = bootstrap.to_string();
-    let config_digest = airlock_policy::canonical::sha256_hex(bootstrap_text.as_bytes());
+    let sds_text = credential.sds_document().to_string();
+    let config_digest =
+        airlock_policy::canonical::sha256_hex(format!("{bootstrap_text}\n{sds_text}").as_bytes());
     let owner = owner_reference(server)?;
     let labels = json!({SERVER_LABEL: name, "app.kubernetes.io/managed-by": "airlock-operator"});
     let gateway_name = format!("{name}-airlock-gateway");
@@ -127,7 +136,7 @@ pub fn render(
     let config_map = json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": metadata(&gateway_name),
-        "data": {CONFIG_FILE: bootstrap_text},
+        "data": {CONFIG_FILE: bootstrap_text, CREDENTIAL_SDS_FILE: sds_text},
     });
 
     let mut pod = serde_json::to_value(template)
@@ -161,6 +170,8 @@ pub fn render(
         json!({"name": "airlock-gateway-config", "configMap": {"name": gateway_name}}),
         json!({"name": "airlock-filter", "emptyDir": {"sizeLimit": "64Mi"}}),
         json!({"name": "airlock-admin", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+        json!({"name": "airlock-gateway-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": gateway_identity::AUDIENCE, "expirationSeconds": TOKEN_SECONDS, "path": TOKEN_FILE}}]}}),
     ];
     if let Some(existing) = pod_spec["volumes"].as_array() {
         volumes.extend(existing.iter().cloned());
@@ -232,14 +243,14 @@ fn bootstrap(
     server_name: &str,
     server: &McpServer,
     settings: &Settings,
-    credential: &str,
+    credential: &FileCredential,
     upstream_port: u16,
 ) -> Result<Value, RenderError> {
     let spec = &server.spec;
     let (approvals, _) = Cluster::for_url("approvals", &settings.approvals_url)?;
     // A replica that dies, or an endpoint kube-proxy has not dropped yet,
     // costs a retry, not the call.
-    let approvals = approvals.retried();
+    let approvals = approvals.retried().with_credential(credential.clone());
     let mut clusters = vec![approvals.clone()];
     let mut jwks = Vec::new();
     for (index, tenant) in spec.auth.tenants.iter().enumerate() {
@@ -256,7 +267,7 @@ fn bootstrap(
         "auth": spec.auth,
         "jwks": jwks,
         "approvals": {"cluster": approvals.name, "holdCluster": approvals.retrying_name(),
-            "authority": approvals.host, "credential": credential},
+            "authority": approvals.host},
         "maxHoldSeconds": spec.gateway.max_hold_seconds,
         "maxBodyBytes": spec.gateway.max_body_bytes,
         "forwardToken": spec.gateway.forward_token,
@@ -281,6 +292,16 @@ fn bootstrap(
         clusters,
     };
     Ok(bootstrap.render())
+}
+
+/// The pod's `airlock`-audience token, attached by Envoy to every request
+/// to the approval service.
+fn gateway_credential() -> FileCredential {
+    FileCredential {
+        header: GATEWAY_CREDENTIAL_HEADER.into(),
+        file: format!("{TOKEN_DIR}/{TOKEN_FILE}").into(),
+        sds_file: format!("{CONFIG_DIR}/{CREDENTIAL_SDS_FILE}").into(),
+    }
 }
 
 /// Copies the filter module out of the operator's image, checking its digest.
@@ -319,6 +340,7 @@ fn gateway_container(image: &str, settings: &Settings, spec: &crate::crd::McpSer
             {"name": "airlock-gateway-config", "mountPath": CONFIG_DIR, "readOnly": true},
             {"name": "airlock-filter", "mountPath": FILTER_DIR, "readOnly": true},
             {"name": "airlock-admin", "mountPath": ADMIN_DIR},
+            {"name": "airlock-gateway-token", "mountPath": TOKEN_DIR, "readOnly": true},
         ],
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
     });
@@ -403,7 +425,7 @@ mod tests {
 
     #[test]
     fn the_gateway_is_a_native_sidecar_after_the_filter_installer() {
-        let workload = render(&server(json!({})), &settings(), "secret").unwrap();
+        let workload = render(&server(json!({})), &settings()).unwrap();
         let pod = &as_json(&workload.deployment)["spec"]["template"];
         let init = pod["spec"]["initContainers"].as_array().unwrap();
         assert_eq!(init[0]["name"], INSTALLER_CONTAINER);
@@ -425,7 +447,7 @@ mod tests {
 
     #[test]
     fn only_the_gateway_is_exposed_and_admitted() {
-        let workload = render(&server(json!({})), &settings(), "secret").unwrap();
+        let workload = render(&server(json!({})), &settings()).unwrap();
         let service = as_json(&workload.service);
         assert_eq!(service["spec"]["ports"].as_array().unwrap().len(), 1);
         assert_eq!(service["spec"]["ports"][0]["targetPort"], "mcp");
@@ -457,7 +479,6 @@ mod tests {
         let workload = render(
             &server(json!({"gateway": {"maxHoldSeconds": 20}})),
             &settings,
-            "secret",
         )
         .unwrap();
         let text = &workload.config_map.data.unwrap()[CONFIG_FILE];
@@ -486,12 +507,70 @@ mod tests {
     }
 
     #[test]
-    fn bad_servers_are_refused_naming_the_field() {
-        let port = render(
-            &server(json!({"upstreamPort": GATEWAY_PORT})),
-            &settings(),
-            "s",
+    fn only_the_gateway_holds_the_pods_airlock_token_and_envoy_attaches_it() {
+        let workload = render(&server(json!({})), &settings()).unwrap();
+        let pod = &as_json(&workload.deployment)["spec"]["template"]["spec"];
+        let token_volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["projected"].is_object())
+            .unwrap();
+        let source = &token_volume["projected"]["sources"][0]["serviceAccountToken"];
+        assert_eq!(source["audience"], gateway_identity::AUDIENCE);
+        let mounts = |container: &Value| -> Vec<Value> {
+            container["volumeMounts"]
+                .as_array()
+                .map(|m| m.iter().map(|m| m["name"].clone()).collect())
+                .unwrap_or_default()
+        };
+        let containers = pod["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(pod["containers"].as_array().unwrap());
+        for container in containers {
+            let holds = mounts(container).contains(&token_volume["name"]);
+            assert_eq!(holds, container["name"] == GATEWAY_CONTAINER, "{container}");
+        }
+        let data = workload.config_map.data.unwrap();
+        let bootstrap: Value = serde_json::from_str(&data[CONFIG_FILE]).unwrap();
+        let config: Value = serde_json::from_str(
+            bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+                ["typed_config"]["http_filters"][0]["typed_config"]["config"]["configuration"]
+                ["value"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(config["approvals"].get("credential").is_none());
+        let approvals = bootstrap["static_resources"]["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == config["approvals"]["cluster"])
+            .unwrap();
+        let injector = &approvals["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+            ["http_filters"][0]["typed_config"];
+        assert_eq!(injector["overwrite"], true);
+        let generic = &injector["credential"]["typed_config"];
+        assert_eq!(generic["header"], GATEWAY_CREDENTIAL_HEADER);
+        let source = &generic["credential"]["sds_config"]["path_config_source"];
+        assert_eq!(
+            source["path"],
+            format!("{CONFIG_DIR}/{CREDENTIAL_SDS_FILE}")
         );
+        assert_eq!(source["watched_directory"]["path"], TOKEN_DIR);
+        let sds: Value = serde_json::from_str(&data[CREDENTIAL_SDS_FILE]).unwrap();
+        assert_eq!(
+            sds["resources"][0]["generic_secret"]["secret"]["filename"],
+            format!("{TOKEN_DIR}/{TOKEN_FILE}")
+        );
+    }
+
+    #[test]
+    fn bad_servers_are_refused_naming_the_field() {
+        let port = render(&server(json!({"upstreamPort": GATEWAY_PORT})), &settings());
         assert_eq!(
             port.unwrap_err(),
             RenderError::PortClash(i32::from(GATEWAY_PORT))
@@ -499,13 +578,13 @@ mod tests {
         let reserved = server(json!({"template": {"spec": {"containers": [
             {"name": GATEWAY_CONTAINER, "image": "x"}]}}}));
         assert!(matches!(
-            render(&reserved, &settings(), "s"),
+            render(&reserved, &settings()),
             Err(RenderError::ReservedName(_))
         ));
         let mut selector = server(json!({}));
         selector.spec.template = None;
         assert_eq!(
-            render(&selector, &settings(), "s").unwrap_err(),
+            render(&selector, &settings()).unwrap_err(),
             RenderError::NoTemplate
         );
     }

@@ -6,10 +6,9 @@
 pub mod guard;
 pub mod leader;
 
+use crate::approvals::gateway_identity::TokenReviews;
 use crate::approvals::kubernetes::{KubeStore, Placement};
-use crate::approvals::service::{
-    Api, ApprovalService, Catalog, GatewayCredentials, GatewayKey, ServiceConfig,
-};
+use crate::approvals::service::{Api, ApprovalService, Catalog, GatewayCredentials, ServiceConfig};
 use crate::audit::checkpoints::{self, CheckpointMetrics};
 use crate::audit::trail::{AuditLog, Sinks};
 use crate::controllers::{self, Context};
@@ -18,9 +17,7 @@ use crate::render::workload::Settings;
 use airlock_policy::audit::Chain;
 use airlock_policy::entra::{OtherIssuer, TokenVersion, TrustConfig};
 use anyhow::Context as _;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api as KubeApi, PostParams};
+use kube::api::Api as KubeApi;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,7 +26,7 @@ use std::time::Duration;
 /// `airlock-operator run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The operator's namespace: its Lease and its gateway key.
+    /// The operator's namespace: its Lease and its audit checkpoints.
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: String,
     /// This replica's name (its Lease identity).
@@ -101,7 +98,6 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} is not a duration like 30d, 12h or 5s"))
 }
 
-const GATEWAY_KEY_SECRET: &str = "airlock-gateway-key";
 const LEASE: &str = "airlock-operator";
 
 /// Runs until SIGTERM, or until this replica loses the Lease it led with.
@@ -137,8 +133,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             })
             .collect(),
     };
-    let gateway_key = GatewayKey::new(&gateway_key(&client, &args.namespace).await?)
-        .map_err(|e| anyhow::anyhow!("the gateway key: {e}"))?;
     let filter_sha256 = crate::filter_install::digest(&args.filter)?;
 
     let audit = AuditLog::with_sinks(
@@ -157,7 +151,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ServiceConfig {
             trust,
             jwks,
-            gateway_credentials: GatewayCredentials::PerServer(gateway_key.clone()),
+            gateway_credentials: GatewayCredentials::ServiceAccountTokens(TokenReviews::new(
+                client.clone(),
+            )),
             max_pending_per_principal: 20,
             jwks_min_refresh: Duration::from_secs(300),
         },
@@ -190,7 +186,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let context = Context::new(
         controllers_client,
         settings,
-        gateway_key,
         watched,
         args.pod_name.clone(),
         service.metrics_registry(),
@@ -240,37 +235,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let _ = checkpoints::write(&checkpoint_api, &head, &checkpoint_metrics).await;
             }
             Ok(requested?)
-        }
-    }
-}
-
-/// The key that signs gateway credentials: one per installation, kept in a
-/// Secret that the first replica to start creates.
-async fn gateway_key(client: &kube::Client, namespace: &str) -> anyhow::Result<Vec<u8>> {
-    let secrets: KubeApi<Secret> = KubeApi::namespaced(client.clone(), namespace);
-    loop {
-        if let Some(secret) = secrets.get_opt(GATEWAY_KEY_SECRET).await? {
-            let key = secret
-                .data
-                .and_then(|mut data| data.remove("key"))
-                .map(|ByteString(bytes)| bytes)
-                .filter(|bytes| bytes.len() >= 32)
-                .with_context(|| {
-                    format!("secret {namespace}/{GATEWAY_KEY_SECRET} has no 32-byte `key`")
-                })?;
-            return Ok(key);
-        }
-        let key: [u8; 32] = rand::random();
-        let secret: Secret = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": GATEWAY_KEY_SECRET, "namespace": namespace},
-            "data": {"key": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key)},
-        }))?;
-        match secrets.create(&PostParams::default(), &secret).await {
-            Ok(_) => {}
-            // Another replica created it first: read theirs.
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
-            Err(e) => return Err(e.into()),
         }
     }
 }
