@@ -5,7 +5,7 @@
 use super::operator::{SERVER, call, gated_server, operator, token};
 use airlock_tests::chart;
 use airlock_tests::cluster::ADMIN;
-use airlock_tests::node::Node;
+use airlock_tests::node::{Node, processes};
 use airlock_tests::wait_for;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
@@ -215,38 +215,6 @@ async fn successor(leases: &Api<Lease>, previous: &str) -> anyhow::Result<String
     .await
 }
 
-/// The host PID of the operator process of pod `pod`: the one whose
-/// environment names it.
-fn operator_process(pod: &str) -> anyhow::Result<i32> {
-    let wanted = format!("POD_NAME={pod}");
-    for entry in std::fs::read_dir("/proc")? {
-        let entry = entry?;
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-        if cmdline.starts_with(b"/usr/local/bin/airlock-operator")
-            && environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes())
-        {
-            return Ok(pid);
-        }
-    }
-    anyhow::bail!("no airlock-operator process of pod {pod}")
-}
-
-fn signal(pid: i32, signal: &str) -> anyhow::Result<()> {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()?;
-    anyhow::ensure!(status.success(), "kill -{signal} {pid}: {status}");
-    Ok(())
-}
-
 /// A write as the API server's audit log records it.
 struct Write {
     received: String,
@@ -334,9 +302,9 @@ pub async fn a_frozen_leader_writes_nothing_when_it_resumes(node: &Node) -> anyh
         "the leader {frozen} never wrote the server's Deployment:{}",
         listing(&led)
     );
-    let pid = operator_process(&frozen)?;
+    let pid = processes::of_pod(&frozen, "/usr/local/bin/airlock-operator")?;
     let started = Instant::now();
-    signal(pid, "STOP")?;
+    processes::signal(pid, "STOP")?;
     let outcome = async {
         let successor = successor(&leases, &frozen).await?;
         eprintln!(
@@ -370,7 +338,7 @@ pub async fn a_frozen_leader_writes_nothing_when_it_resumes(node: &Node) -> anyh
     }
     .await;
     let resumed = k8s_openapi::jiff::Timestamp::now();
-    signal(pid, "CONT")?;
+    processes::signal(pid, "CONT")?;
     outcome?;
     // Give the resumed replica time to act on what it missed, and to find
     // the Lease gone.

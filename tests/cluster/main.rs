@@ -49,6 +49,7 @@ fn tests() -> Vec<(&'static str, Test)> {
         trail::the_trail_verifies_against_its_checkpoints,
         neighbours::a_gateway_speaks_only_for_its_own_server,
         neighbours::the_mcp_container_holds_no_gateway_credential,
+        neighbours::the_mcp_container_cannot_take_the_gateways_port,
     ]
 }
 

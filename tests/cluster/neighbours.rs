@@ -5,16 +5,17 @@
 
 use crate::operator::{SERVER, gated_server, operator};
 use airlock_operator::approvals::gateway_identity::AUDIENCE;
-use airlock_operator::render::workload::SERVER_LABEL;
+use airlock_operator::render::workload::{GATEWAY_PORT, SERVER_LABEL};
 use airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER;
-use airlock_tests::chart::SYSTEM_NAMESPACE;
+use airlock_tests::chart::{self, SYSTEM_NAMESPACE};
 use airlock_tests::cluster::ADMIN;
-use airlock_tests::node::Node;
+use airlock_tests::node::{Node, processes};
 use anyhow::Context as _;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
+use std::time::Duration;
 
 /// A token the API server issues for `namespace`'s default ServiceAccount,
 /// bound to `pod` when given, for `audience`.
@@ -154,7 +155,8 @@ pub async fn a_gateway_speaks_only_for_its_own_server(node: &Node) -> anyhow::Re
 }
 
 /// From inside the MCP container: no `airlock`-audience token, no API
-/// server token, and the approval service refuses what it can send.
+/// server token, no Envoy admin socket, and the approval service refuses
+/// what it can send.
 pub async fn the_mcp_container_holds_no_gateway_credential(node: &Node) -> anyhow::Result<()> {
     operator(node).await?;
     let namespace = "gate-identity-mcp";
@@ -165,7 +167,7 @@ pub async fn the_mcp_container_holds_no_gateway_credential(node: &Node) -> anyho
     let probe = format!(
         r#"
 import glob, json, os, urllib.request, urllib.error
-found = [p for p in glob.glob("/var/run/**", recursive=True) if os.path.basename(p) == "token"]
+found = [p for p in glob.glob("/var/run/**", recursive=True) if os.path.basename(p) in ("token", "envoy.sock")]
 request = urllib.request.Request("{url}/v1/config/{namespace}/{SERVER}")
 try:
     status = urllib.request.urlopen(request, timeout=5).status
@@ -184,5 +186,82 @@ print(json.dumps({{"tokens": found, "config": status}}))
         "the MCP container sees a token: {seen}"
     );
     assert_eq!(seen["config"], 401, "{seen}");
+    Ok(())
+}
+
+/// The MCP container shares Envoy's network namespace but cannot bind
+/// Envoy's port — not while Envoy listens, and not in the moments after
+/// Envoy is killed, before kubelet restarts it.
+pub async fn the_mcp_container_cannot_take_the_gateways_port(node: &Node) -> anyhow::Result<()> {
+    operator(node).await?;
+    let namespace = "gate-port";
+    gated_server(node, namespace, 20).await?;
+    let pod = gateway_pod(node, namespace).await?;
+    let name = pod.metadata.name.clone().context("unnamed pod")?;
+    // For a few seconds: try to bind the gateway's port, and note whether
+    // anything was listening on it at that moment.
+    let attempts = format!(
+        r#"
+import errno, json, socket, time
+seen = {{"refused_binds": 0, "bound": 0, "port_free": 0, "errors": []}}
+end = time.time() + 8
+while time.time() < end:
+    s = socket.socket()
+    try:
+        s.bind(("0.0.0.0", {GATEWAY_PORT}))
+        seen["bound"] += 1
+    except OSError as e:
+        if e.errno == errno.EACCES:
+            seen["refused_binds"] += 1
+        elif e.strerror not in seen["errors"]:
+            seen["errors"].append(e.strerror)
+    finally:
+        s.close()
+    try:
+        socket.create_connection(("127.0.0.1", {GATEWAY_PORT}), timeout=0.2).close()
+    except OSError:
+        seen["port_free"] += 1
+    time.sleep(0.01)
+with open("/proc/self/status") as status:
+    seen["capabilities"] = [l.split()[1] for l in status if l.startswith(("CapEff", "CapPrm"))]
+print(json.dumps(seen))
+"#
+    );
+    let envoy = processes::of_pod(&name, "/usr/local/bin/envoy")?;
+    let killer = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        processes::signal(envoy, "KILL")
+    };
+    let command = ["python3", "-c", &attempts];
+    let (out, killed) = tokio::join!(node.exec(namespace, &name, "mcp", &command), killer);
+    killed?;
+    let out = out?;
+    let seen: Value = serde_json::from_str(out.trim()).with_context(|| out.clone())?;
+    assert_eq!(
+        seen["bound"], 0,
+        "the MCP container bound the gateway's port: {seen}"
+    );
+    assert_eq!(seen["errors"], json!([]), "{seen}");
+    assert!(
+        seen["port_free"].as_u64() > Some(0),
+        "Envoy never stopped listening while the MCP container tried: the test proves nothing ({seen})"
+    );
+    assert_eq!(
+        seen["capabilities"],
+        json!(["0000000000000000", "0000000000000000"]),
+        "{seen}"
+    );
+    // Without the pod's sysctl, containerd would have let any UID bind it.
+    let sysctl = [
+        "python3",
+        "-c",
+        "print(open('/proc/sys/net/ipv4/ip_unprivileged_port_start').read())",
+    ];
+    let ungated = node.exec(namespace, "client", "client", &sysctl).await?;
+    let gated = node.exec(namespace, &name, "mcp", &sysctl).await?;
+    assert_eq!((ungated.trim(), gated.trim()), ("0", "1024"));
+    println!("gateway port: {seen}");
+    // kubelet restarts the gateway, and the server is served again.
+    chart::ready_server(node, namespace, SERVER).await?;
     Ok(())
 }

@@ -349,6 +349,10 @@ impl Bootstrap {
         let mut listeners = vec![json!({
             "name": "mcp",
             "address": address(listen_host, self.listen_port),
+            // One socket, shared by the workers: with SO_REUSEPORT another
+            // process of the same user could bind the port too and take a
+            // share of the connections.
+            "enable_reuse_port": false,
             "filter_chains": [{"filters": [mcp]}],
         })];
         let has_internal_listeners = !internal_listeners.is_empty();
@@ -394,6 +398,7 @@ fn stats_listener(port: u16) -> Value {
     json!({
         "name": "stats",
         "address": address("0.0.0.0", port),
+        "enable_reuse_port": false,
         "filter_chains": [{"filters": [hcm]}],
     })
 }
@@ -564,10 +569,10 @@ mod tests {
     #[test]
     fn a_sidecar_has_no_tcp_admin_and_its_stats_listener_serves_two_paths() {
         let bootstrap = Bootstrap {
-            listen_port: 15080,
+            listen_port: 80,
             in_pod: Some(InPod {
                 admin_socket: PathBuf::from("/run/airlock/admin.sock"),
-                stats_port: 15090,
+                stats_port: 90,
             }),
             upstream: Cluster::loopback("upstream", 8080),
             filter: None,
@@ -585,7 +590,7 @@ mod tests {
         );
         assert_eq!(
             listeners[1]["address"]["socket_address"]["port_value"],
-            15090
+            90
         );
         let routes = &listeners[1]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
             ["virtual_hosts"][0]["routes"];
@@ -604,5 +609,11 @@ mod tests {
                 .all(|r| r["match"].get("prefix").is_none()),
             "the stats listener must not serve the admin interface by prefix"
         );
+        // No listener shares its port with another socket (SO_REUSEPORT).
+        for listener in listeners.as_array().into_iter().flatten() {
+            if listener.get("address").is_some() {
+                assert_eq!(listener["enable_reuse_port"], false, "{listener}");
+            }
+        }
     }
 }

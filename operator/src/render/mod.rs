@@ -4,4 +4,5 @@
 //! tests check the output; the controllers only apply it.
 
 pub mod envoy;
+pub mod hardening;
 pub mod workload;

@@ -10,6 +10,7 @@
 //! exactly the module the operator was built with and needs no registry.
 
 use super::envoy::{Bootstrap, Cluster, FileCredential, FilterModule, InPod, READY_PATH, UrlError};
+use super::hardening::{self, Unsafe, gateway_security_context, installer_security_context};
 use crate::approvals::gateway_identity;
 use crate::crd::McpServer;
 use airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER;
@@ -21,10 +22,11 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
-/// The gateway's MCP port in every pod; the Service's `mcp` port targets it.
-pub const GATEWAY_PORT: u16 = 15080;
-/// Readiness and Prometheus stats, nothing else.
-pub const STATS_PORT: u16 = 15090;
+/// The gateway's MCP port in every pod; the Service's `mcp` port targets
+/// it. Below 1024, so that only Envoy may bind it (see [`hardening`]).
+pub const GATEWAY_PORT: u16 = 80;
+/// Readiness and Prometheus stats, nothing else; privileged too.
+pub const STATS_PORT: u16 = 90;
 /// Label on everything rendered for a server, with the server's name.
 pub const SERVER_LABEL: &str = "mcp.airlock.dev/server";
 /// Annotation with the digest of the bootstrap, so a change rolls the pods.
@@ -81,9 +83,13 @@ pub enum RenderError {
     #[error("metadata.{0} is missing")]
     NoMetadata(&'static str),
     #[error(
-        "spec.upstreamPort {0} is one of the gateway's own ports ({GATEWAY_PORT}, {STATS_PORT})"
+        "spec.upstreamPort {0} is below 1024: the MCP container holds no capabilities, so it listens on 1024 or above"
     )]
-    PortClash(i32),
+    PrivilegedPort(i32),
+    #[error("spec.template.spec is missing")]
+    NoPodSpec,
+    #[error("{0}")]
+    Unsafe(#[from] Unsafe),
     #[error("spec.template.spec.initContainers[].name {0:?} is reserved for the gateway")]
     ReservedName(String),
     #[error("JWKS URL {0}")]
@@ -113,8 +119,10 @@ pub fn render(server: &McpServer, settings: &Settings) -> Result<Workload, Rende
     let template = spec.template.as_ref().ok_or(RenderError::NoTemplate)?;
     let upstream_port = u16::try_from(spec.upstream_port)
         .ok()
-        .filter(|p| *p != GATEWAY_PORT && *p != STATS_PORT)
-        .ok_or(RenderError::PortClash(spec.upstream_port))?;
+        .filter(|p| *p >= 1024)
+        .ok_or(RenderError::PrivilegedPort(spec.upstream_port))?;
+    let mut template = template.clone();
+    hardening::harden(template.spec.as_mut().ok_or(RenderError::NoPodSpec)?)?;
 
     let credential = gateway_credential();
     let bootstrap = bootstrap(
@@ -139,7 +147,7 @@ pub fn render(server: &McpServer, settings: &Settings) -> Result<Workload, Rende
         "data": {CONFIG_FILE: bootstrap_text, CREDENTIAL_SDS_FILE: sds_text},
     });
 
-    let mut pod = serde_json::to_value(template)
+    let mut pod = serde_json::to_value(&template)
         .map_err(|e| RenderError::Shape("the pod template", e.to_string()))?;
     let pod_spec = &mut pod["spec"];
     for reserved in [GATEWAY_CONTAINER, INSTALLER_CONTAINER] {
@@ -314,7 +322,7 @@ fn installer_container(settings: &Settings) -> Value {
                     "--from", settings.filter_path,
                     "--to", format!("{FILTER_DIR}/{FILTER_FILE}"),
                     "--sha256", settings.filter_sha256],
-        "securityContext": restricted(),
+        "securityContext": installer_security_context(),
         "volumeMounts": [{"name": "airlock-filter", "mountPath": FILTER_DIR}],
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
     })
@@ -335,7 +343,7 @@ fn gateway_container(image: &str, settings: &Settings, spec: &crate::crd::McpSer
         ],
         "startupProbe": probe(120),
         "readinessProbe": probe(3),
-        "securityContext": restricted(),
+        "securityContext": gateway_security_context(),
         "volumeMounts": [
             {"name": "airlock-gateway-config", "mountPath": CONFIG_DIR, "readOnly": true},
             {"name": "airlock-filter", "mountPath": FILTER_DIR, "readOnly": true},
@@ -353,18 +361,6 @@ fn gateway_container(image: &str, settings: &Settings, spec: &crate::crd::McpSer
 }
 
 /// Non-root, read-only, no privileges, no capabilities.
-fn restricted() -> Value {
-    json!({
-        "runAsNonRoot": true,
-        "runAsUser": 65532,
-        "runAsGroup": 65532,
-        "readOnlyRootFilesystem": true,
-        "allowPrivilegeEscalation": false,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    })
-}
-
 fn owner_reference(server: &McpServer) -> Result<Value, RenderError> {
     Ok(json!({
         "apiVersion": "mcp.airlock.dev/v1alpha1",
@@ -573,7 +569,13 @@ mod tests {
         let port = render(&server(json!({"upstreamPort": GATEWAY_PORT})), &settings());
         assert_eq!(
             port.unwrap_err(),
-            RenderError::PortClash(i32::from(GATEWAY_PORT))
+            RenderError::PrivilegedPort(i32::from(GATEWAY_PORT))
+        );
+        let root = server(json!({"template": {"spec": {
+            "securityContext": {"runAsUser": 0}, "containers": [{"name": "mcp", "image": "x"}]}}}));
+        assert_eq!(
+            render(&root, &settings()).unwrap_err().to_string(),
+            "spec.template.spec.securityContext.runAsUser: an MCP container does not run as root"
         );
         let reserved = server(json!({"template": {"spec": {"containers": [
             {"name": GATEWAY_CONTAINER, "image": "x"}]}}}));

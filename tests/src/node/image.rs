@@ -31,7 +31,13 @@ pub struct Image {
     entries: BTreeMap<String, Entry>,
     entrypoint: Vec<String>,
     env: Vec<String>,
+    /// Paths whose program gains capabilities when run (the file
+    /// capability `setcap cap_…=+ep` writes), as `security.capability`.
+    capabilities: BTreeMap<String, Vec<u8>>,
 }
+
+/// `CAP_NET_BIND_SERVICE`: binding ports below 1024.
+pub const CAP_NET_BIND_SERVICE: u32 = 10;
 
 impl Image {
     pub fn new(reference: &str) -> Image {
@@ -40,6 +46,7 @@ impl Image {
             entries: BTreeMap::new(),
             entrypoint: Vec::new(),
             env: vec!["PATH=/usr/local/bin:/usr/bin:/bin".into()],
+            capabilities: BTreeMap::new(),
         };
         image.directory("tmp", 0o1777);
         image
@@ -53,6 +60,24 @@ impl Image {
             self.entries.insert(inside, Entry::File(library));
         }
         Ok(self.file(host, path))
+    }
+
+    /// The program at `path` gains `capabilities` (numbers below 32) when
+    /// run, if its container is allowed them: the kernel grants a non-root
+    /// process a capability only from a file capability, intersected with
+    /// what the container may hold.
+    pub fn file_capabilities(&mut self, path: &str, capabilities: &[u32]) -> &mut Image {
+        let permitted = capabilities
+            .iter()
+            .fold(0u32, |bits, cap| bits | (1 << cap));
+        // vfs_cap_data, revision 2 with the effective bit: magic, then
+        // (permitted, inheritable) for capabilities 0–31 and 32–63.
+        let mut value = 0x0200_0001u32.to_le_bytes().to_vec();
+        for word in [permitted, 0, 0, 0] {
+            value.extend(word.to_le_bytes());
+        }
+        self.capabilities.insert(relative(path), value);
+        self
     }
 
     /// `host`'s contents (symlinks followed) at `path`.
@@ -184,6 +209,12 @@ impl Image {
         }
         let mut layer = tar::Builder::new(Vec::new());
         for (path, entry) in &paths {
+            if let Some(value) = self.capabilities.get(path) {
+                layer.append_pax_extensions([(
+                    "SCHILY.xattr.security.capability",
+                    value.as_slice(),
+                )])?;
+            }
             let mut header = tar::Header::new_gnu();
             header.set_mtime(0);
             header.set_uid(0);

@@ -2,7 +2,7 @@
 //! imported into containerd before any pod starts. Their references are
 //! plain values: in a real cluster the same names point at a registry.
 
-use super::image::Image;
+use super::image::{CAP_NET_BIND_SERVICE, Image};
 use crate::paths::{built_binary, filter_wasm, python, repo_root, tool};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
@@ -80,6 +80,8 @@ fn envoy() -> anyhow::Result<Image> {
     let mut image = Image::new(ENVOY);
     image
         .program(&envoy, "/usr/local/bin/envoy")?
+        // The gateway runs as its own non-root UID and listens below 1024.
+        .file_capabilities("/usr/local/bin/envoy", &[CAP_NET_BIND_SERVICE])
         // TLS clusters (Entra's JWKS) verify against the system bundle.
         .file(
             Path::new("/etc/ssl/certs/ca-certificates.crt"),

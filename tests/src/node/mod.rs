@@ -17,6 +17,7 @@
 pub mod host;
 pub mod image;
 pub mod images;
+pub mod processes;
 
 use crate::cluster::{
     ADMIN, Cluster, ControlPlane, KUBE_PROXY, KUBELET, NODE_NAME, SCHEDULER, SERVICE_RANGE, User,
@@ -338,6 +339,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   stream_server_port = "0"
   # root here lacks CAP_SYS_RESOURCE: runc cannot set the sandbox's oom_score_adj otherwise
   restrict_oom_score_adj = true
+  # As containerd 2 does by default (AKS included): every pod starts with
+  # net.ipv4.ip_unprivileged_port_start=0, so any UID may bind any port
+  # unless the pod sets the sysctl back.
+  enable_unprivileged_ports = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
