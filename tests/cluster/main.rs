@@ -50,6 +50,7 @@ fn tests() -> Vec<(&'static str, Test)> {
         neighbours::a_gateway_speaks_only_for_its_own_server,
         neighbours::the_mcp_container_holds_no_gateway_credential,
         neighbours::the_mcp_container_cannot_take_the_gateways_port,
+        neighbours::only_the_controllers_make_gateway_pods,
     ]
 }
 

@@ -5,14 +5,18 @@
 
 use crate::operator::{SERVER, gated_server, operator};
 use airlock_operator::approvals::gateway_identity::AUDIENCE;
+use airlock_operator::crd::ApprovalRequest;
 use airlock_operator::render::workload::{GATEWAY_PORT, SERVER_LABEL};
 use airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER;
 use airlock_tests::chart::{self, SYSTEM_NAMESPACE};
 use airlock_tests::cluster::ADMIN;
+use airlock_tests::node::images::MCP_PYTHON;
 use airlock_tests::node::{Node, processes};
 use anyhow::Context as _;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -264,4 +268,242 @@ print(json.dumps(seen))
     // kubelet restarts the gateway, and the server is served again.
     chart::ready_server(node, namespace, SERVER).await?;
     Ok(())
+}
+
+/// `result` is the API server refusing, in a message that contains `says`.
+fn refused<T: std::fmt::Debug>(
+    what: &str,
+    result: Result<T, kube::Error>,
+    says: &str,
+) -> anyhow::Result<()> {
+    match result {
+        Err(kube::Error::Api(status)) if status.message.contains(says) => Ok(()),
+        other => anyhow::bail!("{what}: expected a refusal saying {says:?}, got {other:?}"),
+    }
+}
+
+/// Nobody but the chain operator → Deployment controller → ReplicaSet
+/// controller makes or edits what puts a pod behind a server's Service —
+/// not a namespace editor, not a cluster admin — and even that chain cannot
+/// make a pod that would let the MCP container take the gateway's port;
+/// nor does anyone else edit the rendered objects or delete the records
+/// of held calls.
+pub async fn only_the_controllers_make_gateway_pods(node: &Node) -> anyhow::Result<()> {
+    operator(node).await?;
+    let ns = "gate-chain";
+    gated_server(node, ns, 20).await?;
+    node.apply(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: editor, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: editor}}]
+"#
+    ))?;
+    let kubeconfig = node.kubeconfig(ADMIN);
+    let as_user = |user: &'static str| {
+        let kubeconfig = kubeconfig.clone();
+        async move { airlock_tests::cluster::client_impersonating(&kubeconfig, Some(user)).await }
+    };
+    let editor = as_user("editor").await?;
+    let controller = as_user("system:serviceaccount:kube-system:replicaset-controller").await?;
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let patch_dry_run = kube::api::PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deployments: Api<Deployment> = Api::namespaced(editor.clone(), ns);
+
+    // `kubectl set image` on the operator's Deployment.
+    let set_image = json!({"spec": {"template": {"spec": {"initContainers": [
+        {"name": "airlock-gateway", "image": "attacker/envoy:latest"}]}}}});
+    refused(
+        "the editor setting the gateway's image",
+        deployments
+            .patch(
+                SERVER,
+                &patch_dry_run,
+                &kube::api::Patch::Strategic(&set_image),
+            )
+            .await,
+        "written by the Airlock operator only, not by editor",
+    )?;
+    // A Deployment, a ReplicaSet or a pod of one's own with the server's label.
+    let template = json!({"metadata": {"labels": {SERVER_LABEL: SERVER}},
+        "spec": {"containers": [{"name": "mcp", "image": MCP_PYTHON}]}});
+    let selector = json!({"matchLabels": {SERVER_LABEL: SERVER}});
+    let copycat: Deployment = serde_json::from_value(json!({"metadata": {"name": "copycat"},
+        "spec": {"selector": selector, "template": template}}))?;
+    refused(
+        "the editor's own Deployment",
+        deployments.create(&dry_run, &copycat).await,
+        "written by the Airlock operator only",
+    )?;
+    let replica_set: ReplicaSet = serde_json::from_value(json!({"metadata": {"name": "copycat"},
+        "spec": {"selector": selector, "template": template}}))?;
+    refused(
+        "the editor's own ReplicaSet",
+        Api::<ReplicaSet>::namespaced(editor.clone(), ns)
+            .create(&dry_run, &replica_set)
+            .await,
+        "come from its Deployment only, not from editor",
+    )?;
+    let pods_as_editor: Api<Pod> = Api::namespaced(editor.clone(), ns);
+    let mut bare = template.clone();
+    bare["metadata"]["name"] = json!("copycat");
+    refused(
+        "the editor's own pod",
+        pods_as_editor
+            .create(&dry_run, &serde_json::from_value(bare)?)
+            .await,
+        "come from its Deployment only, not from editor",
+    )?;
+    let relabel = json!({"metadata": {"labels": {SERVER_LABEL: SERVER}}});
+    refused(
+        "the editor labelling a pod of their own",
+        pods_as_editor
+            .patch("client", &patch_dry_run, &kube::api::Patch::Merge(&relabel))
+            .await,
+        "set when it is created and never changes",
+    )?;
+    // A debug container in the gateway pod, even from a cluster admin.
+    let gateway = gateway_pod(node, ns).await?;
+    let gateway_name = gateway.metadata.name.clone().context("unnamed pod")?;
+    let debug = json!({"spec": {"ephemeralContainers": [{"name": "debug", "image": MCP_PYTHON,
+        "command": ["sleep", "600"]}]}});
+    refused(
+        "an admin's debug container",
+        Api::<Pod>::namespaced(node.client(ADMIN).await?, ns)
+            .patch_ephemeral_containers(
+                &gateway_name,
+                &patch_dry_run,
+                &kube::api::Patch::Strategic(&debug),
+            )
+            .await,
+        "no ephemeral (debug) containers",
+    )?;
+
+    // The chain itself: a copy of the live gateway pod is accepted, and
+    // each change that would free the gateway's port is refused.
+    let pods_as_controller: Api<Pod> = Api::namespaced(controller, ns);
+    let mut copy = serde_json::to_value(&gateway)?;
+    copy["metadata"] = json!({"name": "gateway-copy", "labels": gateway.metadata.labels});
+    copy.as_object_mut().map(|o| o.remove("status"));
+    let attempt = |change: Change| {
+        let mut pod = copy.clone();
+        change(&mut pod);
+        let pods = pods_as_controller.clone();
+        let dry_run = dry_run.clone();
+        async move {
+            let pod: Pod = serde_json::from_value(pod)?;
+            anyhow::Ok(pods.create(&dry_run, &pod).await)
+        }
+    };
+    attempt(|_| {})
+        .await?
+        .context("the controller's copy of a live gateway pod")?;
+    let cases: [(&str, Change, &str); 5] = [
+        (
+            "the MCP container as root",
+            |pod| mcp_security(pod)["runAsUser"] = json!(0),
+            "container mcp must run as a non-root runAsUser",
+        ),
+        (
+            "the MCP container as the gateway's UID",
+            |pod| mcp_security(pod)["runAsUser"] = json!(101),
+            "other than the gateway's (101)",
+        ),
+        (
+            "the MCP container with NET_BIND_SERVICE",
+            |pod| mcp_security(pod)["capabilities"]["add"] = json!(["NET_BIND_SERVICE"]),
+            "container mcp must drop ALL capabilities",
+        ),
+        (
+            "unprivileged ports from 0",
+            |pod| {
+                pod["spec"]["securityContext"]["sysctls"] =
+                    json!([{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]);
+            },
+            "the gateway's ports must stay privileged",
+        ),
+        (
+            "the node's network",
+            |pod| {
+                // The API server refuses namespaced sysctls on the node's network anyway.
+                pod["spec"]["securityContext"]["sysctls"] = json!([]);
+                pod["spec"]["hostNetwork"] = json!(true);
+            },
+            "shares no namespace with its node",
+        ),
+    ];
+    for (what, change, says) in cases {
+        refused(what, attempt(change).await?, says)?;
+    }
+
+    // What else the operator renders, and the evidence of held calls.
+    let delete_dry_run = kube::api::DeleteParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let rendered = format!("{SERVER}-airlock-gateway");
+    let says = "of an McpServer are the Airlock operator's: editor may not";
+    refused(
+        "the editor editing the gateway's bootstrap",
+        Api::<ConfigMap>::namespaced(editor.clone(), ns)
+            .patch(
+                &rendered,
+                &patch_dry_run,
+                &kube::api::Patch::Merge(&json!({"data": {"envoy.json": "{}"}})),
+            )
+            .await,
+        says,
+    )?;
+    refused(
+        "the editor pointing the Service at the MCP container",
+        Api::<Service>::namespaced(editor.clone(), ns)
+            .patch(
+                SERVER,
+                &patch_dry_run,
+                &kube::api::Patch::Merge(&json!({"spec": {"ports": [
+                    {"name": "mcp", "port": 80, "targetPort": 8080}]}})),
+            )
+            .await,
+        says,
+    )?;
+    refused(
+        "the editor deleting the NetworkPolicy",
+        Api::<NetworkPolicy>::namespaced(editor.clone(), ns)
+            .delete(&rendered, &delete_dry_run)
+            .await,
+        says,
+    )?;
+    let evidence = crate::operator::as_operator(node, ns).await?;
+    crate::operator::seed_request(&evidence, ns, "evidence", "2099-01-01T00:00:00Z").await?;
+    refused(
+        "an admin deleting an ApprovalRequest",
+        Api::<ApprovalRequest>::namespaced(node.client(ADMIN).await?, ns)
+            .delete("evidence", &delete_dry_run)
+            .await,
+        "are evidence: the Airlock operator deletes them after the retention",
+    )?;
+    Ok(())
+}
+
+/// A change to a pod, as JSON.
+type Change = fn(&mut Value);
+
+/// The security context of a pod's `mcp` container (the pod's own if it
+/// has no such container, so that a change still lands somewhere visible).
+fn mcp_security(pod: &mut Value) -> &mut Value {
+    let index = pod["spec"]["containers"]
+        .as_array()
+        .and_then(|containers| containers.iter().position(|c| c["name"] == "mcp"));
+    match index {
+        Some(i) => &mut pod["spec"]["containers"][i]["securityContext"],
+        None => &mut pod["spec"]["securityContext"],
+    }
 }

@@ -503,45 +503,12 @@ pub async fn decided_requests_are_deleted_after_the_retention(node: &Node) -> an
     operator(node).await?;
     let ns = "gate-retention";
     node.namespace(ns).await?;
-    let request = |name: &str, expires: &str| {
-        format!(
-            r#"
-apiVersion: mcp.airlock.dev/v1alpha1
-kind: ApprovalRequest
-metadata: {{name: {name}, namespace: {ns}}}
-spec:
-  server: {ns}/{SERVER}
-  requester: {{tid: t, oid: o, name: ada}}
-  call: {{method: tools/call, target: deploy_model, argumentsDigest: "sha256:00"}}
-  requirements: [{{rule: r, policyVersion: "1", approverGroups: [leads], minApprovals: 1}}]
-  summary: ada asks to deploy
-  requestedAt: "2026-01-01T00:00:00Z"
-  expiresAt: "{expires}"
-"#
-        )
-    };
-    // Only the operator writes ApprovalRequests (the chart's admission
-    // policy): seed them as it would, impersonating its ServiceAccount.
-    let operator_identity = format!(
-        "system:serviceaccount:{}:airlock-operator",
-        chart::SYSTEM_NAMESPACE
-    );
-    let as_operator: Api<ApprovalRequest> = Api::namespaced(
-        airlock_tests::cluster::client_impersonating(
-            &node.kubeconfig(ADMIN),
-            Some(&operator_identity),
-        )
-        .await?,
-        ns,
-    );
+    let as_operator = as_operator(node, ns).await?;
     for (name, expires) in [
         ("ar-old", "2026-01-01T01:00:00Z"),
         ("ar-waiting", "2099-01-01T00:00:00Z"),
     ] {
-        let object: ApprovalRequest = serde_yaml::from_str(&request(name, expires))?;
-        as_operator
-            .create(&kube::api::PostParams::default(), &object)
-            .await?;
+        seed_request(&as_operator, ns, name, expires).await?;
     }
     let mut old = as_operator.get("ar-old").await?;
     old.status = Some(serde_json::from_value(json!({"phase": "Expired"}))?);
@@ -564,4 +531,48 @@ spec:
         "a waiting request was deleted"
     );
     Ok(())
+}
+
+/// ApprovalRequests of `namespace` as the operator writes them: only the
+/// operator may (the chart's admission policy), so tests that need one
+/// impersonate its ServiceAccount.
+pub(crate) async fn as_operator(
+    node: &Node,
+    namespace: &str,
+) -> anyhow::Result<Api<ApprovalRequest>> {
+    let identity = format!(
+        "system:serviceaccount:{}:airlock-operator",
+        chart::SYSTEM_NAMESPACE
+    );
+    let client =
+        airlock_tests::cluster::client_impersonating(&node.kubeconfig(ADMIN), Some(&identity))
+            .await?;
+    Ok(Api::namespaced(client, namespace))
+}
+
+/// A request for `deploy_model` on the test server, waiting until `expires`.
+pub(crate) async fn seed_request(
+    requests: &Api<ApprovalRequest>,
+    namespace: &str,
+    name: &str,
+    expires: &str,
+) -> anyhow::Result<ApprovalRequest> {
+    let object: ApprovalRequest = serde_yaml::from_str(&format!(
+        r#"
+apiVersion: mcp.airlock.dev/v1alpha1
+kind: ApprovalRequest
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  server: {namespace}/{SERVER}
+  requester: {{tid: t, oid: o, name: ada}}
+  call: {{method: tools/call, target: deploy_model, argumentsDigest: "sha256:00"}}
+  requirements: [{{rule: r, policyVersion: "1", approverGroups: [leads], minApprovals: 1}}]
+  summary: ada asks to deploy
+  requestedAt: "2026-01-01T00:00:00Z"
+  expiresAt: "{expires}"
+"#
+    ))?;
+    Ok(requests
+        .create(&kube::api::PostParams::default(), &object)
+        .await?)
 }

@@ -78,13 +78,21 @@ pub const SCHEDULER: User = User {
     name: "system:kube-scheduler",
     groups: &[],
 };
+/// Bound by the API server's bootstrap RBAC; each controller then acts as
+/// its own ServiceAccount in kube-system (`--use-service-account-credentials`,
+/// as on AKS), so admission sees `system:serviceaccount:kube-system:replicaset-controller`
+/// create pods.
+pub const CONTROLLER_MANAGER: User = User {
+    name: "system:kube-controller-manager",
+    groups: &[],
+};
 /// Bound by the API server's bootstrap RBAC (`system:node-proxier`).
 pub const KUBE_PROXY: User = User {
     name: "system:kube-proxy",
     groups: &[],
 };
 
-pub const USERS: [User; 10] = [
+pub const USERS: [User; 11] = [
     ADMIN,
     REQUESTER_1,
     REQUESTER_2,
@@ -95,6 +103,7 @@ pub const USERS: [User; 10] = [
     KUBELET,
     SCHEDULER,
     KUBE_PROXY,
+    CONTROLLER_MANAGER,
 ];
 
 /// Where the control plane listens and whom it serves.
@@ -272,7 +281,7 @@ impl Cluster {
         })
         .await?;
 
-        let cluster_kubeconfig = write_kubeconfig(root, &url, ADMIN)?;
+        let controller_manager_kubeconfig = write_kubeconfig(root, &url, CONTROLLER_MANAGER)?;
         for user in USERS {
             write_kubeconfig(root, &url, user)?;
         }
@@ -283,14 +292,14 @@ impl Cluster {
         };
         let mut kcm_cmd = Command::new(tool("kube-controller-manager")?);
         kcm_cmd.args([
-            &format!("--kubeconfig={}", cluster_kubeconfig.display()),
+            &format!("--kubeconfig={}", controller_manager_kubeconfig.display()),
             controllers,
             "--allocate-node-cidrs=false",
             "--leader-elect=false",
             "--secure-port=0",
             &format!("--service-account-private-key-file={}", path("sa.key")),
             &format!("--root-ca-file={}", path("ca.crt")),
-            "--use-service-account-credentials=false",
+            "--use-service-account-credentials=true",
             "--v=0",
         ]);
         let controller_manager = Process::spawn("kube-controller-manager", kcm_cmd, root)?;

@@ -2,9 +2,11 @@
 //! token: a TokenReview for the `airlock` audience names the pod (name and
 //! UID, in the user's extra), and the pod's chain of controllers — pod →
 //! ReplicaSet → Deployment → McpServer, each checked by UID — names the
-//! server. This module holds the pure half: reading the review and walking
-//! the chain. Nothing here trusts a label.
+//! server. Owner references are whatever a pod's creator wrote, so the pod
+//! must also carry its server's label, which admission lets only the
+//! ReplicaSet controller set (the chart's `airlock-gateway-pods` policy).
 
+use crate::render::workload::SERVER_LABEL;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::authentication::v1::TokenReviewStatus;
 use k8s_openapi::api::core::v1::Pod;
@@ -128,10 +130,20 @@ pub fn server_of(
     }
     let server = controller(&deployment.metadata)
         .filter(|o| o.kind == "McpServer" && o.api_version.starts_with("mcp.airlock.dev/"));
-    match (server, deployment.metadata.namespace.as_deref()) {
-        (Some(server), Some(namespace)) => Ok(format!("{namespace}/{}", server.name)),
-        _ => refuse("the pod's Deployment is not an McpServer's"),
+    let (Some(server), Some(namespace)) = (server, deployment.metadata.namespace.as_deref()) else {
+        return refuse("the pod's Deployment is not an McpServer's");
+    };
+    // Owner references can be written by whoever creates the pod; the label
+    // cannot, but by the ReplicaSet controller (the chart's admission policy).
+    let labelled = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(SERVER_LABEL));
+    if labelled != Some(&server.name) {
+        return refuse("the pod does not carry its server's label");
     }
+    Ok(format!("{namespace}/{}", server.name))
 }
 
 /// Reviews gateway tokens with the API server and walks their pods'
@@ -225,13 +237,14 @@ mod tests {
     }
 
     fn chain() -> (Pod, ReplicaSet, Deployment) {
-        let pod = owned(
+        let mut pod = owned(
             "Pod",
             "v1",
             "models-abc-1",
             "pod-1",
             Some(("ReplicaSet", "apps/v1", "models-abc", "rs-1")),
         );
+        pod["metadata"]["labels"] = json!({SERVER_LABEL: "models"});
         let rs = owned(
             "ReplicaSet",
             "apps/v1",
@@ -274,6 +287,10 @@ mod tests {
         let mut plain = dep.clone();
         plain.metadata.owner_references = None;
         assert!(server_of("pod-1", &pod, &rs, &plain).is_err());
+        // A pod claiming the real ReplicaSet, without the label only its controller sets.
+        let mut unlabelled = pod.clone();
+        unlabelled.metadata.labels = None;
+        assert!(server_of("pod-1", &unlabelled, &rs, &dep).is_err());
         // A pod with no controller at all.
         let mut bare = pod.clone();
         bare.metadata.owner_references = None;

@@ -588,10 +588,7 @@ mod tests {
             listeners[0]["address"]["socket_address"]["address"],
             "0.0.0.0"
         );
-        assert_eq!(
-            listeners[1]["address"]["socket_address"]["port_value"],
-            90
-        );
+        assert_eq!(listeners[1]["address"]["socket_address"]["port_value"], 90);
         let routes = &listeners[1]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
             ["virtual_hosts"][0]["routes"];
         let paths: Vec<&str> = routes
