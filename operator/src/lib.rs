@@ -15,3 +15,4 @@ pub mod log;
 pub mod render;
 pub mod run;
 pub mod shutdown;
+pub mod tls;

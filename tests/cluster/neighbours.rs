@@ -57,9 +57,19 @@ async fn gateway_pod(node: &Node, namespace: &str) -> anyhow::Result<Pod> {
         .context("no pod of the server")
 }
 
-/// The gateways' API, as the host reaches its ClusterIP.
-async fn gateways_url(node: &Node) -> anyhow::Result<String> {
-    let service = Api::<Service>::namespaced(node.client(ADMIN).await?, SYSTEM_NAMESPACE)
+/// The gateways' API as the host reaches it: by the service's name (which
+/// its certificate names), resolved to its ClusterIP, trusting the
+/// operator's CA.
+struct Gateways {
+    url: String,
+    /// The same by address, for a client that checks no certificate.
+    by_address: String,
+    client: reqwest::Client,
+}
+
+async fn gateways(node: &Node) -> anyhow::Result<Gateways> {
+    let admin = node.client(ADMIN).await?;
+    let service = Api::<Service>::namespaced(admin.clone(), SYSTEM_NAMESPACE)
         .get("airlock-gateways")
         .await?;
     let spec = service.spec.context("no spec")?;
@@ -67,19 +77,35 @@ async fn gateways_url(node: &Node) -> anyhow::Result<String> {
         .ports
         .and_then(|p| p.first().map(|p| p.port))
         .context("no port")?;
-    Ok(format!(
-        "http://{}:{port}",
-        spec.cluster_ip.context("no ClusterIP")?
-    ))
+    let ip: std::net::IpAddr = spec.cluster_ip.context("no ClusterIP")?.parse()?;
+    let ca = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(admin, SYSTEM_NAMESPACE)
+        .get(airlock_operator::tls::CA_SECRET)
+        .await?
+        .data
+        .and_then(|mut data| data.remove("ca.crt"))
+        .context("the operator's CA has no ca.crt")?;
+    let host = format!("airlock-gateways.{SYSTEM_NAMESPACE}.svc");
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca.0)?)
+        .resolve(&host, std::net::SocketAddr::new(ip, port as u16))
+        .build()?;
+    Ok(Gateways {
+        url: format!("https://{host}:{port}"),
+        by_address: format!("https://{ip}:{port}"),
+        client,
+    })
 }
 
 /// `(status, error code)` of reading `server`'s policy with `credential`.
 async fn read_config(
-    url: &str,
+    gateways: &Gateways,
     server: &str,
     credential: Option<&str>,
 ) -> anyhow::Result<(u16, Value)> {
-    let mut request = reqwest::Client::new().get(format!("{url}/v1/config/{server}"));
+    let mut request = gateways
+        .client
+        .get(format!("{}/v1/config/{server}", gateways.url));
     if let Some(credential) = credential {
         request = request.header(GATEWAY_CREDENTIAL_HEADER, credential);
     }
@@ -96,14 +122,14 @@ pub async fn a_gateway_speaks_only_for_its_own_server(node: &Node) -> anyhow::Re
     let (a, b) = ("gate-identity-a", "gate-identity-b");
     gated_server(node, a, 20).await?;
     gated_server(node, b, 20).await?;
-    let url = gateways_url(node).await?;
+    let gateways = gateways(node).await?;
     let pod_a = gateway_pod(node, a).await?;
     let token_a = issued_token(node, a, Some(&pod_a), AUDIENCE).await?;
     let (server_a, server_b) = (format!("{a}/{SERVER}"), format!("{b}/{SERVER}"));
 
-    let (status, document) = read_config(&url, &server_a, Some(&token_a)).await?;
+    let (status, document) = read_config(&gateways, &server_a, Some(&token_a)).await?;
     assert_eq!(status, 200, "{document}");
-    let (status, refusal) = read_config(&url, &server_b, Some(&token_a)).await?;
+    let (status, refusal) = read_config(&gateways, &server_b, Some(&token_a)).await?;
     assert_eq!(
         (status, &refusal["error"]),
         (403, &json!("wrong_server")),
@@ -112,8 +138,9 @@ pub async fn a_gateway_speaks_only_for_its_own_server(node: &Node) -> anyhow::Re
 
     // Asking for B's tool in B's name, with A's token and a real caller's.
     let caller = crate::operator::token(&installed.issuer, "ada", &["engineers"])?;
-    let ask = reqwest::Client::new()
-        .post(format!("{url}/v1/approvals"))
+    let ask = gateways
+        .client
+        .post(format!("{}/v1/approvals", gateways.url))
         .header(GATEWAY_CREDENTIAL_HEADER, &token_a)
         .bearer_auth(&caller)
         .json(&json!({"server": server_b, "method": "tools/call",
@@ -150,7 +177,7 @@ pub async fn a_gateway_speaks_only_for_its_own_server(node: &Node) -> anyhow::Re
         ),
         ("no credential", None, "no gateway credential"),
     ] {
-        let (status, refusal) = read_config(&url, &server_a, credential).await?;
+        let (status, refusal) = read_config(&gateways, &server_a, credential).await?;
         assert_eq!(status, 401, "{what}: {refusal}");
         let message = refusal["message"].as_str().unwrap_or_default();
         assert!(message.contains(says), "{what}: {message}");
@@ -167,14 +194,15 @@ pub async fn the_mcp_container_holds_no_gateway_credential(node: &Node) -> anyho
     gated_server(node, namespace, 20).await?;
     let pod = gateway_pod(node, namespace).await?;
     let name = pod.metadata.name.clone().context("unnamed pod")?;
-    let url = gateways_url(node).await?;
+    let url = gateways(node).await?.by_address;
     let probe = format!(
         r#"
-import glob, json, os, urllib.request, urllib.error
+import glob, json, os, ssl, urllib.request, urllib.error
 found = [p for p in glob.glob("/var/run/**", recursive=True) if os.path.basename(p) in ("token", "envoy.sock")]
 request = urllib.request.Request("{url}/v1/config/{namespace}/{SERVER}")
 try:
-    status = urllib.request.urlopen(request, timeout=5).status
+    # An attacker checks no certificate.
+    status = urllib.request.urlopen(request, timeout=5, context=ssl._create_unverified_context()).status
 except urllib.error.HTTPError as e:
     status = e.code
 print(json.dumps({{"tokens": found, "config": status}}))

@@ -4,7 +4,7 @@
 //! `..data` a symlink swapped atomically on renewal), replacing whatever the
 //! request carried, and re-read on the next request after a renewal.
 
-use airlock_operator::render::envoy::FileCredential;
+use airlock_operator::render::envoy::{Cluster, FileCredential};
 use airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER;
 use airlock_tests::envoy::{Envoy, EnvoyOptions};
 use airlock_tests::recorder::Recorder;
@@ -39,7 +39,7 @@ async fn start(dir: &Path, upstream: &Recorder) -> anyhow::Result<Envoy> {
     std::fs::create_dir_all(dir.join("token"))?;
     std::fs::write(&credential.sds_file, credential.sds_document().to_string())?;
     Envoy::start(EnvoyOptions {
-        upstream_credential: Some(credential),
+        upstream: Some(Cluster::loopback("upstream", upstream.port).with_credential(credential)),
         ..EnvoyOptions::plain(upstream.port)
     })
     .await

@@ -1,6 +1,7 @@
 //! Airlock's integration and end-to-end tests: one binary, one module per area.
 
 mod approvals_api;
+mod approvals_tls;
 mod audit;
 mod conformance;
 mod filter;

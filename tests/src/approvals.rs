@@ -136,7 +136,7 @@ impl<S: Store> Approvals<S> {
                     Ok((service, listener)) => {
                         let _ = started.send(Ok(service.clone()));
                         tokio::select! {
-                            _ = service.serve(vec![(Api::All, listener)]) => {}
+                            _ = service.serve(vec![(Api::All, listener.into())]) => {}
                             _ = stopped => {}
                         }
                     }

@@ -2,7 +2,7 @@
 
 use crate::paths::tool;
 use crate::process::Process;
-use airlock_operator::render::envoy::{self, Bootstrap, Cluster, FileCredential, FilterModule};
+use airlock_operator::render::envoy::{self, Bootstrap, Cluster, FilterModule};
 use anyhow::Context;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -25,8 +25,9 @@ pub struct EnvoyOptions {
     /// Headers Envoy adds to every request it forwards (a client that cannot
     /// send a bearer token gets one from a hop in front of the gateway).
     pub add_request_headers: Vec<(String, String)>,
-    /// A credential Envoy itself sets on every request to the upstream.
-    pub upstream_credential: Option<FileCredential>,
+    /// The upstream as a cluster of its own (TLS, a credential Envoy
+    /// attaches) instead of plain HTTP to `upstream_port` on 127.0.0.1.
+    pub upstream: Option<Cluster>,
 }
 
 impl EnvoyOptions {
@@ -38,7 +39,7 @@ impl EnvoyOptions {
             concurrency: 2,
             clusters: Vec::new(),
             add_request_headers: Vec::new(),
-            upstream_credential: None,
+            upstream: None,
         }
     }
 
@@ -66,11 +67,10 @@ fn bootstrap(options: &EnvoyOptions) -> Bootstrap {
     Bootstrap {
         listen_port: 0,
         in_pod: None,
-        upstream: match &options.upstream_credential {
-            Some(credential) => Cluster::loopback("upstream", options.upstream_port)
-                .with_credential(credential.clone()),
-            None => Cluster::loopback("upstream", options.upstream_port),
-        },
+        upstream: options
+            .upstream
+            .clone()
+            .unwrap_or_else(|| Cluster::loopback("upstream", options.upstream_port)),
         filter: options.filter.as_ref().map(|path| FilterModule {
             path: path.clone(),
             config: options.filter_config.clone(),

@@ -28,6 +28,7 @@ use axum::extract::{Path as UrlPath, Query, State as AppState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::FutureExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -133,6 +134,19 @@ fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
             .zip(expected)
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
+}
+
+/// Where an API is served.
+pub enum Listener {
+    Plain(tokio::net::TcpListener),
+    /// The gateways' API in a cluster.
+    Tls(crate::tls::TlsListener),
+}
+
+impl From<tokio::net::TcpListener> for Listener {
+    fn from(listener: tokio::net::TcpListener) -> Listener {
+        Listener::Plain(listener)
+    }
 }
 
 /// Which of the service's APIs a listener serves.
@@ -399,10 +413,7 @@ impl<S: Store> ApprovalService<S> {
     /// Serves the API on `listener` until it fails, waking long-polls on
     /// changes other writers make to the store and expiring requests on
     /// time all the while.
-    pub async fn serve(
-        self: Arc<Self>,
-        listeners: Vec<(Api, tokio::net::TcpListener)>,
-    ) -> std::io::Result<()> {
+    pub async fn serve(self: Arc<Self>, listeners: Vec<(Api, Listener)>) -> std::io::Result<()> {
         let changes = self.store.changes();
         let forward = async {
             futures::pin_mut!(changes);
@@ -411,11 +422,13 @@ impl<S: Store> ApprovalService<S> {
             }
             std::future::pending::<()>().await;
         };
-        let served = futures::future::try_join_all(
-            listeners
-                .into_iter()
-                .map(|(api, listener)| axum::serve(listener, self.router(api)).into_future()),
-        );
+        let served = futures::future::try_join_all(listeners.into_iter().map(|(api, listener)| {
+            let router = self.router(api);
+            match listener {
+                Listener::Plain(listener) => axum::serve(listener, router).into_future().boxed(),
+                Listener::Tls(listener) => axum::serve(listener, router).into_future().boxed(),
+            }
+        }));
         tokio::select! {
             served = served => served.map(|_| ()),
             () = forward => Ok(()),

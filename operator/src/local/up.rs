@@ -210,7 +210,10 @@ impl Running {
         let approvals_listener = listen(args.approvals_port).await?;
         let approvals_address = approvals_listener.local_addr()?;
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = service.serve(vec![(Api::All, approvals_listener)]).await {
+            if let Err(e) = service
+                .serve(vec![(Api::All, approvals_listener.into())])
+                .await
+            {
                 eprintln!("approval service stopped: {e}");
             }
         }));

@@ -14,8 +14,13 @@ pub struct Cluster {
     pub name: String,
     pub host: String,
     pub port: u16,
-    /// TLS with SNI and the system's CA bundle (Entra's JWKS endpoint).
+    /// TLS with SNI, the server's certificate checked for the host's name
+    /// (not only its chain) against the system's CA bundle (Entra's JWKS
+    /// endpoint) or [`Cluster::trusted_ca`].
     pub tls: bool,
+    /// The CA (PEM) to trust instead of the system's bundle: the operator's
+    /// own, for the approval service.
+    pub trusted_ca: Option<String>,
     /// Also reachable as [`Cluster::retrying_name`]: an internal listener
     /// whose route retries, with backoff, a request that never reached a
     /// peer (connect failure, refused stream, reset before the request was
@@ -119,6 +124,7 @@ impl Cluster {
             host: host.to_string(),
             port,
             tls,
+            trusted_ca: None,
             retried: false,
             credential: None,
         };
@@ -132,6 +138,7 @@ impl Cluster {
             host: "127.0.0.1".into(),
             port,
             tls: false,
+            trusted_ca: None,
             retried: false,
             credential: None,
         }
@@ -142,6 +149,14 @@ impl Cluster {
     pub fn retried(self) -> Cluster {
         Cluster {
             retried: true,
+            ..self
+        }
+    }
+
+    /// This cluster, trusting only `ca` (PEM) for its server's certificate.
+    pub fn trusting(self, ca: &str) -> Cluster {
+        Cluster {
+            trusted_ca: Some(ca.to_string()),
             ..self
         }
     }
@@ -287,7 +302,15 @@ fn direct_cluster(cluster: &Cluster) -> Value {
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
                 "sni": cluster.host,
-                "common_tls_context": {"validation_context": {"trusted_ca": {"filename": CA_BUNDLE}}},
+                "common_tls_context": {"validation_context": {
+                    "trusted_ca": match &cluster.trusted_ca {
+                        Some(pem) => json!({"inline_string": pem}),
+                        None => json!({"filename": CA_BUNDLE}),
+                    },
+                    // Any certificate the CA signed is not enough: it must be this host's.
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "DNS", "matcher": {"exact": cluster.host}}],
+                }},
             },
         });
     }
@@ -473,6 +496,7 @@ mod tests {
                 host: "login.microsoftonline.com".into(),
                 port: 443,
                 tls: true,
+                trusted_ca: None,
                 retried: false,
                 credential: None,
             }
@@ -499,6 +523,7 @@ mod tests {
                 host: "login.microsoftonline.com".into(),
                 port: 443,
                 tls: true,
+                trusted_ca: None,
                 retried: false,
                 credential: None,
             }],
@@ -508,9 +533,13 @@ mod tests {
         assert_eq!(clusters[0]["type"], "STATIC");
         assert!(clusters[0].get("transport_socket").is_none());
         assert_eq!(clusters[1]["type"], "LOGICAL_DNS");
+        let tls = &clusters[1]["transport_socket"]["typed_config"];
+        assert_eq!(tls["sni"], "login.microsoftonline.com");
+        let validation = &tls["common_tls_context"]["validation_context"];
+        assert_eq!(validation["trusted_ca"]["filename"], CA_BUNDLE);
         assert_eq!(
-            clusters[1]["transport_socket"]["typed_config"]["sni"],
-            "login.microsoftonline.com"
+            validation["match_typed_subject_alt_names"],
+            json!([{"san_type": "DNS", "matcher": {"exact": "login.microsoftonline.com"}}])
         );
         let listener = &rendered["static_resources"]["listeners"][0];
         assert_eq!(listener["address"]["socket_address"]["port_value"], 8421);

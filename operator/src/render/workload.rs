@@ -61,8 +61,11 @@ pub struct Settings {
     pub filter_path: String,
     pub filter_sha256: String,
     /// The gateways' API of the approval service, as sidecars reach it
-    /// (`http://airlock-gateways.airlock-system.svc:8443`).
+    /// (`https://airlock-gateways.airlock-system.svc:8443`).
     pub approvals_url: String,
+    /// The CA (PEM) that signs the approval service's certificate, when
+    /// `approvals_url` is https: sidecars trust it alone.
+    pub approvals_ca: Option<String>,
     /// Where a tenant's signing keys are fetched, when not from Entra.
     pub jwks_urls: BTreeMap<String, String>,
 }
@@ -259,6 +262,10 @@ fn bootstrap(
     // A replica that dies, or an endpoint kube-proxy has not dropped yet,
     // costs a retry, not the call.
     let approvals = approvals.retried().with_credential(credential.clone());
+    let approvals = match &settings.approvals_ca {
+        Some(ca) => approvals.trusting(ca),
+        None => approvals,
+    };
     let mut clusters = vec![approvals.clone()];
     let mut jwks = Vec::new();
     for (index, tenant) in spec.auth.tenants.iter().enumerate() {
@@ -410,7 +417,8 @@ mod tests {
             image_pull_policy: "IfNotPresent".into(),
             filter_path: "/usr/lib/airlock/airlock_filter.wasm".into(),
             filter_sha256: "ab".repeat(32),
-            approvals_url: "http://airlock-gateways.airlock-system.svc:8443".into(),
+            approvals_url: "https://airlock-gateways.airlock-system.svc:8443".into(),
+            approvals_ca: Some("CA PEM".into()),
             jwks_urls: BTreeMap::new(),
         }
     }
@@ -546,6 +554,13 @@ mod tests {
             .iter()
             .find(|c| c["name"] == config["approvals"]["cluster"])
             .unwrap();
+        // Over TLS to the service, trusting the operator's CA only, for the service's name.
+        let validation = &approvals["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"];
+        assert_eq!(validation["trusted_ca"]["inline_string"], "CA PEM");
+        assert_eq!(
+            validation["match_typed_subject_alt_names"][0]["matcher"]["exact"],
+            "airlock-gateways.airlock-system.svc"
+        );
         let injector = &approvals["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
             ["http_filters"][0]["typed_config"];
         assert_eq!(injector["overwrite"], true);

@@ -8,12 +8,15 @@ pub mod leader;
 
 use crate::approvals::gateway_identity::TokenReviews;
 use crate::approvals::kubernetes::{KubeStore, Placement};
-use crate::approvals::service::{Api, ApprovalService, Catalog, GatewayCredentials, ServiceConfig};
+use crate::approvals::service::{
+    Api, ApprovalService, Catalog, GatewayCredentials, Listener, ServiceConfig,
+};
 use crate::audit::checkpoints::{self, CheckpointMetrics};
 use crate::audit::trail::{AuditLog, Sinks};
 use crate::controllers::{self, Context};
 use crate::crd::AuditCheckpoint;
 use crate::render::workload::Settings;
+use crate::tls::{Authority, TlsListener};
 use airlock_policy::audit::Chain;
 use airlock_policy::entra::{OtherIssuer, TokenVersion, TrustConfig};
 use anyhow::Context as _;
@@ -41,7 +44,10 @@ pub struct RunArgs {
     /// Metrics, health and readiness.
     #[arg(long, default_value = "0.0.0.0:9090")]
     pub operations_listen: SocketAddr,
-    /// The gateways' API as sidecars reach it.
+    /// The gateways' API as sidecars reach it. With `https`, it is served
+    /// with a certificate for the URL's host from the operator's CA (the
+    /// Secret `airlock-ca`, made by the first replica), and sidecars trust
+    /// that CA only, checking the name.
     #[arg(long)]
     pub approvals_url: String,
     /// The sidecar's image.
@@ -164,6 +170,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     service.await_catalog();
     let (watched, feed) = controllers::catalog::feed(client.clone(), service.clone());
 
+    let gateways_host = reqwest::Url::parse(&args.approvals_url)
+        .ok()
+        .filter(|url| url.scheme() == "https")
+        .and_then(|url| url.host_str().map(str::to_string));
+    let gateways_tls = match &gateways_host {
+        Some(host) => {
+            let authority = Authority::load_or_create(client.clone(), &args.namespace)
+                .await
+                .context("the operator's CA")?;
+            let config = authority
+                .serving_config(std::slice::from_ref(host))
+                .context("the gateways' API certificate")?;
+            Some((authority.ca_pem, config))
+        }
+        None => None,
+    };
     let settings = Settings {
         envoy_image: args.envoy_image.clone(),
         operator_image: args.operator_image.clone(),
@@ -171,6 +193,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         filter_path: args.filter.display().to_string(),
         filter_sha256,
         approvals_url: args.approvals_url.clone(),
+        approvals_ca: gateways_tls.as_ref().map(|(ca, _)| ca.clone()),
         jwks_urls,
     };
     // The controllers write through a client that refuses writes unless
@@ -193,18 +216,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let checkpoint_api: KubeApi<AuditCheckpoint> =
         KubeApi::namespaced(client.clone(), &args.namespace);
     let checkpoint_metrics = CheckpointMetrics::new(service.metrics_registry())?;
+    let gateways = tokio::net::TcpListener::bind(args.gateways_listen).await?;
     let listeners = vec![
         (
             Api::Gateways,
-            tokio::net::TcpListener::bind(args.gateways_listen).await?,
+            match gateways_tls {
+                Some((_, config)) => Listener::Tls(TlsListener::new(gateways, config)?),
+                None => gateways.into(),
+            },
         ),
         (
             Api::People,
-            tokio::net::TcpListener::bind(args.people_listen).await?,
+            tokio::net::TcpListener::bind(args.people_listen)
+                .await?
+                .into(),
         ),
         (
             Api::Operations,
-            tokio::net::TcpListener::bind(args.operations_listen).await?,
+            tokio::net::TcpListener::bind(args.operations_listen)
+                .await?
+                .into(),
         ),
     ];
     crate::log::info(
