@@ -383,6 +383,7 @@ mod tests {
             let m: ArgumentMatcher = serde_json::from_value(matcher).unwrap();
             let spec = ApprovalPolicySpec {
                 servers: Default::default(),
+                namespaces: None,
                 default_action: Action::Deny,
                 enforcement: Enforcement::Enforce,
                 rules: vec![Rule {
@@ -588,6 +589,7 @@ mod tests {
                     }
                     ApprovalPolicySpec {
                         servers: Default::default(),
+                        namespaces: None,
                         default_action,
                         enforcement: Enforcement::Enforce,
                         rules,

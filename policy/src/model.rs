@@ -71,6 +71,13 @@ pub struct ApprovalPolicySpec {
     /// server in the namespace.
     #[serde(default)]
     pub servers: ServerSelector,
+    /// Makes the policy a baseline, honoured in the operator's namespace
+    /// only: it governs every server of every namespace whose labels match
+    /// (an empty selector: all namespaces), whatever the servers' own
+    /// labels, so `spec.servers` must be empty. A namespace's owners can
+    /// neither edit it nor relabel a server out of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<NamespaceSelector>,
     /// The verdict when no rule applies to a call.
     #[serde(default = "deny")]
     pub default_action: Action,
@@ -106,6 +113,24 @@ impl ServerSelector {
                 .match_labels
                 .iter()
                 .all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// Selects namespaces by their labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamespaceSelector {
+    /// Labels the namespace must carry, all of them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+impl NamespaceSelector {
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
     }
 }
 
@@ -467,6 +492,13 @@ impl ApprovalPolicySpec {
                 message: message.to_string(),
             })
         };
+        if self.namespaces.is_some() && self.servers != ServerSelector::default() {
+            err(
+                "spec.servers".into(),
+                "a baseline (spec.namespaces) governs every server of its namespaces: \
+                 a server selector would let a server's labels take it out",
+            );
+        }
         let mut rules = Vec::with_capacity(self.rules.len());
         for (i, rule) in self.rules.iter().enumerate() {
             let at = format!("spec.rules[{i}]");
@@ -599,6 +631,17 @@ impl ApprovalPolicySpec {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn a_baseline_selects_no_servers_by_label() {
+        let spec: ApprovalPolicySpec = serde_json::from_value(serde_json::json!({
+            "namespaces": {"matchLabels": {"tier": "prod"}},
+            "servers": {"matchLabels": {"team": "ml"}},
+            "rules": [{"name": "r", "action": "Allow"}]}))
+        .unwrap();
+        let errors = spec.compile("airlock-system/b", "1").unwrap_err();
+        assert_eq!(errors[0].field, "spec.servers");
+    }
 
     pub(crate) const DESIGN_EXAMPLE: &str = r#"{
       "servers": {"matchLabels": {"team": "ml"}},

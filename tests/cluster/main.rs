@@ -51,6 +51,7 @@ fn tests() -> Vec<(&'static str, Test)> {
         neighbours::the_mcp_container_holds_no_gateway_credential,
         neighbours::the_mcp_container_cannot_take_the_gateways_port,
         neighbours::only_the_controllers_make_gateway_pods,
+        neighbours::a_baseline_governs_what_its_namespaces_cannot_escape,
     ]
 }
 

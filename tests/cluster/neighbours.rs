@@ -535,3 +535,118 @@ fn mcp_security(pod: &mut Value) -> &mut Value {
         None => &mut pod["spec"]["securityContext"],
     }
 }
+
+/// A platform team's baseline, kept in the operator's namespace, governs
+/// every server of the namespaces it selects by label: a server with no
+/// policy of its own holds `deploy_*`, and its namespace's editor can
+/// neither delete the baseline, nor relabel the server or the namespace
+/// out of it.
+pub async fn a_baseline_governs_what_its_namespaces_cannot_escape(
+    node: &Node,
+) -> anyhow::Result<()> {
+    let installed = operator(node).await?;
+    let ns = "gate-baseline";
+    node.namespace(ns).await?;
+    let labelled = node.kubectl(ADMIN, &["label", "namespace", ns, "tier=prod"])?;
+    anyhow::ensure!(labelled.status.success(), "{labelled:?}");
+    node.apply(&format!(
+        r#"
+apiVersion: mcp.airlock.dev/v1alpha1
+kind: ApprovalPolicy
+metadata: {{name: prod-deploys, namespace: {SYSTEM_NAMESPACE}}}
+spec:
+  namespaces: {{matchLabels: {{tier: prod}}}}
+  defaultAction: Allow
+  rules:
+  - name: deploys-need-a-lead
+    match: {{tools: ["deploy_*"]}}
+    action: RequireApproval
+    approval: {{approvers: {{groups: [leads]}}, timeout: 10m}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: editor, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: editor}}]
+"#
+    ))?;
+    // No policy of the namespace's own.
+    crate::operator::serve_gated(node, ns, 20, "").await?;
+    let server = format!("{ns}/{SERVER}");
+    let editor =
+        airlock_tests::cluster::client_impersonating(&node.kubeconfig(ADMIN), Some("editor"))
+            .await?;
+
+    // The editor relabels the server, and tries the namespace and the baseline.
+    let servers: Api<airlock_operator::crd::McpServer> = Api::namespaced(editor.clone(), ns);
+    servers
+        .patch(
+            SERVER,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                &json!({"metadata": {"labels": {"team": "elsewhere", "tier": null}}}),
+            ),
+        )
+        .await?;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(editor.clone());
+    let relabel = namespaces
+        .patch(
+            ns,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"metadata": {"labels": {"tier": null}}})),
+        )
+        .await;
+    assert!(
+        matches!(&relabel, Err(kube::Error::Api(s)) if s.code == 403),
+        "the editor relabelled the namespace: {relabel:?}"
+    );
+    let policies: Api<airlock_operator::crd::ApprovalPolicy> =
+        Api::namespaced(editor, SYSTEM_NAMESPACE);
+    let deleted = policies
+        .delete("prod-deploys", &kube::api::DeleteParams::default())
+        .await;
+    assert!(
+        matches!(&deleted, Err(kube::Error::Api(s)) if s.code == 403),
+        "the editor deleted the baseline: {deleted:?}"
+    );
+
+    // Still governed: the gateway is served the baseline, reading status
+    // passes, a deploy is held until a lead decides.
+    let pod = gateway_pod(node, ns).await?;
+    let token = issued_token(node, ns, Some(&pod), AUDIENCE).await?;
+    let (status, document) = read_config(&gateways(node).await?, &server, Some(&token)).await?;
+    assert_eq!(status, 200, "{document}");
+    assert_eq!(
+        document["policies"][0]["name"],
+        format!("{SYSTEM_NAMESPACE}/prod-deploys"),
+        "{document}"
+    );
+    let ada = crate::operator::token(&installed.issuer, "ada", &["engineers"])?;
+    let lea = crate::operator::token(&installed.issuer, "lea", &["leads"])?;
+    let status = crate::operator::call(node, ns, &ada, "get_status", json!({})).await?;
+    assert_eq!(status["isError"], false, "{status}");
+    let held = crate::operator::call(
+        node,
+        ns,
+        &ada,
+        "deploy_model",
+        json!({"model": "fraud:v9", "environment": "prod"}),
+    );
+    let deny = async {
+        let id = installed
+            .people
+            .pending(&lea, &server, "deploy_model")
+            .await?;
+        let decided = installed
+            .people
+            .decide(&lea, &id, "deny", "not today")
+            .await?;
+        anyhow::ensure!(decided.status().is_success(), "{}", decided.text().await?);
+        Ok(())
+    };
+    let (answer, denied) = tokio::join!(held, deny);
+    denied?;
+    let answer = answer?;
+    assert_eq!(answer["isError"], true, "{answer}");
+    Ok(())
+}

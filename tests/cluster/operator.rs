@@ -100,6 +100,17 @@ pub(crate) async fn gated_server(
     max_hold: u32,
 ) -> anyhow::Result<()> {
     node.namespace(namespace).await?;
+    serve_gated(node, namespace, max_hold, &policy(namespace, "")).await
+}
+
+/// The gated server and its client in `namespace` (which exists), with
+/// `policy` — manifests, perhaps none — applied alongside.
+pub(crate) async fn serve_gated(
+    node: &Node,
+    namespace: &str,
+    max_hold: u32,
+    policy: &str,
+) -> anyhow::Result<()> {
     node.apply(&format!(
         r#"{policy}
 ---
@@ -127,8 +138,7 @@ spec:
     image: {MCP_PYTHON}
     imagePullPolicy: IfNotPresent
     command: ["/usr/local/bin/python3", "-c", "import time; time.sleep(10**6)"]
-"#,
-        policy = policy(namespace, ""),
+"#
     ))?;
     chart::ready_server(node, namespace, SERVER).await?;
     node.ready_pod(namespace, "client").await?;

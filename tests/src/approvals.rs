@@ -3,7 +3,7 @@
 
 use crate::issuer::{AUDIENCE, Issuer, TENANT};
 use airlock_operator::approvals::service::{
-    Api, ApprovalService, Catalog, GatewayCredentials, ServerEntry, ServiceConfig,
+    Api, ApprovalService, Catalog, GatewayCredentials, ServiceConfig,
 };
 use airlock_operator::approvals::store::{SqliteStore, Store};
 use airlock_operator::audit::trail::AuditLog;
@@ -167,9 +167,9 @@ impl<S: Store> Approvals<S> {
 }
 
 fn catalog(server: &str, policies: Vec<NamedPolicy>) -> anyhow::Result<Catalog> {
-    let servers = vec![ServerEntry {
+    let servers = vec![airlock_policy::gateway::config::Governed {
         name: server.into(),
-        labels: Default::default(),
+        ..Default::default()
     }];
     Catalog::new(servers, policies).map_err(anyhow::Error::msg)
 }

@@ -17,7 +17,7 @@ use airlock_policy::audit::{AuditEvent, AuditPrincipal, captured_arguments};
 use airlock_policy::entra::{Principal, TrustConfig};
 use airlock_policy::evaluate::{Call, evaluate};
 use airlock_policy::gateway::auth::{AuthError, KeyRing, TokenCache, verify_token};
-use airlock_policy::gateway::config::{NamedPolicy, PolicyDocument, compile_all};
+use airlock_policy::gateway::config::{Governed, NamedPolicy, PolicyDocument, compile_all};
 use airlock_policy::json::{self, Limits};
 use airlock_policy::jwt::JwkSet;
 use airlock_policy::mcp::{RequestContext, Target, classify};
@@ -45,18 +45,10 @@ const MAX_WAIT_SECONDS: u64 = 60;
 /// it was not told about (asked through a replica that has since stopped).
 const SWEEP_RESCAN: Duration = Duration::from_secs(300);
 
-/// One MCP server the service knows, for selecting policies.
-#[derive(Debug, Clone)]
-pub struct ServerEntry {
-    /// `namespace/name`.
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-}
-
 /// The servers the service knows and the policies in force: replaced as a
 /// whole whenever either changes, and watched by gateways' config long-polls.
 pub struct Catalog {
-    servers: Vec<ServerEntry>,
+    servers: Vec<Governed>,
     policies: Vec<NamedPolicy>,
     compiled: Vec<CompiledPolicy>,
 }
@@ -64,7 +56,7 @@ pub struct Catalog {
 impl Catalog {
     /// Compiles `policies`; a bad policy refuses the whole catalog, naming
     /// its bad fields, so a half-valid set never reaches a gateway.
-    pub fn new(servers: Vec<ServerEntry>, policies: Vec<NamedPolicy>) -> Result<Catalog, String> {
+    pub fn new(servers: Vec<Governed>, policies: Vec<NamedPolicy>) -> Result<Catalog, String> {
         let compiled = compile_all(&policies).map_err(|e| e.to_string())?;
         Ok(Catalog {
             servers,
@@ -76,11 +68,7 @@ impl Catalog {
     /// The policies governing `server`, or `None` for a server not known here.
     fn document(&self, server: &str) -> Option<PolicyDocument> {
         let entry = self.servers.iter().find(|s| s.name == server)?;
-        Some(PolicyDocument::for_server(
-            server,
-            &entry.labels,
-            &self.policies,
-        ))
+        Some(PolicyDocument::for_server(entry, &self.policies))
     }
 }
 

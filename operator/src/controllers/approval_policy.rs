@@ -8,6 +8,8 @@ use super::{Context, Error, MANAGER};
 use super::{SAFETY_NET, in_namespace_of};
 use crate::controllers::catalog::{named, qualified};
 use crate::crd::{ApprovalPolicy, ApprovalPolicyStatus, McpServer};
+use airlock_policy::gateway::config::PolicyDocument;
+use airlock_policy::model::FieldError;
 use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -48,19 +50,40 @@ async fn check(policy: &ApprovalPolicy, context: &Context) -> Result<Action, Err
     let previous = policy.status.clone().unwrap_or_default();
     let generation = policy.metadata.generation;
     let namespace = policy.namespace().unwrap_or_default();
-    let status = match named(policy) {
+    let baselines = &context.watched.baseline_namespace;
+    let checked = named(policy).and_then(|checked| {
+        if checked.spec.namespaces.is_some() && namespace != *baselines {
+            return Err(vec![FieldError {
+                field: "spec.namespaces".into(),
+                message: format!(
+                    "only a policy in the operator's namespace ({baselines}) is a baseline"
+                ),
+            }]);
+        }
+        Ok(checked)
+    });
+    let status = match checked {
         Ok(checked) => {
             // Read now, not from a cache: the server edit that triggered
-            // this reconcile must be the one counted.
-            let mut matched: Vec<String> =
-                Api::<McpServer>::namespaced(context.client.clone(), &namespace)
-                    .list(&ListParams::default())
-                    .await?
-                    .items
-                    .iter()
-                    .filter(|s| policy.spec.servers.selects(&s.name_any(), s.labels()))
-                    .map(qualified)
-                    .collect();
+            // this reconcile must be the one counted. A baseline may govern
+            // servers anywhere.
+            let servers = match checked.spec.namespaces {
+                Some(_) => Api::<McpServer>::all(context.client.clone()),
+                None => Api::<McpServer>::namespaced(context.client.clone(), &namespace),
+            };
+            let one = [checked.clone()];
+            let mut matched: Vec<String> = servers
+                .list(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .filter(|s| {
+                    !PolicyDocument::for_server(&context.watched.governed(s), &one)
+                        .policies
+                        .is_empty()
+                })
+                .map(qualified)
+                .collect();
             matched.sort();
             ApprovalPolicyStatus {
                 observed_generation: generation,

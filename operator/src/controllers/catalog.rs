@@ -1,17 +1,19 @@
 //! Feeds the approval service the servers and policies in the cluster: a
-//! watch of every McpServer and ApprovalPolicy, and on each change a new
+//! watch of every McpServer, ApprovalPolicy and Namespace (baselines select
+//! servers by their namespace's labels), and on each change a new
 //! catalog, which answers the gateways' config long-polls at once. Runs on
 //! every replica, since every replica serves gateways.
 //!
 //! A policy that does not compile is left out (its controller reports why on
 //! the policy); the others stay in force.
 
-use crate::approvals::service::{ApprovalService, Catalog, ServerEntry};
+use crate::approvals::service::{ApprovalService, Catalog};
 use crate::approvals::store::Store;
 use crate::crd::{ApprovalPolicy, McpServer};
-use airlock_policy::gateway::config::NamedPolicy;
+use airlock_policy::gateway::config::{Governed, NamedPolicy};
 use airlock_policy::model::FieldError;
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store as Cache};
@@ -23,6 +25,9 @@ use std::sync::Arc;
 pub struct Watched {
     pub servers: Cache<McpServer>,
     pub policies: Cache<ApprovalPolicy>,
+    pub namespaces: Cache<Namespace>,
+    /// Where baseline policies are kept: the operator's namespace.
+    pub baseline_namespace: String,
 }
 
 impl Watched {
@@ -35,15 +40,27 @@ impl Watched {
             .collect()
     }
 
+    /// What selects the policies of `server`.
+    pub fn governed(&self, server: &McpServer) -> Governed {
+        let namespace_labels = server
+            .namespace()
+            .and_then(|namespace| self.namespaces.get(&reflector::ObjectRef::new(&namespace)))
+            .map(|namespace| namespace.labels().clone())
+            .unwrap_or_default();
+        Governed {
+            name: qualified(server),
+            labels: server.labels().clone(),
+            namespace_labels,
+            baseline_namespace: Some(self.baseline_namespace.clone()),
+        }
+    }
+
     fn catalog(&self) -> Result<Catalog, String> {
         let servers = self
             .servers
             .state()
             .iter()
-            .map(|server| ServerEntry {
-                name: qualified(server.as_ref()),
-                labels: server.labels().clone(),
-            })
+            .map(|server| self.governed(server))
             .collect();
         Catalog::new(servers, self.named_policies())
     }
@@ -68,10 +85,17 @@ pub fn named(policy: &ApprovalPolicy) -> Result<NamedPolicy, Vec<FieldError>> {
 pub fn feed<S: Store + 'static>(
     client: kube::Client,
     service: Arc<ApprovalService<S>>,
+    baseline_namespace: &str,
 ) -> (Watched, impl std::future::Future<Output = ()>) {
     let (servers, servers_writer) = reflector::store::<McpServer>();
     let (policies, policies_writer) = reflector::store::<ApprovalPolicy>();
-    let watched = Watched { servers, policies };
+    let (namespaces, namespaces_writer) = reflector::store::<Namespace>();
+    let watched = Watched {
+        servers,
+        policies,
+        namespaces,
+        baseline_namespace: baseline_namespace.to_string(),
+    };
     let config = watcher::Config::default();
     let server_events = reflector::reflector(
         servers_writer,
@@ -80,18 +104,30 @@ pub fn feed<S: Store + 'static>(
     .map(|event| event.is_ok());
     let policy_events = reflector::reflector(
         policies_writer,
-        watcher(Api::<ApprovalPolicy>::all(client), config).default_backoff(),
+        watcher(Api::<ApprovalPolicy>::all(client.clone()), config.clone()).default_backoff(),
+    )
+    .map(|event| event.is_ok());
+    // Only labels matter; their metadata is all that is kept.
+    let namespace_events = reflector::reflector(
+        namespaces_writer,
+        watcher(Api::<Namespace>::all(client), config).default_backoff(),
     )
     .map(|event| event.is_ok());
     let cached = watched.clone();
     let run = async move {
-        let mut changes = futures::stream::select(server_events, policy_events)
-            .ready_chunks(512)
-            .boxed();
+        let mut changes = futures::stream::select_all([
+            server_events.boxed(),
+            policy_events.boxed(),
+            namespace_events.boxed(),
+        ])
+        .ready_chunks(512)
+        .boxed();
         while changes.next().await.is_some() {
             let ready = futures::FutureExt::now_or_never(cached.servers.wait_until_ready())
                 .is_some_and(|r| r.is_ok())
                 && futures::FutureExt::now_or_never(cached.policies.wait_until_ready())
+                    .is_some_and(|r| r.is_ok())
+                && futures::FutureExt::now_or_never(cached.namespaces.wait_until_ready())
                     .is_some_and(|r| r.is_ok());
             if !ready {
                 continue;

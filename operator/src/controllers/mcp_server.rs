@@ -18,6 +18,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use serde_json::json;
 use std::sync::Arc;
@@ -32,13 +33,23 @@ pub async fn run(context: Arc<Context>) {
     let client = context.client.clone();
     let config = watcher::Config::default();
     let servers = context.watched.servers.clone();
+    let baselines = context.watched.baseline_namespace.clone();
     Controller::new(Api::<McpServer>::all(client.clone()), config.clone())
         .owns(Api::<Deployment>::all(client.clone()), config.clone())
         .owns(Api::<ConfigMap>::all(client.clone()), config.clone())
         .owns(Api::<Service>::all(client.clone()), config.clone())
         .owns(Api::<NetworkPolicy>::all(client.clone()), config.clone())
         .watches(Api::<ApprovalPolicy>::all(client), config, move |policy| {
-            in_namespace_of(&servers, &policy)
+            // A baseline may govern any server.
+            if policy.namespace().as_deref() == Some(baselines.as_str()) {
+                servers
+                    .state()
+                    .iter()
+                    .map(|server| ObjectRef::from_obj(server.as_ref()))
+                    .collect()
+            } else {
+                in_namespace_of(&servers, &policy)
+            }
         })
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
@@ -60,7 +71,6 @@ async fn reconcile(server: Arc<McpServer>, context: Arc<Context>) -> Result<Acti
 async fn apply(server: &McpServer, context: &Context) -> Result<Action, Error> {
     let namespace = server.namespace().unwrap_or_default();
     let name = server.name_any();
-    let full_name = qualified(server);
     let previous = server.status.clone().unwrap_or_default();
     let generation = server.metadata.generation;
 
@@ -98,14 +108,19 @@ async fn apply(server: &McpServer, context: &Context) -> Result<Action, Error> {
     let (ready, reason, message) = availability(&deployment, server.spec.replicas);
     // Read now, not from a cache: a policy edit that triggered this
     // reconcile must be the one reported.
-    let policies: Vec<NamedPolicy> = Api::<ApprovalPolicy>::namespaced(client.clone(), &namespace)
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .filter_map(|policy| named(policy).ok())
-        .collect();
-    let document = PolicyDocument::for_server(&full_name, server.labels(), &policies);
+    // The namespace's own policies, and the baselines in the operator's.
+    let mut homes = vec![namespace.clone()];
+    if context.watched.baseline_namespace != namespace {
+        homes.push(context.watched.baseline_namespace.clone());
+    }
+    let mut policies: Vec<NamedPolicy> = Vec::new();
+    for home in &homes {
+        let listed = Api::<ApprovalPolicy>::namespaced(client.clone(), home)
+            .list(&ListParams::default())
+            .await?;
+        policies.extend(listed.items.iter().filter_map(|policy| named(policy).ok()));
+    }
+    let document = PolicyDocument::for_server(&context.watched.governed(server), &policies);
     let status = McpServerStatus {
         observed_generation: generation,
         conditions: vec![condition(

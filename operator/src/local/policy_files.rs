@@ -82,6 +82,12 @@ pub fn load(
                 .namespace
                 .unwrap_or_else(|| default_namespace.to_string());
             let name = format!("{namespace}/{}", document.metadata.name);
+            if document.spec.namespaces.is_some() {
+                return Err(invalid(format!(
+                    "policy {name}: spec.namespaces: a baseline governs a cluster's namespaces; \
+                     airlock up runs one server, so this policy would govern nothing"
+                )));
+            }
             let policy = NamedPolicy::checked(name.clone(), document.spec).map_err(|errors| {
                 let fields: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 invalid(format!("policy {name}: {}", fields.join("; ")))
@@ -111,6 +117,15 @@ mod tests {
             .into_iter()
             .map(|(p, _)| p)
             .collect())
+    }
+
+    #[test]
+    fn a_baseline_is_refused_rather_than_ignored() {
+        let refused = load_text(
+            "apiVersion: mcp.airlock.dev/v1alpha1\nkind: ApprovalPolicy\nmetadata: {name: b}\nspec: {namespaces: {}}\n",
+        )
+        .unwrap_err();
+        assert!(refused.to_string().contains("spec.namespaces"), "{refused}");
     }
 
     #[test]

@@ -3,15 +3,13 @@
 //! the configuration the operator renders, and optionally the demo server.
 
 use super::{Endpoints, LOCAL_AUDIENCE, LOCAL_TENANT, StateDir, policy_files};
-use crate::approvals::service::{
-    Api, ApprovalService, Catalog, GatewayCredentials, ServerEntry, ServiceConfig,
-};
+use crate::approvals::service::{Api, ApprovalService, Catalog, GatewayCredentials, ServiceConfig};
 use crate::approvals::store::SqliteStore;
 use crate::audit::trail::AuditLog;
 use crate::dev_issuer::DevIssuer;
 use crate::render::envoy::{self, Bootstrap, Cluster, FilterModule};
 use airlock_policy::entra::{OtherIssuer, TokenVersion, TrustConfig};
-use airlock_policy::gateway::config::{FilterConfig, PolicyDocument};
+use airlock_policy::gateway::config::{FilterConfig, Governed, PolicyDocument};
 use anyhow::{Context, bail};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -146,7 +144,12 @@ impl Running {
         let labels: BTreeMap<String, String> = args.labels.iter().cloned().collect();
         let loaded = policy_files::load(&args.policies, &args.namespace)?;
         let policies: Vec<_> = loaded.into_iter().map(|(policy, _)| policy).collect();
-        let governing = PolicyDocument::for_server(&server, &labels, &policies);
+        let governed = Governed {
+            name: server.clone(),
+            labels,
+            ..Governed::default()
+        };
+        let governing = PolicyDocument::for_server(&governed, &policies);
         let mut tasks = Vec::new();
 
         // Whose tokens are trusted, and where their keys are.
@@ -186,14 +189,7 @@ impl Running {
 
         // The approval service.
         let credential = random_secret();
-        let catalog = Catalog::new(
-            vec![ServerEntry {
-                name: server.clone(),
-                labels,
-            }],
-            policies,
-        )
-        .map_err(anyhow::Error::msg)?;
+        let catalog = Catalog::new(vec![governed], policies).map_err(anyhow::Error::msg)?;
         let service = ApprovalService::new(
             SqliteStore::open(&state.approvals_db())?,
             ServiceConfig {

@@ -168,7 +168,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     service.await_catalog();
-    let (watched, feed) = controllers::catalog::feed(client.clone(), service.clone());
+    let (watched, feed) =
+        controllers::catalog::feed(client.clone(), service.clone(), &args.namespace);
 
     let gateways_host = reqwest::Url::parse(&args.approvals_url)
         .ok()

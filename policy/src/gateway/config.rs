@@ -142,6 +142,19 @@ impl NamedPolicy {
     }
 }
 
+/// What decides which policies govern a server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Governed {
+    /// `namespace/name`.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// The labels of the server's namespace (baselines select by them).
+    pub namespace_labels: BTreeMap<String, String>,
+    /// Where baseline policies are kept (the operator's namespace); `None`
+    /// where there are none (`airlock up`).
+    pub baseline_namespace: Option<String>,
+}
+
 /// The policies in force for one MCP server, as
 /// `GET /v1/config/{namespace}/{server}` serves them to its gateway.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,23 +171,29 @@ pub struct PolicyDocument {
 impl PolicyDocument {
     /// The policies of `all` that govern `server` (`namespace/name`) carrying
     /// `labels`: those in its namespace whose selector selects it.
-    pub fn for_server(
-        server: &str,
-        labels: &BTreeMap<String, String>,
-        all: &[NamedPolicy],
-    ) -> PolicyDocument {
-        let (namespace, name) = server.split_once('/').unwrap_or(("", server));
+    pub fn for_server(server: &Governed, all: &[NamedPolicy]) -> PolicyDocument {
+        let (namespace, name) = server.name.split_once('/').unwrap_or(("", &server.name));
         let policies: Vec<NamedPolicy> = all
             .iter()
-            .filter(|p| p.name.split_once('/').map(|(ns, _)| ns) == Some(namespace))
-            .filter(|p| p.spec.servers.selects(name, labels))
+            .filter(|p| {
+                let home = p.name.split_once('/').map(|(ns, _)| ns);
+                match &p.spec.namespaces {
+                    // A baseline counts only where the operator keeps them.
+                    Some(namespaces) => {
+                        home.is_some()
+                            && home == server.baseline_namespace.as_deref()
+                            && namespaces.selects(&server.namespace_labels)
+                    }
+                    None => home == Some(namespace) && p.spec.servers.selects(name, &server.labels),
+                }
+            })
             .cloned()
             .collect();
         let version = serde_json::to_value(&policies)
             .map(|v| digest(&v))
             .unwrap_or_default();
         PolicyDocument {
-            server: server.to_string(),
+            server: server.name.clone(),
             version,
             policies,
         }
@@ -336,6 +355,50 @@ mod tests {
         assert!(bad(json!({"policies": []})));
     }
 
+    fn baseline(name: &str, namespaces: serde_json::Value) -> NamedPolicy {
+        serde_json::from_value(json!({"name": name, "version": "1",
+            "spec": {"namespaces": namespaces, "rules": [{"name": "r", "action": "Allow"}]}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_baseline_governs_by_namespace_labels_from_the_operators_namespace_only() {
+        let all = vec![
+            baseline(
+                "airlock-system/prod",
+                json!({"matchLabels": {"tier": "prod"}}),
+            ),
+            baseline("airlock-system/all", json!({})),
+            // Written elsewhere, a baseline governs nothing.
+            baseline("ml/self-made", json!({})),
+        ];
+        let server = |namespace_labels: &[(&str, &str)]| Governed {
+            name: "ml/models".into(),
+            labels: BTreeMap::new(),
+            namespace_labels: namespace_labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            baseline_namespace: Some("airlock-system".into()),
+        };
+        let names = |server: Governed| -> Vec<String> {
+            PolicyDocument::for_server(&server, &all)
+                .policies
+                .into_iter()
+                .map(|p| p.name)
+                .collect()
+        };
+        assert_eq!(
+            names(server(&[("tier", "prod")])),
+            ["airlock-system/prod", "airlock-system/all"]
+        );
+        assert_eq!(names(server(&[("tier", "dev")])), ["airlock-system/all"]);
+        // Without a baseline namespace (airlock up), none applies.
+        let mut local = server(&[("tier", "prod")]);
+        local.baseline_namespace = None;
+        assert!(names(local).is_empty());
+    }
+
     fn policy(name: &str, selector: serde_json::Value) -> NamedPolicy {
         serde_json::from_value(json!({"name": name, "version": "1",
             "spec": {"servers": selector, "rules": [{"name": "r", "action": "Allow"}]}}))
@@ -351,14 +414,19 @@ mod tests {
             policy("web/everything", json!({})),
         ];
         let labels = BTreeMap::from([("team".to_string(), "ml".to_string())]);
-        let document = PolicyDocument::for_server("ml/models", &labels, &all);
+        let server = |labels: &BTreeMap<String, String>| Governed {
+            name: "ml/models".into(),
+            labels: labels.clone(),
+            ..Governed::default()
+        };
+        let document = PolicyDocument::for_server(&server(&labels), &all);
         let names: Vec<&str> = document.policies.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["ml/everything", "ml/by-label"]);
         assert!(document.version.starts_with("sha256:"));
 
-        let same = PolicyDocument::for_server("ml/models", &labels, &all);
+        let same = PolicyDocument::for_server(&server(&labels), &all);
         assert_eq!(same.version, document.version);
-        let unlabelled = PolicyDocument::for_server("ml/models", &BTreeMap::new(), &all);
+        let unlabelled = PolicyDocument::for_server(&server(&BTreeMap::new()), &all);
         assert_ne!(unlabelled.version, document.version);
         assert!(compile_all(&document.policies).is_ok());
     }
