@@ -57,6 +57,19 @@ async fn gateway_pod(node: &Node, namespace: &str) -> anyhow::Result<Pod> {
         .context("no pod of the server")
 }
 
+/// The operator, a gated server in `namespace`, and the name of its pod.
+async fn gated_pod(node: &Node, namespace: &str) -> anyhow::Result<String> {
+    operator(node).await?;
+    gated_server(node, namespace, 20).await?;
+    let pod = gateway_pod(node, namespace).await?;
+    pod.metadata.name.context("unnamed pod")
+}
+
+/// What a probe printed, as JSON.
+fn printed(out: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(out.trim()).with_context(|| out.to_string())
+}
+
 /// The gateways' API as the host reaches it: by the service's name (which
 /// its certificate names), resolved to its ClusterIP, trusting the
 /// operator's CA.
@@ -189,11 +202,8 @@ pub async fn a_gateway_speaks_only_for_its_own_server(node: &Node) -> anyhow::Re
 /// server token, no Envoy admin socket, and the approval service refuses
 /// what it can send.
 pub async fn the_mcp_container_holds_no_gateway_credential(node: &Node) -> anyhow::Result<()> {
-    operator(node).await?;
     let namespace = "gate-identity-mcp";
-    gated_server(node, namespace, 20).await?;
-    let pod = gateway_pod(node, namespace).await?;
-    let name = pod.metadata.name.clone().context("unnamed pod")?;
+    let name = gated_pod(node, namespace).await?;
     let url = gateways(node).await?.by_address;
     let probe = format!(
         r#"
@@ -208,10 +218,11 @@ except urllib.error.HTTPError as e:
 print(json.dumps({{"tokens": found, "config": status}}))
 "#
     );
-    let out = node
-        .exec(namespace, &name, "mcp", &["python3", "-c", &probe])
-        .await?;
-    let seen: Value = serde_json::from_str(out.trim()).with_context(|| out.clone())?;
+    let seen = printed(
+        &node
+            .exec(namespace, &name, "mcp", &["python3", "-c", &probe])
+            .await?,
+    )?;
     assert_eq!(
         seen["tokens"],
         json!([]),
@@ -225,11 +236,8 @@ print(json.dumps({{"tokens": found, "config": status}}))
 /// Envoy's port — not while Envoy listens, and not in the moments after
 /// Envoy is killed, before kubelet restarts it.
 pub async fn the_mcp_container_cannot_take_the_gateways_port(node: &Node) -> anyhow::Result<()> {
-    operator(node).await?;
     let namespace = "gate-port";
-    gated_server(node, namespace, 20).await?;
-    let pod = gateway_pod(node, namespace).await?;
-    let name = pod.metadata.name.clone().context("unnamed pod")?;
+    let name = gated_pod(node, namespace).await?;
     // For a few seconds: try to bind the gateway's port, and note whether
     // anything was listening on it at that moment.
     let attempts = format!(
@@ -267,8 +275,7 @@ print(json.dumps(seen))
     let command = ["python3", "-c", &attempts];
     let (out, killed) = tokio::join!(node.exec(namespace, &name, "mcp", &command), killer);
     killed?;
-    let out = out?;
-    let seen: Value = serde_json::from_str(out.trim()).with_context(|| out.clone())?;
+    let seen = printed(&out?)?;
     assert_eq!(
         seen["bound"], 0,
         "the MCP container bound the gateway's port: {seen}"
