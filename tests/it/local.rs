@@ -418,3 +418,54 @@ async fn up_trusts_a_non_entra_issuer_named_with_issuer_and_jwks_url() -> anyhow
     assert!(cli.is_err(), "{cli:?}");
     Ok(())
 }
+
+/// A second `airlock up` on the same state directory, or on the same
+/// gateway port, refuses to start and says which; the first keeps serving
+/// and keeps its endpoints file.
+#[tokio::test]
+async fn a_second_airlock_up_refuses_a_taken_state_directory_or_port() -> anyhow::Result<()> {
+    let first = Local::start(&example_policy()?, 5).await?;
+    let refusal = |started: anyhow::Result<Local>| match started {
+        Ok(_) => "started".to_string(),
+        Err(e) => format!("{e:#}"),
+    };
+    let same_state = refusal(
+        Local::start_with(
+            &example_policy()?,
+            5,
+            |args| args.state_dir = first.state_dir(),
+            |local| local.token("probe", &[]),
+        )
+        .await,
+    );
+    assert!(
+        same_state.contains(&format!("another airlock up (pid {})", std::process::id())),
+        "{same_state}"
+    );
+    let port = reqwest::Url::parse(&first.running.endpoints.gateway)?
+        .port()
+        .unwrap_or_default();
+    let same_port = refusal(
+        Local::start_with(
+            &example_policy()?,
+            5,
+            |args| args.port = port,
+            |local| local.token("probe", &[]),
+        )
+        .await,
+    );
+    assert!(
+        same_port.contains(&format!("port {port} on 127.0.0.1 is taken")),
+        "{same_port}"
+    );
+    assert!(first.state_dir().join("run/endpoints.json").exists());
+    let status = reqwest::get(&first.running.endpoints.gateway)
+        .await?
+        .status();
+    assert_eq!(
+        status,
+        reqwest::StatusCode::UNAUTHORIZED,
+        "the first gateway stopped answering"
+    );
+    Ok(())
+}

@@ -50,6 +50,38 @@ impl StateDir {
     pub fn endpoints_file(&self) -> PathBuf {
         self.run_dir().join("endpoints.json")
     }
+
+    /// Holds the state directory for one `airlock up` until dropped: a
+    /// second one started on it would share its store and trail and remove
+    /// its endpoints file when it stopped. The lock is the kernel's
+    /// (`flock`), so it goes with the process, however that ends.
+    pub fn lock(&self) -> anyhow::Result<std::fs::File> {
+        use anyhow::Context as _;
+        use std::io::{Read, Seek, Write};
+        std::fs::create_dir_all(self.run_dir())
+            .with_context(|| format!("creating {}", self.run_dir().display()))?;
+        let path = self.run_dir().join("lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        if file.try_lock().is_err() {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            anyhow::bail!(
+                "another airlock up (pid {}) is running on {}: stop it, or give this one its own --state-dir",
+                holder.trim(),
+                self.root.display()
+            );
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        Ok(file)
+    }
 }
 
 /// What `airlock up` serves, written to `run/endpoints.json` for the CLI and scripts.

@@ -131,13 +131,23 @@ pub struct Running {
     envoy: tokio::process::Child,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     state: StateDir,
+    /// Held while running: see [`StateDir::lock`].
+    _lock: std::fs::File,
 }
 
 impl Running {
     pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
         let state = StateDir::new(&args.state_dir);
-        std::fs::create_dir_all(state.run_dir())
-            .with_context(|| format!("creating {}", state.run_dir().display()))?;
+        let lock = state.lock()?;
+        if args.port != 0 {
+            // Envoy would fail on it too, but only with a line in its log.
+            std::net::TcpListener::bind(("127.0.0.1", args.port)).with_context(|| {
+                format!(
+                    "port {} on 127.0.0.1 is taken (another gateway?): stop that, or choose --port",
+                    args.port
+                )
+            })?;
+        }
         let envoy_binary = find_envoy(args.envoy.as_deref())?;
         let filter = find_filter(args.filter.as_deref())?;
         let server = format!("{}/{}", args.namespace, args.name);
@@ -300,6 +310,7 @@ impl Running {
             envoy,
             tasks,
             state,
+            _lock: lock,
         })
     }
 
