@@ -607,6 +607,26 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: editor}}]
         matches!(&relabel, Err(kube::Error::Api(s)) if s.code == 403),
         "the editor relabelled the namespace: {relabel:?}"
     );
+    // The baseline's status counts the server, wherever it is.
+    let baselines: Api<airlock_operator::crd::ApprovalPolicy> =
+        Api::namespaced(node.client(ADMIN).await?, SYSTEM_NAMESPACE);
+    airlock_tests::wait_for(
+        "the baseline to list the server",
+        Duration::from_secs(30),
+        || {
+            let baselines = baselines.clone();
+            let server = server.clone();
+            async move {
+                let status = baselines
+                    .get("prod-deploys")
+                    .await?
+                    .status
+                    .unwrap_or_default();
+                Ok(status.matched_servers.contains(&server).then_some(()))
+            }
+        },
+    )
+    .await?;
     let policies: Api<airlock_operator::crd::ApprovalPolicy> =
         Api::namespaced(editor, SYSTEM_NAMESPACE);
     let deleted = policies

@@ -15,6 +15,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use serde_json::json;
 use std::sync::Arc;
@@ -22,15 +23,30 @@ use std::time::{Duration, Instant};
 
 const KIND: &str = "ApprovalPolicy";
 
-/// A policy is reconciled when it changes, and when a server in its
-/// namespace does (the servers it governs are part of its status).
+/// A policy is reconciled when it changes, and when a server it may govern
+/// does — one in its namespace, or any for a baseline (the servers it
+/// governs are part of its status).
 pub async fn run(context: Arc<Context>) {
     let client = context.client.clone();
     let config = watcher::Config::default();
     let policies = context.watched.policies.clone();
+    let baselines = context.watched.baseline_namespace.clone();
     Controller::new(Api::<ApprovalPolicy>::all(client.clone()), config.clone())
         .watches(Api::<McpServer>::all(client), config, move |server| {
-            in_namespace_of(&policies, &server)
+            let mut concerned = in_namespace_of(&policies, &server);
+            if server.namespace().as_deref() != Some(baselines.as_str()) {
+                concerned.extend(
+                    policies
+                        .state()
+                        .iter()
+                        .filter(|policy| {
+                            policy.namespace().as_deref() == Some(baselines.as_str())
+                                && policy.spec.namespaces.is_some()
+                        })
+                        .map(|policy| ObjectRef::from_obj(policy.as_ref())),
+                );
+            }
+            concerned
         })
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
