@@ -300,6 +300,28 @@ print(json.dumps(seen))
     let gated = node.exec(namespace, &name, "mcp", &sysctl).await?;
     assert_eq!((ungated.trim(), gated.trim()), ("0", "1024"));
     println!("gateway port: {seen}");
+    // The gateway pod meets the `restricted` Pod Security Standard; the
+    // test's own client pod (root) shows the check is real.
+    let restricted = node.kubectl(
+        ADMIN,
+        &[
+            "label",
+            "--dry-run=server",
+            "--overwrite",
+            "namespace",
+            namespace,
+            "pod-security.kubernetes.io/enforce=restricted",
+        ],
+    )?;
+    let warnings = String::from_utf8_lossy(&restricted.stderr).to_string();
+    assert!(
+        warnings.contains("client"),
+        "no warning for the root client pod: {warnings}"
+    );
+    assert!(
+        !warnings.contains(&name),
+        "the gateway pod is not restricted: {warnings}"
+    );
     // kubelet restarts the gateway, and the server is served again.
     chart::ready_server(node, namespace, SERVER).await?;
     Ok(())

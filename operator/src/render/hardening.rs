@@ -11,7 +11,7 @@
 //! the field.
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, PodSecurityContext, PodSpec, SecurityContext, Sysctl,
+    Capabilities, Container, PodSecurityContext, PodSpec, SeccompProfile, SecurityContext, Sysctl,
 };
 use serde_json::{Value, json};
 
@@ -80,6 +80,13 @@ pub fn harden(spec: &mut PodSpec) -> Result<(), Unsafe> {
     )?;
     security.run_as_non_root.get_or_insert(true);
     security.run_as_user.get_or_insert(DEFAULT_MCP_UID);
+    // With the rest, what the `restricted` Pod Security Standard asks.
+    security
+        .seccomp_profile
+        .get_or_insert_with(|| SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        });
     let sysctls = security.sysctls.get_or_insert_with(Vec::new);
     let mut port_set = false;
     for (index, sysctl) in sysctls.iter().enumerate() {
@@ -232,6 +239,10 @@ mod tests {
         let spec = hardened(json!({}));
         assert_eq!(spec["securityContext"]["runAsUser"], DEFAULT_MCP_UID);
         assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            spec["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
         assert_eq!(
             spec["securityContext"]["sysctls"],
             json!([{"name": PORT_SYSCTL, "value": "1024"}])
