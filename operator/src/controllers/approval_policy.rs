@@ -8,7 +8,6 @@ use super::{Context, Error, MANAGER};
 use super::{SAFETY_NET, in_namespace_of};
 use crate::controllers::catalog::{named, qualified};
 use crate::crd::{ApprovalPolicy, ApprovalPolicyStatus, McpServer};
-use airlock_policy::gateway::config::PolicyDocument;
 use airlock_policy::model::FieldError;
 use futures::StreamExt;
 use kube::ResourceExt;
@@ -87,17 +86,12 @@ async fn check(policy: &ApprovalPolicy, context: &Context) -> Result<Action, Err
                 Some(_) => Api::<McpServer>::all(context.client.clone()),
                 None => Api::<McpServer>::namespaced(context.client.clone(), &namespace),
             };
-            let one = [checked.clone()];
             let mut matched: Vec<String> = servers
                 .list(&ListParams::default())
                 .await?
                 .items
                 .iter()
-                .filter(|s| {
-                    !PolicyDocument::for_server(&context.watched.governed(s), &one)
-                        .policies
-                        .is_empty()
-                })
+                .filter(|s| context.watched.governed(s).is_governed_by(&checked))
                 .map(qualified)
                 .collect();
             matched.sort();

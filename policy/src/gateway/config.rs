@@ -155,6 +155,24 @@ pub struct Governed {
     pub baseline_namespace: Option<String>,
 }
 
+impl Governed {
+    /// Whether `policy` governs this server: one of its namespace whose
+    /// selector selects it, or a baseline (kept in the baseline namespace
+    /// only) whose selector selects its namespace.
+    pub fn is_governed_by(&self, policy: &NamedPolicy) -> bool {
+        let (namespace, name) = self.name.split_once('/').unwrap_or(("", &self.name));
+        let home = policy.name.split_once('/').map(|(ns, _)| ns);
+        match &policy.spec.namespaces {
+            Some(namespaces) => {
+                home.is_some()
+                    && home == self.baseline_namespace.as_deref()
+                    && namespaces.selects(&self.namespace_labels)
+            }
+            None => home == Some(namespace) && policy.spec.servers.selects(name, &self.labels),
+        }
+    }
+}
+
 /// The policies in force for one MCP server, as
 /// `GET /v1/config/{namespace}/{server}` serves them to its gateway.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,24 +187,11 @@ pub struct PolicyDocument {
 }
 
 impl PolicyDocument {
-    /// The policies of `all` that govern `server` (`namespace/name`) carrying
-    /// `labels`: those in its namespace whose selector selects it.
+    /// The policies of `all` that govern `server`.
     pub fn for_server(server: &Governed, all: &[NamedPolicy]) -> PolicyDocument {
-        let (namespace, name) = server.name.split_once('/').unwrap_or(("", &server.name));
         let policies: Vec<NamedPolicy> = all
             .iter()
-            .filter(|p| {
-                let home = p.name.split_once('/').map(|(ns, _)| ns);
-                match &p.spec.namespaces {
-                    // A baseline counts only where the operator keeps them.
-                    Some(namespaces) => {
-                        home.is_some()
-                            && home == server.baseline_namespace.as_deref()
-                            && namespaces.selects(&server.namespace_labels)
-                    }
-                    None => home == Some(namespace) && p.spec.servers.selects(name, &server.labels),
-                }
-            })
+            .filter(|p| server.is_governed_by(p))
             .cloned()
             .collect();
         let version = serde_json::to_value(&policies)
