@@ -70,6 +70,26 @@ fn printed(out: &str) -> anyhow::Result<Value> {
     serde_json::from_str(out.trim()).with_context(|| out.to_string())
 }
 
+/// A client acting as `user`, through the admin's right to impersonate.
+async fn as_user(node: &Node, user: &str) -> anyhow::Result<kube::Client> {
+    airlock_tests::cluster::client_impersonating(&node.kubeconfig(ADMIN), Some(user)).await
+}
+
+/// A client acting as `editor`, bound to the `edit` role in `namespace`
+/// (what app teams usually hold there).
+async fn namespace_editor(node: &Node, namespace: &str) -> anyhow::Result<kube::Client> {
+    node.apply(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: editor, namespace: {namespace}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: editor}}]
+"#
+    ))?;
+    as_user(node, "editor").await
+}
+
 /// The gateways' API as the host reaches it: by the service's name (which
 /// its certificate names), resolved to its ClusterIP, trusting the
 /// operator's CA.
@@ -349,22 +369,12 @@ pub async fn only_the_controllers_make_gateway_pods(node: &Node) -> anyhow::Resu
     operator(node).await?;
     let ns = "gate-chain";
     gated_server(node, ns, 20).await?;
-    node.apply(&format!(
-        r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: editor, namespace: {ns}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}}
-subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: editor}}]
-"#
-    ))?;
-    let kubeconfig = node.kubeconfig(ADMIN);
-    let as_user = |user: &'static str| {
-        let kubeconfig = kubeconfig.clone();
-        async move { airlock_tests::cluster::client_impersonating(&kubeconfig, Some(user)).await }
-    };
-    let editor = as_user("editor").await?;
-    let controller = as_user("system:serviceaccount:kube-system:replicaset-controller").await?;
+    let editor = namespace_editor(node, ns).await?;
+    let controller = as_user(
+        node,
+        "system:serviceaccount:kube-system:replicaset-controller",
+    )
+    .await?;
     let dry_run = PostParams {
         dry_run: true,
         ..Default::default()
@@ -591,20 +601,12 @@ spec:
     match: {{tools: ["deploy_*"]}}
     action: RequireApproval
     approval: {{approvers: {{groups: [leads]}}, timeout: 10m}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: editor, namespace: {ns}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}}
-subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: editor}}]
 "#
     ))?;
     // No policy of the namespace's own.
     crate::operator::serve_gated(node, ns, 20, "").await?;
     let server = format!("{ns}/{SERVER}");
-    let editor =
-        airlock_tests::cluster::client_impersonating(&node.kubeconfig(ADMIN), Some("editor"))
-            .await?;
+    let editor = namespace_editor(node, ns).await?;
 
     // The editor relabels the server, and tries the namespace and the baseline.
     let servers: Api<airlock_operator::crd::McpServer> = Api::namespaced(editor.clone(), ns);
