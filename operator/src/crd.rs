@@ -298,6 +298,20 @@ pub struct Actor {
     pub groups: Vec<String>,
 }
 
+/// The path a decision or a remark came through.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// The approval service's people's API, with an Entra token it verified.
+    #[default]
+    Service,
+    /// This status, written through the API server (`kubectl airlock`), its
+    /// admission policies vouching for who wrote it.
+    Kubectl,
+}
+
 /// One approver's verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -307,9 +321,13 @@ pub struct Decision {
     pub verdict: Verdict,
     #[serde(default)]
     pub reason: String,
-    /// RFC 3339.
+    /// RFC 3339, by the approval service's clock when it counted the
+    /// decision; absent on one an approver just wrote, until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "date-time"))]
-    pub time: String,
+    pub time: Option<String>,
+    #[serde(default)]
+    pub via: Via,
 }
 
 /// A question from an approver or the requester's answer.
@@ -319,9 +337,12 @@ pub struct Remark {
     #[serde(flatten)]
     pub by: Actor,
     pub message: String,
-    /// RFC 3339.
+    /// RFC 3339, as for a decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "date-time"))]
-    pub time: String,
+    pub time: Option<String>,
+    #[serde(default)]
+    pub via: Via,
 }
 
 /// The head of one operator replica's audit chain, written by that replica

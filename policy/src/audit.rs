@@ -204,6 +204,9 @@ pub struct AuditEvent {
     pub approval_id: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approvers: Vec<AuditPrincipal>,
+    /// The path an approver acted through: `service` or `kubectl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -6,7 +6,9 @@
 //! when the call is held goes in the immutable spec, what happens afterwards
 //! (phase, decisions, conversation, releases) in the status subresource.
 
-use super::model::{Approval, Binding, Decision, Person, Remark, Requirement, State, Verdict};
+use super::model::{
+    Act, Approval, Arrival, Binding, Decision, Person, Remark, Requirement, State, Verdict, Via,
+};
 use super::store::{Store, StoreError};
 use crate::crd::{
     self, Actor, ApprovalRequest, ApprovalRequestSpec, ApprovalRequestStatus, HeldCall, Phase,
@@ -354,6 +356,24 @@ impl From<Phase> for State {
     }
 }
 
+impl From<Via> for crd::Via {
+    fn from(via: Via) -> crd::Via {
+        match via {
+            Via::Service => crd::Via::Service,
+            Via::Kubectl => crd::Via::Kubectl,
+        }
+    }
+}
+
+impl From<crd::Via> for Via {
+    fn from(via: crd::Via) -> Via {
+        match via {
+            crd::Via::Service => Via::Service,
+            crd::Via::Kubectl => Via::Kubectl,
+        }
+    }
+}
+
 impl From<Verdict> for crd::Verdict {
     fn from(verdict: Verdict) -> crd::Verdict {
         match verdict {
@@ -424,7 +444,8 @@ fn to_resource(approval: &Approval) -> Result<ApprovalRequest, StoreError> {
                 by: actor(&d.approver),
                 verdict: d.verdict.into(),
                 reason: d.reason.clone(),
-                time: rfc3339(d.at),
+                time: Some(rfc3339(d.at)),
+                via: d.via.into(),
             })
             .collect(),
         conversation: approval
@@ -433,7 +454,8 @@ fn to_resource(approval: &Approval) -> Result<ApprovalRequest, StoreError> {
             .map(|r| crd::Remark {
                 by: actor(&r.by),
                 message: r.message.clone(),
-                time: rfc3339(r.at),
+                time: Some(rfc3339(r.at)),
+                via: r.via.into(),
             })
             .collect(),
         approved_at: approval.approved_at.map(rfc3339),
@@ -475,29 +497,46 @@ fn from_resource(resource: &ApprovalRequest) -> Result<Approval, StoreError> {
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    let decisions = status
-        .decisions
-        .iter()
-        .map(|d| {
-            Ok(Decision {
-                approver: person(&d.by),
-                verdict: d.verdict.into(),
-                reason: d.reason.clone(),
-                at: seconds(&d.time, "decision time", &id)?,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    let conversation = status
-        .conversation
-        .iter()
-        .map(|r| {
-            Ok(Remark {
-                by: person(&r.by),
-                message: r.message.clone(),
-                at: seconds(&r.time, "remark time", &id)?,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
+    // What carries no time yet was written through the API server since the
+    // service last counted: questions first, as an approver asks before
+    // deciding.
+    let mut arrivals = Vec::new();
+    let mut conversation = Vec::new();
+    for remark in &status.conversation {
+        match &remark.time {
+            Some(time) => conversation.push(Remark {
+                by: person(&remark.by),
+                message: remark.message.clone(),
+                at: seconds(time, "remark time", &id)?,
+                via: remark.via.into(),
+            }),
+            None => arrivals.push(Arrival {
+                by: person(&remark.by),
+                act: Act::Ask {
+                    question: remark.message.clone(),
+                },
+            }),
+        }
+    }
+    let mut decisions = Vec::new();
+    for decision in &status.decisions {
+        match &decision.time {
+            Some(time) => decisions.push(Decision {
+                approver: person(&decision.by),
+                verdict: decision.verdict.into(),
+                reason: decision.reason.clone(),
+                at: seconds(time, "decision time", &id)?,
+                via: decision.via.into(),
+            }),
+            None => arrivals.push(Arrival {
+                by: person(&decision.by),
+                act: Act::Decide {
+                    verdict: decision.verdict.into(),
+                    reason: decision.reason.clone(),
+                },
+            }),
+        }
+    }
     Ok(Approval {
         binding: Binding {
             tid: spec.requester.tid.clone(),
@@ -535,6 +574,7 @@ fn from_resource(resource: &ApprovalRequest) -> Result<Approval, StoreError> {
             .transpose()?,
         releases: number(status.releases, "releases", &id)?,
         version: number(status.revision, "revision", &id)?,
+        arrivals,
         id,
     })
 }
@@ -563,6 +603,37 @@ mod tests {
             Some(Phase::Approved)
         );
         assert_eq!(from_resource(&resource).unwrap(), a);
+    }
+
+    #[test]
+    fn what_carries_no_time_yet_arrives_to_be_judged() {
+        let mut resource = to_resource(&approval(1, false, None)).unwrap();
+        let lea = Actor {
+            user: "lea@contoso.com".into(),
+            uid: "lea".into(),
+            tenant: "t".into(),
+            groups: vec!["leads".into()],
+        };
+        let status = resource.status.as_mut().unwrap();
+        status.decisions.push(crd::Decision {
+            by: lea.clone(),
+            verdict: crd::Verdict::Approve,
+            reason: "checked".into(),
+            time: None,
+            via: crd::Via::Kubectl,
+        });
+        let mut a = from_resource(&resource).unwrap();
+        assert!(a.decisions.is_empty());
+        assert_eq!(a.arrivals.len(), 1);
+        a.take_in(300);
+        let written = to_resource(&a).unwrap().status.unwrap();
+        assert_eq!(written.phase, Phase::Approved);
+        assert_eq!(written.decisions[0].by, lea);
+        assert_eq!(written.decisions[0].via, crd::Via::Kubectl);
+        assert_eq!(
+            written.decisions[0].time.as_deref(),
+            Some(rfc3339(300).as_str())
+        );
     }
 
     #[test]

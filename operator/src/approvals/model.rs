@@ -68,8 +68,8 @@ pub struct Requirement {
 }
 
 impl Requirement {
-    fn eligible(&self, approver: &Principal) -> bool {
-        self.approver_users.contains(&approver.object_id)
+    fn eligible(&self, approver: &Person) -> bool {
+        self.approver_users.contains(&approver.oid)
             || approver
                 .groups
                 .iter()
@@ -106,6 +106,38 @@ pub enum Verdict {
     Deny,
 }
 
+/// Which path a person acted through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// The approval service's people's API, with an Entra token it verified.
+    #[default]
+    Service,
+    /// The ApprovalRequest's status, written through the API server, whose
+    /// admission policies vouched for who wrote it.
+    Kubectl,
+}
+
+impl Verdict {
+    /// As metrics and people read it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Approve => "approve",
+            Verdict::Deny => "deny",
+        }
+    }
+}
+
+impl Via {
+    /// As the trail and the ApprovalRequest spell it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Via::Service => "service",
+            Via::Kubectl => "kubectl",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Decision {
@@ -113,6 +145,8 @@ pub struct Decision {
     pub verdict: Verdict,
     pub reason: String,
     pub at: u64,
+    #[serde(default)]
+    pub via: Via,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +155,25 @@ pub struct Remark {
     pub by: Person,
     pub message: String,
     pub at: u64,
+    #[serde(default)]
+    pub via: Via,
+}
+
+/// What an approver wrote into the record through the API server, which the
+/// service has not judged yet: admission vouched for who wrote it, the
+/// service's model decides whether it counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Arrival {
+    pub by: Person,
+    pub act: Act,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Act {
+    Decide { verdict: Verdict, reason: String },
+    Ask { question: String },
 }
 
 /// An approval request and everything that happened to it.
@@ -148,6 +201,9 @@ pub struct Approval {
     pub releases: u32,
     /// Bumped on every change; stores compare-and-set on it.
     pub version: u64,
+    /// Written through the API server and not yet judged, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arrivals: Vec<Arrival>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -212,12 +268,12 @@ impl Approval {
         }
     }
 
-    fn is_requester(&self, who: &Principal) -> bool {
-        who.tenant_id == self.requester.tid && who.object_id == self.requester.oid
+    fn is_requester(&self, who: &Person) -> bool {
+        who.tid == self.requester.tid && who.oid == self.requester.oid
     }
 
     /// The requirements `approver` may decide for; refuses ineligible and self approvals.
-    fn decidable(&self, approver: &Principal) -> Result<Vec<usize>, ApprovalError> {
+    fn decidable(&self, approver: &Person) -> Result<Vec<usize>, ApprovalError> {
         let eligible: Vec<usize> = self
             .requirements
             .iter()
@@ -247,20 +303,32 @@ impl Approval {
         reason: &str,
         now: u64,
     ) -> Result<(), ApprovalError> {
+        self.decide_as(&approver.into(), verdict, reason, Via::Service, now)
+    }
+
+    fn decide_as(
+        &mut self,
+        approver: &Person,
+        verdict: Verdict,
+        reason: &str,
+        via: Via,
+        now: u64,
+    ) -> Result<(), ApprovalError> {
         self.open(now)?;
         self.decidable(approver)?;
         if self
             .decisions
             .iter()
-            .any(|d| d.approver.tid == approver.tenant_id && d.approver.oid == approver.object_id)
+            .any(|d| d.approver.tid == approver.tid && d.approver.oid == approver.oid)
         {
             return Err(ApprovalError::AlreadyDecided);
         }
         self.decisions.push(Decision {
-            approver: approver.into(),
+            approver: approver.clone(),
             verdict,
             reason: reason.to_string(),
             at: now,
+            via,
         });
         if verdict == Verdict::Deny {
             self.state = State::Denied;
@@ -313,12 +381,23 @@ impl Approval {
         question: &str,
         now: u64,
     ) -> Result<(), ApprovalError> {
+        self.ask_as(&approver.into(), question, Via::Service, now)
+    }
+
+    fn ask_as(
+        &mut self,
+        approver: &Person,
+        question: &str,
+        via: Via,
+        now: u64,
+    ) -> Result<(), ApprovalError> {
         self.open(now)?;
         self.decidable(approver)?;
         self.conversation.push(Remark {
-            by: approver.into(),
+            by: approver.clone(),
             message: question.to_string(),
             at: now,
+            via,
         });
         self.state = State::InfoRequested;
         self.version += 1;
@@ -333,20 +412,41 @@ impl Approval {
         now: u64,
     ) -> Result<(), ApprovalError> {
         self.open(now)?;
-        if !self.is_requester(requester) {
+        let requester = Person::from(requester);
+        if !self.is_requester(&requester) {
             return Err(ApprovalError::NotTheRequester);
         }
         if self.state != State::InfoRequested {
             return Err(ApprovalError::NoQuestion);
         }
         self.conversation.push(Remark {
-            by: requester.into(),
+            by: requester,
             message: text.to_string(),
             at: now,
+            via: Via::Service,
         });
         self.state = State::Pending;
         self.version += 1;
         Ok(())
+    }
+
+    /// Judges what arrived through the API server, in order, by the same
+    /// rules and the service's clock as the people's API: each either counts
+    /// (and is recorded at `now`) or is refused and dropped from the record,
+    /// with the reason. The arrivals are gone afterwards.
+    pub fn take_in(&mut self, now: u64) -> Vec<(Arrival, Result<(), ApprovalError>)> {
+        std::mem::take(&mut self.arrivals)
+            .into_iter()
+            .map(|arrival| {
+                let judged = match &arrival.act {
+                    Act::Decide { verdict, reason } => {
+                        self.decide_as(&arrival.by, *verdict, reason, Via::Kubectl, now)
+                    }
+                    Act::Ask { question } => self.ask_as(&arrival.by, question, Via::Kubectl, now),
+                };
+                (arrival, judged)
+            })
+            .collect()
     }
 
     /// Spends the grant for one release of `binding`'s call.
@@ -428,6 +528,7 @@ pub(crate) mod tests {
             approved_at: None,
             releases: 0,
             version: 0,
+            arrivals: vec![],
         }
     }
 
@@ -546,6 +647,69 @@ pub(crate) mod tests {
         assert_eq!(a.state, State::Approved);
         assert!(a.consume(&binding(), 260).is_err());
         assert_eq!(a.state, State::Executed);
+    }
+
+    fn arrival(oid: &str, groups: &[&str], act: Act) -> Arrival {
+        Arrival {
+            by: (&person(oid, groups)).into(),
+            act,
+        }
+    }
+
+    fn approve(reason: &str) -> Act {
+        Act::Decide {
+            verdict: Verdict::Approve,
+            reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn what_arrives_through_the_api_server_is_judged_by_the_same_rules() {
+        let mut a = approval(2, false, None);
+        a.arrivals = vec![
+            arrival("lea", &["leads"], approve("ok")),
+            arrival("lea", &["leads"], approve("twice")),
+            arrival("ada", &["leads"], approve("mine")),
+            arrival("eve", &["eng"], approve("me too")),
+            arrival(
+                "max",
+                &["leads"],
+                Act::Ask {
+                    question: "which model?".into(),
+                },
+            ),
+        ];
+        let judged: Vec<_> = a.take_in(300).into_iter().map(|(_, j)| j).collect();
+        assert_eq!(
+            judged,
+            vec![
+                Ok(()),
+                Err(ApprovalError::AlreadyDecided),
+                Err(ApprovalError::SelfApproval),
+                Err(ApprovalError::NotAnApprover),
+                Ok(()),
+            ]
+        );
+        assert!(a.arrivals.is_empty());
+        assert_eq!(a.decisions.len(), 1);
+        assert_eq!((a.decisions[0].via, a.decisions[0].at), (Via::Kubectl, 300));
+        assert_eq!(a.state, State::InfoRequested);
+        assert_eq!(a.approvals_needed(), 1);
+
+        a.arrivals = vec![arrival("max", &["leads"], approve("fine"))];
+        a.take_in(301);
+        assert_eq!(a.state, State::Approved);
+        assert_eq!(a.approved_at, Some(301));
+    }
+
+    #[test]
+    fn an_arrival_after_the_deadline_never_counts() {
+        let mut a = approval(1, false, None);
+        a.arrivals = vec![arrival("lea", &["leads"], approve("late"))];
+        let judged = a.take_in(1000);
+        assert_eq!(judged[0].1, Err(ApprovalError::Expired("ar-1".into())));
+        assert!(a.decisions.is_empty());
+        assert_eq!(a.state, State::Expired);
     }
 
     #[test]

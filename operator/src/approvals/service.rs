@@ -9,7 +9,9 @@
 
 use super::gateway_identity::{Refusal, TokenReviews};
 use super::metrics::ServiceMetrics;
-use super::model::{Approval, ApprovalError, Binding, Person, Requirement, State, Verdict};
+use super::model::{
+    Act, Approval, ApprovalError, Arrival, Binding, Person, Requirement, State, Verdict, Via,
+};
 use super::store::{Store, StoreError};
 use super::time::{now_seconds, rfc3339};
 use crate::audit::trail::{AuditError, AuditLog};
@@ -406,6 +408,13 @@ impl<S: Store> ApprovalService<S> {
         let forward = async {
             futures::pin_mut!(changes);
             while let Some(id) = futures::StreamExt::next(&mut changes).await {
+                // What an approver wrote through the API server counts now,
+                // not when someone next reads the request.
+                if let Err(e) = self.load(&id).await
+                    && e.status != StatusCode::NOT_FOUND
+                {
+                    log_error(&format!("taking in {id}: {}", e.message));
+                }
                 let _ = self.changes.send(id);
             }
             std::future::pending::<()>().await;
@@ -700,7 +709,8 @@ impl<S: Store> ApprovalService<S> {
         }
     }
 
-    /// Loads an approval, settling expiry (and recording it) on the way.
+    /// Loads an approval, judging what approvers wrote through the API
+    /// server and settling expiry (recording both) on the way.
     async fn load(&self, id: &str) -> Result<Approval, ApiError> {
         loop {
             let mut approval = self.store.get(id).await?.ok_or_else(|| {
@@ -711,17 +721,71 @@ impl<S: Store> ApprovalService<S> {
                 )
             })?;
             let before = approval.version;
-            if !approval.settle(now_seconds()) {
+            let now = now_seconds();
+            let arrived = approval.take_in(now);
+            let was = approval.state;
+            let expired = approval.settle(now);
+            if arrived.is_empty() && !expired {
                 return Ok(approval);
             }
             approval.version += 1;
             if self.store.update(&approval, before).await? {
-                self.metrics.expiries.inc();
-                self.record(self.approval_event("approval.expired", &approval, None, None))?;
+                for (arrival, judged) in &arrived {
+                    self.record_arrival(&approval, arrival, judged, now)?;
+                }
+                if expired {
+                    self.metrics.expiries.inc();
+                    self.record(self.approval_event("approval.expired", &approval, None, None))?;
+                }
+                if was != approval.state {
+                    self.observe_decision(&approval, now);
+                }
                 let _ = self.changes.send(approval.id.clone());
                 return Ok(approval);
             }
             // Another writer moved it first: read it again.
+        }
+    }
+
+    /// The trail's record of one act written through the API server:
+    /// counted like its people's-API twin, or refused with the reason (and
+    /// dropped from the ApprovalRequest).
+    fn record_arrival(
+        &self,
+        approval: &Approval,
+        arrival: &Arrival,
+        judged: &Result<(), ApprovalError>,
+        now: u64,
+    ) -> Result<(), ApiError> {
+        let (kind, said) = match (&arrival.act, judged) {
+            (Act::Decide { verdict, reason }, Ok(())) => {
+                self.metrics
+                    .decisions
+                    .with_label_values(&[verdict.label()])
+                    .inc();
+                ("approval.decided", reason.clone())
+            }
+            (Act::Ask { question }, Ok(())) => ("approval.info_requested", question.clone()),
+            (_, Err(refusal)) => ("approval.refused", refusal.to_string()),
+        };
+        let mut event = self.approval_event(kind, approval, None, Some(said));
+        event.time = rfc3339(now);
+        event.approvers = vec![AuditPrincipal {
+            tid: arrival.by.tid.clone(),
+            oid: arrival.by.oid.clone(),
+            name: arrival.by.name.clone(),
+            app_id: String::new(),
+        }];
+        event.via = Some(Via::Kubectl.label().into());
+        self.record(event)
+    }
+
+    /// Time to a verdict, once the approval reached one.
+    fn observe_decision(&self, approval: &Approval, now: u64) {
+        if matches!(approval.state, State::Approved | State::Denied) {
+            self.metrics
+                .time_to_decision
+                .observe(now.saturating_sub(approval.created_at) as f64);
         }
     }
 
@@ -758,7 +822,9 @@ impl<S: Store> ApprovalService<S> {
         change: impl FnMut(&mut Approval) -> Result<(), ApprovalError>,
     ) -> Result<Approval, ApiError> {
         let approval = self.change(id, change).await?;
-        self.record(self.approval_event(kind, &approval, who, said))?;
+        let mut event = self.approval_event(kind, &approval, who, said);
+        event.via = who.map(|_| Via::Service.label().into());
+        self.record(event)?;
         Ok(approval)
     }
 
@@ -930,6 +996,7 @@ async fn ask<S: Store>(
         approved_at: None,
         releases: 0,
         version: 0,
+        arrivals: Vec::new(),
     };
     service.store.insert(&approval).await?;
     service.expire_at(&approval);
@@ -1014,21 +1081,12 @@ async fn decide<S: Store>(
             |a| a.decide(&approver, decision.verdict, &decision.reason, now),
         )
         .await?;
-    let verdict = match decision.verdict {
-        Verdict::Approve => "approve",
-        Verdict::Deny => "deny",
-    };
     service
         .metrics
         .decisions
-        .with_label_values(&[verdict])
+        .with_label_values(&[decision.verdict.label()])
         .inc();
-    if matches!(approval.state, State::Approved | State::Denied) {
-        service
-            .metrics
-            .time_to_decision
-            .observe(now.saturating_sub(approval.created_at) as f64);
-    }
+    service.observe_decision(&approval, now);
     ok(StatusCode::OK, view(&approval, now))
 }
 

@@ -22,7 +22,7 @@ pub fn settled_at(request: &ApprovalRequest) -> Option<u64> {
     }
     std::iter::once(request.spec.expires_at.as_str())
         .chain(status.approved_at.as_deref())
-        .chain(status.decisions.iter().map(|d| d.time.as_str()))
+        .chain(status.decisions.iter().filter_map(|d| d.time.as_deref()))
         .filter_map(parse_rfc3339)
         .max()
 }
