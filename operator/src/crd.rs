@@ -292,7 +292,9 @@ pub struct Actor {
     pub user: String,
     /// Entra object ID.
     pub uid: String,
-    /// Entra tenant ID.
+    /// Entra tenant ID; on what an approver writes through the API server,
+    /// absent until the approval service records the cluster's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tenant: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,

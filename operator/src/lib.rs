@@ -12,6 +12,7 @@ pub mod events;
 pub mod filter_install;
 pub mod local;
 pub mod log;
+pub mod present;
 pub mod render;
 pub mod run;
 pub mod shutdown;

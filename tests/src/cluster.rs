@@ -7,6 +7,7 @@
 //! [`crate::node::Node`] runs it on the node's address with every controller,
 //! so that pods reach it through the `kubernetes` Service.
 
+use crate::guard::Guard;
 use crate::paths::tool;
 use crate::process::Process;
 use crate::{free_port, wait_for};
@@ -134,6 +135,7 @@ pub struct Cluster {
     controller_manager: Process,
     apiserver: Process,
     etcd: Process,
+    guard: Guard,
     dir: ClusterDir,
 }
 
@@ -199,6 +201,7 @@ impl Cluster {
         write_pki(root, plane.address)?;
         write_tokens(root)?;
         std::fs::write(root.join(AUDIT_POLICY), WRITES_ONLY)?;
+        let guard = Guard::start(crate::issuer::TENANT, root)?;
 
         let etcd_port = free_port()?;
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
@@ -233,6 +236,11 @@ impl Cluster {
             &format!("--tls-private-key-file={}", path("serving.key")),
             &format!("--client-ca-file={}", path("ca.crt")),
             &format!("--token-auth-file={}", path("tokens.csv")),
+            &format!(
+                "--authentication-token-webhook-config-file={}",
+                guard.webhook_config().display()
+            ),
+            "--authentication-token-webhook-version=v1",
             "--service-account-issuer=https://kubernetes.default.svc",
             &format!("--service-account-key-file={}", path("sa.pub")),
             &format!("--service-account-signing-key-file={}", path("sa.key")),
@@ -308,6 +316,7 @@ impl Cluster {
             controller_manager,
             apiserver,
             etcd,
+            guard,
             dir,
         })
     }
@@ -354,6 +363,23 @@ impl Cluster {
     }
 
     /// The kubeconfig file authenticating as `user`.
+    /// Who authenticates people with Entra tokens, as on AKS.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    /// A kubeconfig (named `name`) that presents `token`: a person's own
+    /// kubectl token, as [`Guard::token`] mints one.
+    pub fn kubeconfig_with_token(&self, name: &str, token: &str) -> anyhow::Result<PathBuf> {
+        write_kubeconfig_at(
+            &self.dir().join(format!("kubeconfig-{name}")),
+            &self.url,
+            name,
+            token,
+            &self.ca_file(),
+        )
+    }
+
     pub fn kubeconfig(&self, user: User) -> PathBuf {
         self.dir.path().join(kubeconfig_name(user))
     }
@@ -599,17 +625,31 @@ fn write_tokens(root: &Path) -> anyhow::Result<()> {
 }
 
 fn write_kubeconfig(root: &Path, url: &str, user: User) -> anyhow::Result<PathBuf> {
-    let path = root.join(kubeconfig_name(user));
-    let ca = root.join("ca.crt");
+    write_kubeconfig_at(
+        &root.join(kubeconfig_name(user)),
+        url,
+        user.name,
+        &token_of(user),
+        &root.join("ca.crt"),
+    )
+}
+
+fn write_kubeconfig_at(
+    path: &Path,
+    url: &str,
+    user: &str,
+    token: &str,
+    ca: &Path,
+) -> anyhow::Result<PathBuf> {
     let config = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "test", "cluster": {"server": url, "certificate-authority": ca}}],
-        "users": [{"name": user.name, "user": {"token": token_of(user)}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": user.name, "namespace": "default"}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": user, "namespace": "default"}}],
         "current-context": "test",
     });
-    std::fs::write(&path, serde_yaml::to_string(&config)?)
+    std::fs::write(path, serde_yaml::to_string(&config)?)
         .with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    Ok(path.to_path_buf())
 }

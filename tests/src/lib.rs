@@ -21,6 +21,7 @@ pub mod chart;
 pub mod cluster;
 pub mod envoy;
 pub mod gateway;
+pub mod guard;
 pub mod issuer;
 pub mod node;
 pub mod paths;

@@ -2,7 +2,7 @@
 //! SQLite file and ApprovalRequests in a real API server.
 
 use airlock_operator::approvals::model::{
-    Approval, Binding, Decision, Person, Remark, Requirement, State, Verdict,
+    Approval, Binding, Decision, Person, Remark, Requirement, State, Verdict, Via,
 };
 use airlock_operator::approvals::store::Store;
 use anyhow::ensure;
@@ -65,6 +65,7 @@ pub fn sample(id: &str, digest: &str, created_at: u64) -> Approval {
         approved_at: None,
         releases: 0,
         version: 0,
+        arrivals: Vec::new(),
     }
 }
 
@@ -119,12 +120,14 @@ pub async fn check<S: Store>(store: &S) -> anyhow::Result<()> {
         by: person("lea", &["leads"]),
         message: "which model?".into(),
         at: first.created_at + 5,
+        via: Via::Service,
     });
     decided.decisions.push(Decision {
         approver: person("lea", &["leads"]),
         verdict: Verdict::Approve,
         reason: "canary looked fine".into(),
         at: first.created_at + 10,
+        via: Via::Kubectl,
     });
     decided.state = State::Approved;
     decided.approved_at = Some(first.created_at + 10);

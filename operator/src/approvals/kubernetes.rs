@@ -52,6 +52,9 @@ pub struct KubeStore {
     api: Api<ApprovalRequest>,
     /// The same resources, names and versions only: all a watch needs.
     metadata: Api<PartialObjectMeta<ApprovalRequest>>,
+    /// The tenant of the people the API server authenticates: what an
+    /// approver writes through it is recorded under this tenant.
+    approvers_tenant: String,
 }
 
 impl KubeStore {
@@ -69,7 +72,14 @@ impl KubeStore {
             recorder: None,
             api,
             metadata,
+            approvers_tenant: String::new(),
         }
+    }
+
+    /// Records decisions written through the API server under `tenant`.
+    pub fn with_approvers_tenant(mut self, tenant: &str) -> KubeStore {
+        self.approvers_tenant = tenant.to_string();
+        self
     }
 
     /// Also records an Event on each request when it is held and whenever
@@ -144,7 +154,7 @@ impl KubeStore {
         loop {
             let page = self.api.list(&params).await?;
             for resource in &page.items {
-                approvals.push(from_resource(resource)?);
+                approvals.push(from_resource(resource, &self.approvers_tenant)?);
             }
             match page.metadata.continue_ {
                 Some(token) if !token.is_empty() => params = params.continue_token(&token),
@@ -210,7 +220,7 @@ impl Store for KubeStore {
     async fn get(&self, id: &str) -> Result<Option<Approval>, StoreError> {
         self.find(id)
             .await?
-            .map(|resource| from_resource(&resource))
+            .map(|resource| from_resource(&resource, &self.approvers_tenant))
             .transpose()
     }
 
@@ -235,7 +245,7 @@ impl Store for KubeStore {
             return Ok(false);
         };
         let api = self.in_namespace(&current.metadata.namespace.clone().unwrap_or_default());
-        if from_resource(&current)?.version != expected {
+        if from_resource(&current, &self.approvers_tenant)?.version != expected {
             return Ok(false);
         }
         let wanted = to_resource(approval)?;
@@ -325,6 +335,15 @@ fn person(actor: &Actor) -> Person {
         oid: actor.uid.clone(),
         name: actor.user.clone(),
         groups: actor.groups.clone(),
+    }
+}
+
+/// Someone the API server authenticated, as admission let them write
+/// themselves down: everything but the tenant, which is the cluster's.
+fn approver(actor: &Actor, tenant: &str) -> Person {
+    Person {
+        tid: tenant.to_string(),
+        ..person(actor)
     }
 }
 
@@ -479,7 +498,12 @@ fn to_resource(approval: &Approval) -> Result<ApprovalRequest, StoreError> {
     Ok(resource)
 }
 
-fn from_resource(resource: &ApprovalRequest) -> Result<Approval, StoreError> {
+/// The service's model of `resource`; what approvers wrote through the API
+/// server (no time yet) arrives to be judged, as people of `approvers_tenant`.
+fn from_resource(
+    resource: &ApprovalRequest,
+    approvers_tenant: &str,
+) -> Result<Approval, StoreError> {
     let id = resource.metadata.name.clone().unwrap_or_default();
     let spec = &resource.spec;
     let status = resource.status.clone().unwrap_or_default();
@@ -511,7 +535,7 @@ fn from_resource(resource: &ApprovalRequest) -> Result<Approval, StoreError> {
                 via: remark.via.into(),
             }),
             None => arrivals.push(Arrival {
-                by: person(&remark.by),
+                by: approver(&remark.by, approvers_tenant),
                 act: Act::Ask {
                     question: remark.message.clone(),
                 },
@@ -529,7 +553,7 @@ fn from_resource(resource: &ApprovalRequest) -> Result<Approval, StoreError> {
                 via: decision.via.into(),
             }),
             None => arrivals.push(Arrival {
-                by: person(&decision.by),
+                by: approver(&decision.by, approvers_tenant),
                 act: Act::Decide {
                     verdict: decision.verdict.into(),
                     reason: decision.reason.clone(),
@@ -602,7 +626,7 @@ mod tests {
             resource.status.as_ref().map(|s| s.phase),
             Some(Phase::Approved)
         );
-        assert_eq!(from_resource(&resource).unwrap(), a);
+        assert_eq!(from_resource(&resource, "t").unwrap(), a);
     }
 
     #[test]
@@ -611,7 +635,7 @@ mod tests {
         let lea = Actor {
             user: "lea@contoso.com".into(),
             uid: "lea".into(),
-            tenant: "t".into(),
+            tenant: String::new(),
             groups: vec!["leads".into()],
         };
         let status = resource.status.as_mut().unwrap();
@@ -622,13 +646,19 @@ mod tests {
             time: None,
             via: crd::Via::Kubectl,
         });
-        let mut a = from_resource(&resource).unwrap();
+        let mut a = from_resource(&resource, "t").unwrap();
         assert!(a.decisions.is_empty());
         assert_eq!(a.arrivals.len(), 1);
         a.take_in(300);
         let written = to_resource(&a).unwrap().status.unwrap();
         assert_eq!(written.phase, Phase::Approved);
-        assert_eq!(written.decisions[0].by, lea);
+        assert_eq!(
+            written.decisions[0].by,
+            Actor {
+                tenant: "t".into(),
+                ..lea
+            }
+        );
         assert_eq!(written.decisions[0].via, crd::Via::Kubectl);
         assert_eq!(
             written.decisions[0].time.as_deref(),
@@ -640,7 +670,7 @@ mod tests {
     fn an_unreadable_resource_names_the_field() {
         let mut resource = to_resource(&approval(1, false, None)).unwrap();
         resource.spec.expires_at = "tomorrow".into();
-        let error = from_resource(&resource).unwrap_err().to_string();
+        let error = from_resource(&resource, "t").unwrap_err().to_string();
         assert!(
             error.contains("ar-1") && error.contains("expiresAt"),
             "{error}"

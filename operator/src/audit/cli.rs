@@ -1,6 +1,6 @@
 //! `airlock audit verify` and `airlock audit session`.
 
-use crate::local::people::printable;
+use crate::present::printable;
 use airlock_policy::audit::{Checkpoint, Input, verify_chains};
 use anyhow::{Context, bail};
 use serde_json::Value;

@@ -67,6 +67,11 @@ pub struct RunArgs {
     /// Audiences the service accepts (repeat).
     #[arg(long = "audience", required = true)]
     pub audiences: Vec<String>,
+    /// The Entra tenant of the people the API server authenticates (AKS: the
+    /// cluster's): decisions written with `kubectl airlock` are recorded
+    /// under it. Default: the first `--tenant`.
+    #[arg(long)]
+    pub approvers_tenant: Option<String>,
     /// A non-Entra issuer of Entra-shaped tokens for the first tenant (a mirror, a test issuer).
     #[arg(long)]
     pub issuer: Vec<String>,
@@ -153,7 +158,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     )?;
     let heads = audit.heads();
     let service = ApprovalService::new(
-        KubeStore::new(client.clone(), Placement::ServerNamespace).announcing(&args.pod_name),
+        KubeStore::new(client.clone(), Placement::ServerNamespace)
+            .announcing(&args.pod_name)
+            .with_approvers_tenant(args.approvers_tenant.as_deref().unwrap_or(&first_tenant)),
         ServiceConfig {
             trust,
             jwks,
