@@ -23,9 +23,10 @@ wasm:
 wasm-crash-hook:
 	cargo build -p airlock-filter --target wasm32-wasip1 --features crash-hook --locked
 
-## bins: the workspace's programs (the node's images pack airlock)
+## bins: the workspace's programs (the node's images pack airlock; kubectl-airlock links to it)
 bins:
 	cargo build --locked -p airlock-operator --bins
+	ln -sf airlock $${CARGO_TARGET_DIR:-target}/debug/kubectl-airlock
 
 ## lint: formatting and clippy (host and wasm), warnings are errors
 lint:

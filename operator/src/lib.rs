@@ -10,6 +10,7 @@ pub mod demo_server;
 pub mod dev_issuer;
 pub mod events;
 pub mod filter_install;
+pub mod kubectl;
 pub mod local;
 pub mod log;
 pub mod present;

@@ -7,6 +7,7 @@
 //! When the node cannot start (not root, a part missing) every test fails
 //! with the reason; none is skipped.
 
+mod approvers;
 mod ha;
 mod neighbours;
 mod operator;
@@ -52,6 +53,7 @@ fn tests() -> Vec<(&'static str, Test)> {
         neighbours::the_mcp_container_cannot_take_the_gateways_port,
         neighbours::only_the_controllers_make_gateway_pods,
         neighbours::a_baseline_governs_what_its_namespaces_cannot_escape,
+        approvers::a_lead_approves_with_kubectl_airlock,
     ]
 }
 

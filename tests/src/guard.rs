@@ -37,7 +37,7 @@ pub struct Guard {
 }
 
 struct Reviewer {
-    keys: JwkSet,
+    issuer: Arc<DevIssuer>,
     trust: TrustConfig,
 }
 
@@ -47,12 +47,13 @@ impl Guard {
     /// configuration there.
     pub fn start(tenant: &str, dir: &Path) -> anyhow::Result<Guard> {
         let issuer = Arc::new(DevIssuer::persistent(tenant, &dir.join(KEY_FILE))?);
-        let keys = JwkSet::from_json(&serde_json::to_vec(&issuer.jwks()?)?)
-            .map_err(|e| anyhow::anyhow!("the guard's own key set: {e}"))?;
         let mut trust = TrustConfig::tenant(tenant, CLUSTER_AUDIENCE);
         // AKS authenticates service principals too.
         trust.allow_app_only = true;
-        let reviewer = Arc::new(Reviewer { keys, trust });
+        let reviewer = Arc::new(Reviewer {
+            issuer: issuer.clone(),
+            trust,
+        });
 
         let authority = Authority::generate()?;
         let tls = authority.serving_config(&["127.0.0.1".to_string()])?;
@@ -112,8 +113,9 @@ impl Guard {
         &self.config
     }
 
-    /// The issuer of kubectl tokens the API server accepts.
-    pub fn issuer(&self) -> &DevIssuer {
+    /// The tenant's issuer, whose kubectl tokens the API server accepts;
+    /// its keys (also rotated ones) are what the reviews check.
+    pub fn issuer(&self) -> &Arc<DevIssuer> {
         &self.issuer
     }
 
@@ -158,7 +160,11 @@ async fn review(State(reviewer): State<Arc<Reviewer>>, Json(review): Json<Value>
 impl Reviewer {
     fn authenticate(&self, token: &str) -> Result<Value, String> {
         let decoded = jwt::decode(token).map_err(|e| e.to_string())?;
-        decoded.verify(&self.keys).map_err(|e| e.to_string())?;
+        let published = self.issuer.jwks().map_err(|e| e.to_string())?;
+        let keys = serde_json::to_vec(&published)
+            .map_err(|e| e.to_string())
+            .and_then(|json| JwkSet::from_json(&json).map_err(|e| e.to_string()))?;
+        decoded.verify(&keys).map_err(|e| e.to_string())?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

@@ -26,7 +26,16 @@ impl Issuer {
 
     /// The issuer on `address` (the node's, so that pods fetch its keys).
     pub async fn start_on(address: std::net::Ipv4Addr) -> anyhow::Result<Issuer> {
-        let issuer = Arc::new(DevIssuer::new(TENANT)?);
+        Issuer::serve_on(Arc::new(DevIssuer::new(TENANT)?), address).await
+    }
+
+    /// `issuer`'s key set served on `address`: the tenant whose keys also
+    /// sign the cluster's kubectl tokens ([`crate::guard::Guard::issuer`]),
+    /// as one Entra tenant signs every audience's tokens.
+    pub async fn serve_on(
+        issuer: Arc<DevIssuer>,
+        address: std::net::Ipv4Addr,
+    ) -> anyhow::Result<Issuer> {
         let listener = tokio::net::TcpListener::bind((address, 0)).await?;
         let (addr, task) = issuer.serve(listener)?;
         let jwks_path = format!("/{TENANT}/discovery/v2.0/keys");

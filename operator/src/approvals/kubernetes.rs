@@ -498,6 +498,14 @@ fn to_resource(approval: &Approval) -> Result<ApprovalRequest, StoreError> {
     Ok(resource)
 }
 
+/// The service's model of `resource`, to show it: what approvers wrote
+/// through the API server and the service has not judged yet is left out.
+pub fn model_of(resource: &ApprovalRequest) -> Result<Approval, StoreError> {
+    let mut approval = from_resource(resource, "")?;
+    approval.arrivals.clear();
+    Ok(approval)
+}
+
 /// The service's model of `resource`; what approvers wrote through the API
 /// server (no time yet) arrives to be judged, as people of `approvers_tenant`.
 fn from_resource(

@@ -1,5 +1,6 @@
 //! `airlock`: run the gateway on one machine and act on it as a person.
 
+use airlock_operator::kubectl;
 use airlock_operator::local::people::{self, ApprovalCommand, Connection, TokenArgs};
 use airlock_operator::local::up::{self, UpArgs};
 use clap::{Parser, Subcommand};
@@ -93,9 +94,24 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
     }
 }
 
+/// Installed (or linked) as `kubectl-airlock`, the binary is the kubectl
+/// plugin; otherwise the `airlock` command.
+fn invoked_as_kubectl_plugin() -> bool {
+    std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|path| path.file_name().map(|name| name.to_owned()))
+        .is_some_and(|name| name == "kubectl-airlock")
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+    let ran = if invoked_as_kubectl_plugin() {
+        kubectl::run(&kubectl::KubectlCli::parse()).await
+    } else {
+        run(Cli::parse()).await
+    };
+    match ran {
         Ok(output) => {
             if !output.is_empty() {
                 println!("{output}");

@@ -1,0 +1,472 @@
+//! Approvers in the cluster: people sign in to the API server with Entra
+//! tokens of the cluster's audience (a Guard-shaped webhook, as on AKS) and
+//! decide with `kubectl airlock`, installed as a kubectl plugin. The API
+//! server's admission policies vouch for who decided; the approval service
+//! counts the decision by the same rules as its own API, once.
+
+use crate::operator::{Installed, SERVER, call, operator, policy, serve_gated, token};
+use airlock_operator::crd::{ApprovalRequest, Decision, Phase, Via};
+use airlock_tests::cluster::ADMIN;
+use airlock_tests::issuer::TENANT;
+use airlock_tests::node::Node;
+use airlock_tests::paths::{built_binary, tool};
+use airlock_tests::wait_for;
+use anyhow::Context as _;
+use kube::api::{Api, ListParams};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+const NS: &str = "approvers";
+
+/// A person: their MCP token's identity and their kubectl token's are the
+/// same tenant, object ID and groups.
+struct Person {
+    kubeconfig: PathBuf,
+}
+
+impl Person {
+    fn new(node: &Node, name: &'static str, groups: &[&str]) -> anyhow::Result<Person> {
+        let cluster = node.cluster();
+        let token = cluster.guard().token(
+            &format!("oid-{name}"),
+            &format!("{name}@contoso.com"),
+            groups,
+        )?;
+        Ok(Person {
+            kubeconfig: cluster.kubeconfig_with_token(name, &token)?,
+        })
+    }
+
+    /// `kubectl ARGS` as this person, with the plugin on the PATH as an
+    /// installation puts it there.
+    fn kubectl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let plugin = built_binary("kubectl-airlock")?;
+        let plugins = plugin.parent().context("the plugin's directory")?;
+        let path = std::env::join_paths(std::iter::once(plugins.to_path_buf()).chain(
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+        ))?;
+        Ok(std::process::Command::new(tool("kubectl")?)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("PATH", path)
+            .output()?)
+    }
+
+    /// `kubectl airlock ARGS -n NS`: what it printed, or why it failed.
+    fn airlock(&self, args: &[&str]) -> anyhow::Result<Result<String, String>> {
+        let mut all = vec!["airlock"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-n", NS]);
+        let out = self.kubectl(&all)?;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        Ok(if out.status.success() {
+            Ok(stdout)
+        } else {
+            Err(stderr)
+        })
+    }
+
+    /// A raw JSON patch of the request's status, as someone past the
+    /// plugin would write it.
+    fn patch_status(&self, name: &str, patch: Value) -> anyhow::Result<Result<String, String>> {
+        let patch = patch.to_string();
+        let out = self.kubectl(&[
+            "patch",
+            "approvalrequest",
+            name,
+            "-n",
+            NS,
+            "--subresource=status",
+            "--type=json",
+            "-p",
+            &patch,
+        ])?;
+        Ok(if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        })
+    }
+}
+
+/// Fails unless `result` is a refusal saying `says`.
+fn refused(what: &str, result: Result<String, String>, says: &str) -> anyhow::Result<()> {
+    match result {
+        Err(message) if message.contains(says) => Ok(()),
+        other => anyhow::bail!("{what}: expected a refusal saying {says:?}, got {other:?}"),
+    }
+}
+
+/// The request of `namespace` not among `known`, once there is one.
+async fn new_request(
+    requests: &Api<ApprovalRequest>,
+    known: &mut BTreeSet<String>,
+) -> anyhow::Result<String> {
+    let name = wait_for("a new ApprovalRequest", Duration::from_secs(60), || {
+        let requests = requests.clone();
+        let known = known.clone();
+        async move {
+            Ok(requests
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter_map(|r| r.metadata.name)
+                .find(|name| !known.contains(name)))
+        }
+    })
+    .await?;
+    known.insert(name.clone());
+    Ok(name)
+}
+
+const QUORUM_RULE: &str = r#"
+  - name: deploy-to-staging
+    match:
+      tools: [deploy_model]
+      arguments: [{pointer: /environment, in: [staging]}]
+    principals: {groups: [engineers]}
+    action: RequireApproval
+    approval: {approvers: {groups: [leads]}, minApprovals: 2, timeout: 10m}
+    audit: {capture: Arguments}
+"#;
+
+/// Who may do what here: lea, max and ada (a lead who also deploys) hold
+/// the chart's `airlock-approver` role, and so does the group `reviewers`,
+/// which no rule names; kim is a lead who may write the status but holds no
+/// `approve` verb.
+fn rights() -> String {
+    format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: approvers, namespace: {NS}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: airlock-approver}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: lea@contoso.com}}
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: max@contoso.com}}
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: ada@contoso.com}}
+- {{apiGroup: rbac.authorization.k8s.io, kind: Group, name: reviewers}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: status-writer, namespace: {NS}}}
+rules:
+- {{apiGroups: [mcp.airlock.dev], resources: [approvalrequests], verbs: [get, list]}}
+- {{apiGroups: [mcp.airlock.dev], resources: [approvalrequests/status], verbs: [get, patch]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: status-writer, namespace: {NS}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: status-writer}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: kim@contoso.com}}
+"#
+    )
+}
+
+fn status_of(request: &ApprovalRequest) -> (Phase, usize) {
+    let status = request.status.clone().unwrap_or_default();
+    (status.phase, status.decisions.len())
+}
+
+/// A lead approves with `kubectl airlock approve`; the decision names them
+/// as the API server knows them and the held call completes. Every way
+/// around the rules — through the plugin and by raw `kubectl patch` — is
+/// refused with its reason and changes nothing; two leads make a quorum of
+/// two, and one person counts once across both paths.
+pub async fn a_lead_approves_with_kubectl_airlock(node: &Node) -> anyhow::Result<()> {
+    let installed = operator(node).await?;
+    node.namespace(NS).await?;
+    node.apply(&rights())?;
+    serve_gated(node, NS, 40, &policy(NS, QUORUM_RULE)).await?;
+    let requests: Api<ApprovalRequest> = Api::namespaced(node.client(ADMIN).await?, NS);
+    let mut known = BTreeSet::new();
+
+    let ada_mcp = token(&installed.issuer, "ada", &["engineers"])?;
+    let lea_mcp = token(&installed.issuer, "lea", &["leads"])?;
+    let ada = Person::new(node, "ada", &["engineers", "leads"])?;
+    let lea = Person::new(node, "lea", &["leads"])?;
+    let max = Person::new(node, "max", &["leads"])?;
+    let rev = Person::new(node, "rev", &["reviewers"])?;
+    let kim = Person::new(node, "kim", &["leads"])?;
+
+    // The two audiences do not mix: the API server refuses an MCP token,
+    // the gateway a kubectl token.
+    let mcp_at_api_server = Person {
+        kubeconfig: node.cluster().kubeconfig_with_token("ada-mcp", &ada_mcp)?,
+    };
+    refused(
+        "an MCP token at the API server",
+        mcp_at_api_server.airlock(&["get"])?,
+        "Unauthorized",
+    )?;
+    let ada_kubectl_token =
+        node.cluster()
+            .guard()
+            .token("oid-ada", "ada@contoso.com", &["engineers"])?;
+    let at_gateway = gateway_answer(node, &ada_kubectl_token).await?;
+    anyhow::ensure!(
+        at_gateway.starts_with("401") && at_gateway.contains("audience"),
+        "the gateway took a kubectl token: {at_gateway}"
+    );
+
+    // A two-approver request, held while it is decided (the call may give
+    // up waiting first; the request stays, and the call passes once it is
+    // approved).
+    let staging = json!({"model": "fraud:v6", "environment": "staging"});
+    let (first_try, decided) = tokio::join!(
+        call(node, NS, &ada_mcp, "deploy_model", staging.clone()),
+        decide_a_quorum(
+            &requests,
+            &mut known,
+            installed,
+            &lea_mcp,
+            [&ada, &lea, &max, &rev, &kim]
+        ),
+    );
+    decided?;
+    let first = first_try?;
+    let answer = if first["isError"] == false {
+        first
+    } else {
+        call(node, NS, &ada_mcp, "deploy_model", staging).await?
+    };
+    anyhow::ensure!(
+        answer["text"] == "deployed fraud:v6 to staging",
+        "the approved call did not run: {answer}"
+    );
+
+    // One lead approves a held production call while the client waits.
+    let held = call(
+        node,
+        NS,
+        &ada_mcp,
+        "deploy_model",
+        json!({"model": "fraud:v7", "environment": "prod"}),
+    );
+    let approve = async {
+        let name = new_request(&requests, &mut known).await?;
+        let approved = lea
+            .airlock(&["approve", &name, "--reason", "checked"])?
+            .map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(approved.contains("Approved"), "{approved}");
+        Ok::<_, anyhow::Error>(name)
+    };
+    let (answer, prod) = tokio::join!(held, approve);
+    let (answer, prod) = (answer?, prod?);
+    anyhow::ensure!(
+        answer["text"] == "deployed fraud:v7 to prod",
+        "the held call did not complete: {answer}"
+    );
+    refused(
+        "deciding on a request already decided",
+        max.airlock(&["deny", &prod, "--reason", "late"])?,
+        "can no longer change",
+    )?;
+
+    // A deny through kubectl refuses the held call.
+    let held = call(
+        node,
+        NS,
+        &ada_mcp,
+        "deploy_model",
+        json!({"model": "fraud:v8", "environment": "prod"}),
+    );
+    let deny = async {
+        let name = new_request(&requests, &mut known).await?;
+        max.airlock(&["deny", &name, "--reason", "not this week"])?
+            .map_err(anyhow::Error::msg)
+    };
+    let (answer, denied) = tokio::join!(held, deny);
+    anyhow::ensure!(denied?.contains("Denied"), "the deny was not counted");
+    let answer = answer?;
+    anyhow::ensure!(
+        answer["isError"] == true
+            && answer["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("was denied"),
+        "{answer}"
+    );
+    Ok(())
+}
+
+/// The two-approver request: listed and described for approvers; every way
+/// around the rules refused; a first lead counted once across both paths;
+/// a second distinct lead makes the quorum.
+async fn decide_a_quorum(
+    requests: &Api<ApprovalRequest>,
+    known: &mut BTreeSet<String>,
+    installed: &Installed,
+    lea_mcp: &str,
+    [ada, lea, max, rev, kim]: [&Person; 5],
+) -> anyhow::Result<()> {
+    let quorum = new_request(requests, known).await?;
+
+    let listed = lea.airlock(&["get"])?.map_err(anyhow::Error::msg)?;
+    eprintln!("kubectl airlock get:\n{listed}");
+    for shown in [quorum.as_str(), "deploy_model", "ada@contoso.com", "0/2"] {
+        anyhow::ensure!(listed.contains(shown), "get shows no {shown}: {listed}");
+    }
+    let described = lea
+        .airlock(&["describe", &quorum])?
+        .map_err(anyhow::Error::msg)?;
+    eprintln!("kubectl airlock describe {quorum}:\n{described}");
+    for shown in ["fraud:v6", "deploy-to-staging", "leads", "ada@contoso.com"] {
+        anyhow::ensure!(
+            described.contains(shown),
+            "describe shows no {shown}: {described}"
+        );
+    }
+
+    // Refused, each with its reason, and nothing changes.
+    refused(
+        "the requester approving their own request",
+        ada.airlock(&["approve", &quorum, "--reason", "mine"])?,
+        "you cannot approve your own request",
+    )?;
+    refused(
+        "the approve verb without being an approver",
+        rev.airlock(&["approve", &quorum, "--reason", "looks fine"])?,
+        "not in an approver group",
+    )?;
+    refused(
+        "an approver without the approve verb",
+        kim.airlock(&["approve", &quorum, "--reason", "looks fine"])?,
+        "not granted the verb approve",
+    )?;
+    let as_max = json!({"user": "max@contoso.com", "uid": "oid-max", "groups": ["leads"],
+        "verdict": "Approve", "reason": "forged", "via": "kubectl"});
+    refused(
+        "a decision naming someone else",
+        lea.patch_status(
+            &quorum,
+            json!([{"op": "add", "path": "/status/decisions", "value": [as_max]}]),
+        )?,
+        "must name its writer",
+    )?;
+    let as_lea = json!({"user": "lea@contoso.com", "uid": "oid-lea", "groups": ["leads"],
+        "verdict": "Approve", "reason": "and done", "via": "kubectl"});
+    refused(
+        "a decision that also moves the phase",
+        lea.patch_status(
+            &quorum,
+            json!([
+                {"op": "add", "path": "/status/decisions", "value": [as_lea]},
+                {"op": "replace", "path": "/status/phase", "value": "Approved"},
+            ]),
+        )?,
+        "only the Airlock operator moves",
+    )?;
+    let own_time = json!({"user": "lea@contoso.com", "uid": "oid-lea", "groups": ["leads"],
+        "verdict": "Approve", "reason": "stamped", "via": "kubectl", "time": "2026-01-01T00:00:00Z"});
+    refused(
+        "a decision with its own time",
+        lea.patch_status(
+            &quorum,
+            json!([{"op": "add", "path": "/status/decisions", "value": [own_time]}]),
+        )?,
+        "without a tenant or a time",
+    )?;
+    anyhow::ensure!(
+        status_of(&requests.get(&quorum).await?) == (Phase::Pending, 0),
+        "a refused decision changed the request"
+    );
+
+    // The first lead: counted, as the API server knows her; one more needed.
+    let approved = lea
+        .airlock(&["approve", &quorum, "--reason", "staging is fine"])?
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(approved.contains("1 more approval"), "{approved}");
+    let recorded = requests.get(&quorum).await?;
+    let decision = recorded
+        .status
+        .as_ref()
+        .and_then(|s| s.decisions.first())
+        .cloned()
+        .context("no decision recorded")?;
+    anyhow::ensure!(
+        decision.by.user == "lea@contoso.com"
+            && decision.by.uid == "oid-lea"
+            && decision.by.tenant == TENANT
+            && decision.via == Via::Kubectl
+            && decision.time.is_some(),
+        "the decision does not name lea as the API server knows her: {decision:?}"
+    );
+    refused(
+        "a second decision by the same person",
+        lea.airlock(&["deny", &quorum, "--reason", "changed my mind"])?,
+        "you have already decided",
+    )?;
+    let twice = installed
+        .people
+        .decide(lea_mcp, &quorum, "approve", "again, through the service")
+        .await?;
+    anyhow::ensure!(
+        twice.status().as_u16() == 409,
+        "the same person counted twice across the two paths: {}",
+        twice.text().await?
+    );
+    let edited = rewritten(&decision);
+    let max_entry = json!({"user": "max@contoso.com", "uid": "oid-max", "groups": ["leads"],
+        "verdict": "Approve", "reason": "ok", "via": "kubectl"});
+    refused(
+        "editing an existing decision",
+        max.patch_status(
+            &quorum,
+            json!([
+                {"op": "replace", "path": "/status/decisions/0", "value": edited},
+                {"op": "add", "path": "/status/decisions/-", "value": max_entry},
+            ]),
+        )?,
+        "cannot be edited or removed",
+    )?;
+    anyhow::ensure!(
+        status_of(&requests.get(&quorum).await?) == (Phase::Pending, 1),
+        "a refused edit changed the request"
+    );
+
+    // The second, distinct lead makes the quorum.
+    let approved = max
+        .airlock(&["approve", &quorum, "--reason", "agreed"])?
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(approved.contains("Approved"), "{approved}");
+    Ok(())
+}
+
+/// `decision` with another reason: what an edit of the record would write.
+fn rewritten(decision: &Decision) -> Value {
+    let mut edited = decision.clone();
+    edited.reason = "rewritten".into();
+    serde_json::to_value(edited).unwrap_or_default()
+}
+
+/// What the gateway answers a `ping` with `token`, from the client pod:
+/// the status code, then the body.
+async fn gateway_answer(node: &Node, token: &str) -> anyhow::Result<String> {
+    let url = format!("http://{SERVER}.{NS}.svc.cluster.local/mcp");
+    let script = r#"
+import sys, urllib.request, urllib.error
+request = urllib.request.Request(sys.argv[1], method="POST",
+    data=b'{"jsonrpc":"2.0","id":1,"method":"ping"}',
+    headers={"Authorization": "Bearer " + sys.argv[2], "Content-Type": "application/json",
+             "Accept": "application/json, text/event-stream"})
+try:
+    answer = urllib.request.urlopen(request, timeout=10)
+    print(answer.status, answer.read().decode())
+except urllib.error.HTTPError as error:
+    print(error.code, error.read().decode())
+"#;
+    node.exec(
+        NS,
+        "client",
+        "client",
+        &["python3", "-c", script, &url, token],
+    )
+    .await
+}
