@@ -235,6 +235,25 @@ fn string_list(claims: &Value, name: &'static str) -> Result<Vec<String>, Claims
 
 /// Checks verified claims against `config` at time `now` (seconds since the
 /// epoch) and returns the principal. The signature must already be verified.
+/// The home UPN a sign-in name stands for, lowercased: a B2B guest signs in
+/// to another tenant as `ada_contoso.com#EXT#@fabrikam.onmicrosoft.com`,
+/// which is `ada@contoso.com`. `None` for what is not a UPN (an app's name,
+/// an object ID), so that such names never match each other.
+pub fn home_upn(name: &str) -> Option<String> {
+    let name = name.to_ascii_lowercase();
+    let home = match name.split_once("#ext#") {
+        Some((guest, _)) => {
+            let (user, domain) = guest.rsplit_once('_')?;
+            format!("{user}@{domain}")
+        }
+        None => name,
+    };
+    match home.split_once('@') {
+        Some((user, domain)) if !user.is_empty() && domain.contains('.') => Some(home),
+        _ => None,
+    }
+}
+
 pub fn principal(claims: &Value, config: &TrustConfig, now: u64) -> Result<Principal, ClaimsError> {
     let issuer = required_string(claims, "iss")?;
     let (issuer_tenant, version) = trusted_issuer(config, issuer)
@@ -350,6 +369,30 @@ pub(crate) fn test_principal(oid: &str, groups: &[&str]) -> Principal {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_guest_upn_names_its_home_account() {
+        use super::home_upn;
+        let home = Some("ada@contoso.com".to_string());
+        assert_eq!(home_upn("Ada@Contoso.com"), home);
+        assert_eq!(
+            home_upn("ada_contoso.com#EXT#@fabrikam.onmicrosoft.com"),
+            home
+        );
+        assert_eq!(
+            home_upn("ada_lovelace_contoso.com#EXT#@fabrikam.onmicrosoft.com"),
+            Some("ada_lovelace@contoso.com".to_string())
+        );
+        for not_a_upn in [
+            "",
+            "ada",
+            "0b6c1c9e-app",
+            "#EXT#@fabrikam.com",
+            "@contoso.com",
+        ] {
+            assert_eq!(home_upn(not_a_upn), None, "{not_a_upn}");
+        }
+    }
+
     use super::*;
     use serde_json::json;
 

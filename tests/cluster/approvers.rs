@@ -4,10 +4,13 @@
 //! server's admission policies vouch for who decided; the approval service
 //! counts the decision by the same rules as its own API, once.
 
-use crate::operator::{Installed, SERVER, call, operator, policy, serve_gated, token};
+use crate::operator::{
+    Installed, SERVER, call, operator, people_token, policy, serve_gated, token,
+};
 use airlock_operator::crd::{ApprovalRequest, Decision, Phase, Via};
+use airlock_operator::dev_issuer::TokenRequest;
 use airlock_tests::cluster::ADMIN;
-use airlock_tests::issuer::TENANT;
+use airlock_tests::issuer::{PEOPLE_AUDIENCE, TENANT};
 use airlock_tests::node::Node;
 use airlock_tests::paths::{built_binary, tool};
 use airlock_tests::wait_for;
@@ -20,6 +23,8 @@ use std::process::Output;
 use std::time::Duration;
 
 const NS: &str = "approvers";
+/// Ada's account as a B2B guest: another object ID, her home UPN inside.
+const ADA_AS_GUEST: &str = "ada_contoso.com#EXT#@fabrikam.onmicrosoft.com";
 
 /// A person: their MCP token's identity and their kubectl token's are the
 /// same tenant, object ID and groups.
@@ -28,13 +33,19 @@ struct Person {
 }
 
 impl Person {
-    fn new(node: &Node, name: &'static str, groups: &[&str]) -> anyhow::Result<Person> {
+    fn new(node: &Node, name: &str, groups: &[&str]) -> anyhow::Result<Person> {
+        Person::signing_in_as(node, name, &format!("{name}@contoso.com"), groups)
+    }
+
+    /// Object ID `oid-NAME`, signing in as `upn`.
+    fn signing_in_as(
+        node: &Node,
+        name: &str,
+        upn: &str,
+        groups: &[&str],
+    ) -> anyhow::Result<Person> {
         let cluster = node.cluster();
-        let token = cluster.guard().token(
-            &format!("oid-{name}"),
-            &format!("{name}@contoso.com"),
-            groups,
-        )?;
+        let token = cluster.guard().token(&format!("oid-{name}"), upn, groups)?;
         Ok(Person {
             kubeconfig: cluster.kubeconfig_with_token(name, &token)?,
         })
@@ -150,6 +161,7 @@ subjects:
 - {{apiGroup: rbac.authorization.k8s.io, kind: User, name: lea@contoso.com}}
 - {{apiGroup: rbac.authorization.k8s.io, kind: User, name: max@contoso.com}}
 - {{apiGroup: rbac.authorization.k8s.io, kind: User, name: ada@contoso.com}}
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: "{ADA_AS_GUEST}"}}
 - {{apiGroup: rbac.authorization.k8s.io, kind: Group, name: reviewers}}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
@@ -188,12 +200,13 @@ pub async fn a_lead_approves_with_kubectl_airlock(node: &Node) -> anyhow::Result
     let mut known = BTreeSet::new();
 
     let ada_mcp = token(&installed.issuer, "ada", &["engineers"])?;
-    let lea_mcp = token(&installed.issuer, "lea", &["leads"])?;
+    let lea_people = people_token(&installed.issuer, "lea", &["leads"])?;
     let ada = Person::new(node, "ada", &["engineers", "leads"])?;
     let lea = Person::new(node, "lea", &["leads"])?;
     let max = Person::new(node, "max", &["leads"])?;
     let rev = Person::new(node, "rev", &["reviewers"])?;
     let kim = Person::new(node, "kim", &["leads"])?;
+    let guest = Person::signing_in_as(node, "ada-guest", ADA_AS_GUEST, &["leads"])?;
 
     // The two audiences do not mix: the API server refuses an MCP token,
     // the gateway a kubectl token.
@@ -225,8 +238,8 @@ pub async fn a_lead_approves_with_kubectl_airlock(node: &Node) -> anyhow::Result
             &requests,
             &mut known,
             installed,
-            &lea_mcp,
-            [&ada, &lea, &max, &rev, &kim]
+            &lea_people,
+            [&ada, &guest, &lea, &max, &rev, &kim]
         ),
     );
     decided?;
@@ -303,8 +316,8 @@ async fn decide_a_quorum(
     requests: &Api<ApprovalRequest>,
     known: &mut BTreeSet<String>,
     installed: &Installed,
-    lea_mcp: &str,
-    [ada, lea, max, rev, kim]: [&Person; 5],
+    lea_people: &str,
+    [ada, guest, lea, max, rev, kim]: [&Person; 6],
 ) -> anyhow::Result<()> {
     let quorum = new_request(requests, known).await?;
 
@@ -330,6 +343,27 @@ async fn decide_a_quorum(
         ada.airlock(&["approve", &quorum, "--reason", "mine"])?,
         "you cannot approve your own request",
     )?;
+    refused(
+        "the requester approving as a guest of another tenant",
+        guest.airlock(&["approve", &quorum, "--reason", "mine, as a guest"])?,
+        "you cannot approve your own request",
+    )?;
+    let mut guest_mcp = TokenRequest::user("oid-ada-guest", ADA_AS_GUEST, PEOPLE_AUDIENCE);
+    guest_mcp.groups = vec!["leads".into()];
+    let as_guest = installed
+        .people
+        .decide(
+            &installed.issuer.issuer.mint(&guest_mcp)?,
+            &quorum,
+            "approve",
+            "mine, as a guest",
+        )
+        .await?;
+    anyhow::ensure!(
+        as_guest.status().as_u16() == 403,
+        "the requester's guest account approved through the service: {}",
+        as_guest.text().await?
+    );
     refused(
         "the approve verb without being an approver",
         rev.airlock(&["approve", &quorum, "--reason", "looks fine"])?,
@@ -403,9 +437,27 @@ async fn decide_a_quorum(
         lea.airlock(&["deny", &quorum, "--reason", "changed my mind"])?,
         "you have already decided",
     )?;
+    // The people's API takes its own audience only, and people only.
+    let lea_for_mcp = token(&installed.issuer, "lea", &["leads"])?;
+    let mut app = TokenRequest::user("oid-deployer-app", "", PEOPLE_AUDIENCE);
+    app.app_only = true;
+    for (what, wrong) in [
+        ("an MCP server's token", lea_for_mcp),
+        ("an app-only token", installed.issuer.issuer.mint(&app)?),
+    ] {
+        let refused = installed
+            .people
+            .decide(&wrong, &quorum, "approve", "not through here")
+            .await?;
+        anyhow::ensure!(
+            refused.status().as_u16() == 401,
+            "the people's API took {what}: {}",
+            refused.text().await?
+        );
+    }
     let twice = installed
         .people
-        .decide(lea_mcp, &quorum, "approve", "again, through the service")
+        .decide(lea_people, &quorum, "approve", "again, through the service")
         .await?;
     anyhow::ensure!(
         twice.status().as_u16() == 409,

@@ -2,7 +2,7 @@
 //! leader frozen past its Lease. These tests disturb the replicas every
 //! other test relies on, so they run alone, after the rest.
 
-use super::operator::{SERVER, call, gated_server, operator, token};
+use super::operator::{SERVER, call, gated_server, operator, people_token, token};
 use airlock_tests::chart;
 use airlock_tests::cluster::ADMIN;
 use airlock_tests::node::{Node, processes};
@@ -43,7 +43,7 @@ pub async fn killing_the_leader_and_the_polled_replica_loses_nothing(
     chart::operator_ready(node, Some(3)).await?;
 
     let ada = token(&installed.issuer, "ada", &["engineers"])?;
-    let lea = token(&installed.issuer, "lea", &["leads"])?;
+    let lea = people_token(&installed.issuer, "lea", &["leads"])?;
     let started = Instant::now();
     let at = |what: &str| eprintln!("HA: {:>5.1}s {what}", started.elapsed().as_secs_f64());
     let held = call(

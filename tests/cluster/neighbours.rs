@@ -673,7 +673,7 @@ spec:
         "{document}"
     );
     let ada = crate::operator::token(&installed.issuer, "ada", &["engineers"])?;
-    let lea = crate::operator::token(&installed.issuer, "lea", &["leads"])?;
+    let lea = crate::operator::people_token(&installed.issuer, "lea", &["leads"])?;
     let status = crate::operator::call(node, ns, &ada, "get_status", json!({})).await?;
     assert_eq!(status["isError"], false, "{status}");
     let held = crate::operator::call(

@@ -9,7 +9,7 @@ use airlock_operator::dev_issuer::TokenRequest;
 use airlock_operator::render::workload::GATEWAY_PORT;
 use airlock_tests::chart;
 use airlock_tests::cluster::ADMIN;
-use airlock_tests::issuer::{AUDIENCE, Issuer, TENANT};
+use airlock_tests::issuer::{AUDIENCE, Issuer, PEOPLE_AUDIENCE, TENANT};
 use airlock_tests::node::Node;
 use airlock_tests::node::host::NODE_IP;
 use airlock_tests::node::images::MCP_PYTHON;
@@ -38,7 +38,21 @@ pub(crate) async fn operator(node: &Node) -> anyhow::Result<&'static Installed> 
             // One tenant's keys sign both the MCP tokens and the kubectl
             // tokens the API server accepts, as in Entra.
             let issuer = Issuer::serve_on(node.cluster().guard().issuer().clone(), NODE_IP).await?;
-            let installed = chart::install(node, TENANT, AUDIENCE, &issuer.jwks_url).await?;
+            let installed =
+                chart::install(node, TENANT, AUDIENCE, PEOPLE_AUDIENCE, &issuer.jwks_url).await?;
+            // The leads of these tests hold the verb `approve` everywhere;
+            // the approvers tests grant (or withhold) it per person.
+            node.apply(
+                r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: test-approvers}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: airlock-approver}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: lea@contoso.com}
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: max@contoso.com}
+"#,
+            )?;
             Ok(Installed {
                 issuer,
                 people: People::new(&installed.people_url),
@@ -47,11 +61,21 @@ pub(crate) async fn operator(node: &Node) -> anyhow::Result<&'static Installed> 
         .await
 }
 
+/// `user`'s token for calling MCP servers.
 pub(crate) fn token(issuer: &Issuer, user: &str, groups: &[&str]) -> anyhow::Result<String> {
+    minted(issuer, user, groups, AUDIENCE)
+}
+
+/// `user`'s token for the people's API (deciding, asking, answering).
+pub(crate) fn people_token(issuer: &Issuer, user: &str, groups: &[&str]) -> anyhow::Result<String> {
+    minted(issuer, user, groups, PEOPLE_AUDIENCE)
+}
+
+fn minted(issuer: &Issuer, user: &str, groups: &[&str], audience: &str) -> anyhow::Result<String> {
     let mut request = TokenRequest::user(
         &format!("oid-{user}"),
         &format!("{user}@contoso.com"),
-        AUDIENCE,
+        audience,
     );
     request.groups = groups.iter().map(|g| g.to_string()).collect();
     Ok(issuer.issuer.mint(&request)?)
@@ -214,7 +238,7 @@ pub async fn a_held_call_completes_once_a_lead_approves(node: &Node) -> anyhow::
     let ns = "gate-hold";
     gated_server(node, ns, 40).await?;
     let ada = token(&installed.issuer, "ada", &["engineers"])?;
-    let lea = token(&installed.issuer, "lea", &["leads"])?;
+    let lea = people_token(&installed.issuer, "lea", &["leads"])?;
 
     for (verdict, model) in [("approve", "fraud:v7"), ("deny", "fraud:v8")] {
         // The client blocks while held: the lead decides meanwhile.

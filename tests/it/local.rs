@@ -92,6 +92,7 @@ impl Local {
             app: None,
             v1: false,
             lifetime: 3600,
+            audience: None,
             state_dir: self.state_dir(),
         })
     }

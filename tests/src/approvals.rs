@@ -106,6 +106,8 @@ impl<S: Store> Approvals<S> {
         let audit_log = dir.path().join("audit.jsonl");
         let config = ServiceConfig {
             trust: TrustConfig::tenant(TENANT, AUDIENCE),
+            people: TrustConfig::tenant(TENANT, AUDIENCE),
+            approver_access: None,
             jwks: vec![(TENANT.into(), jwks_url.clone())],
             gateway_credentials: GatewayCredentials::Shared(CREDENTIAL.into()),
             max_pending_per_principal: 20,

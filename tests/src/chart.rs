@@ -56,19 +56,21 @@ pub struct Installed {
     pub people_url: String,
 }
 
-/// Installs the chart on `node` trusting `tenant`'s tokens for `audience`,
-/// with that tenant's keys at `jwks_url`, and waits until the operator is
-/// available.
+/// Installs the chart on `node` trusting `tenant`'s tokens for `audience`
+/// from callers and for `people_audience` at the people's API, with that
+/// tenant's keys at `jwks_url`, and waits until the operator is available.
 pub async fn install(
     node: &Node,
     tenant: &str,
     audience: &str,
+    people_audience: &str,
     jwks_url: &str,
 ) -> anyhow::Result<Installed> {
     node.namespace(SYSTEM_NAMESPACE).await?;
     let values = serde_json::json!({
         "image": {"operator": OPERATOR, "envoy": ENVOY},
         "auth": {"tenants": [tenant], "audiences": [audience], "jwksUrls": {tenant: jwks_url}},
+        "approvers": {"audiences": [people_audience]},
     });
     node.apply(&render("airlock", SYSTEM_NAMESPACE, &values)?)?;
     operator_ready(node, None).await?;

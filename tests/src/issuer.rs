@@ -8,6 +8,8 @@ use std::sync::Arc;
 pub const TENANT: &str = "5e1d0c0a-7e57-4e57-a11c-000000000001";
 /// The audience the test gateway accepts.
 pub const AUDIENCE: &str = "api://airlock-test";
+/// The audience of the approval service's people's API: never an MCP server's.
+pub const PEOPLE_AUDIENCE: &str = "api://airlock-test-approvals";
 
 pub struct Issuer {
     pub issuer: Arc<DevIssuer>,

@@ -7,7 +7,7 @@
 //! display; a grant is bound to who asked for exactly what, and spent once
 //! (or within its window).
 
-use airlock_policy::entra::Principal;
+use airlock_policy::entra::{Principal, home_upn};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
@@ -86,6 +86,16 @@ pub struct Person {
     pub name: String,
     #[serde(default)]
     pub groups: Vec<String>,
+}
+
+impl Person {
+    /// The same person: one account (tenant and object ID), or the same
+    /// home UPN — a B2B guest's account in another tenant is another
+    /// object ID but still the person who asked.
+    pub fn same_person(&self, other: &Person) -> bool {
+        (self.tid == other.tid && self.oid == other.oid)
+            || home_upn(&self.name).is_some_and(|upn| home_upn(&other.name) == Some(upn))
+    }
 }
 
 impl From<&Principal> for Person {
@@ -269,7 +279,16 @@ impl Approval {
     }
 
     fn is_requester(&self, who: &Person) -> bool {
-        who.tid == self.requester.tid && who.oid == self.requester.oid
+        who.same_person(&self.requester)
+    }
+
+    /// The rules `person` is an approver of (their groups or users).
+    pub fn requirements_for(&self, person: &Person) -> Vec<Requirement> {
+        self.requirements
+            .iter()
+            .filter(|r| r.eligible(person))
+            .cloned()
+            .collect()
     }
 
     /// The requirements `approver` may decide for; refuses ineligible and self approvals.
@@ -319,7 +338,7 @@ impl Approval {
         if self
             .decisions
             .iter()
-            .any(|d| d.approver.tid == approver.tid && d.approver.oid == approver.oid)
+            .any(|d| d.approver.same_person(approver))
         {
             return Err(ApprovalError::AlreadyDecided);
         }
@@ -355,9 +374,8 @@ impl Approval {
                     .groups
                     .iter()
                     .any(|g| requirement.approver_groups.contains(g));
-                let self_ok = requirement.allow_self_approval
-                    || !(d.approver.tid == self.requester.tid
-                        && d.approver.oid == self.requester.oid);
+                let self_ok =
+                    requirement.allow_self_approval || !d.approver.same_person(&self.requester);
                 (groups_match || requirement.approver_users.contains(&d.approver.oid)) && self_ok
             })
             .count()
@@ -586,6 +604,28 @@ pub(crate) mod tests {
             .decide(&ada_lead, Verdict::Approve, "mine", 200)
             .unwrap();
         assert_eq!(allowed.state, State::Approved);
+    }
+
+    #[test]
+    fn one_person_counts_once_whichever_account_they_use() {
+        let mut a = approval(2, false, None);
+        let mut guest = person("ada-guest", &["leads"]);
+        guest.tenant_id = "fabrikam".into();
+        guest.display_name = "ADA_contoso.com#EXT#@fabrikam.onmicrosoft.com".into();
+        assert_eq!(
+            a.decide(&guest, Verdict::Approve, "mine, as a guest", 200),
+            Err(ApprovalError::SelfApproval)
+        );
+        a.decide(&person("lea", &["leads"]), Verdict::Approve, "ok", 201)
+            .unwrap();
+        let mut lea_guest = person("lea-guest", &["leads"]);
+        lea_guest.tenant_id = "fabrikam".into();
+        lea_guest.display_name = "lea_contoso.com#EXT#@fabrikam.onmicrosoft.com".into();
+        assert_eq!(
+            a.decide(&lea_guest, Verdict::Approve, "again", 202),
+            Err(ApprovalError::AlreadyDecided)
+        );
+        assert_eq!(a.approvals_needed(), 1);
     }
 
     #[test]

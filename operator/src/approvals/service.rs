@@ -7,6 +7,7 @@
 //! gateway can neither invent an approval requirement nor spend a grant for
 //! another call. People (approvers, requesters) act with their own tokens.
 
+use super::approver_access::ApproverAccess;
 use super::gateway_identity::{Refusal, TokenReviews};
 use super::metrics::ServiceMetrics;
 use super::model::{
@@ -24,12 +25,12 @@ use airlock_policy::json::{self, Limits};
 use airlock_policy::jwt::JwkSet;
 use airlock_policy::mcp::{RequestContext, Target, classify};
 use airlock_policy::model::{Action, CompiledPolicy, Grant, parse_duration};
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State as AppState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use futures::FutureExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -75,7 +76,15 @@ impl Catalog {
 }
 
 pub struct ServiceConfig {
+    /// Callers' tokens, as gateways pass them on with their asks.
     pub trust: TrustConfig,
+    /// Approvers' and requesters' tokens at the people's API: its own
+    /// audience, never an MCP server's (a token a server was handed must
+    /// not decide), and no app-only tokens.
+    pub people: TrustConfig,
+    /// With it, deciding or asking through the people's API also needs the
+    /// verb `approve` on the rule's ApprovalPolicy, as through the API server.
+    pub approver_access: Option<ApproverAccess>,
     /// (tenant, JWKS URL)
     pub jwks: Vec<(String, String)>,
     pub gateway_credentials: GatewayCredentials,
@@ -154,6 +163,13 @@ pub enum Api {
     All,
 }
 
+/// Whose tokens a route takes: callers' (from gateways) or people's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Callers,
+    People,
+}
+
 pub struct ApprovalService<S: Store> {
     store: S,
     config: ServiceConfig,
@@ -162,7 +178,10 @@ pub struct ApprovalService<S: Store> {
     /// When each tenant's keys were last fetched; held across a fetch so that
     /// concurrent callers wait for it instead of failing without keys.
     last_fetch: tokio::sync::Mutex<BTreeMap<String, std::time::Instant>>,
-    tokens: Mutex<TokenCache>,
+    /// Verified tokens by side: a token verified for one is never taken
+    /// from the cache by the other.
+    caller_tokens: Mutex<TokenCache>,
+    people_tokens: Mutex<TokenCache>,
     changes: broadcast::Sender<String>,
     /// Waiting approvals by expiry, so the sweeper records each expiry when
     /// it happens rather than when someone next looks.
@@ -385,7 +404,8 @@ impl<S: Store> ApprovalService<S> {
             catalog: watch::Sender::new(Arc::new(catalog)),
             keys: RwLock::new(KeyRing::default()),
             last_fetch: tokio::sync::Mutex::new(BTreeMap::new()),
-            tokens: Mutex::new(TokenCache::new(4096)),
+            caller_tokens: Mutex::new(TokenCache::new(4096)),
+            people_tokens: Mutex::new(TokenCache::new(1024)),
             changes,
             expiring: Mutex::new(BTreeSet::new()),
             expiring_added: tokio::sync::Notify::new(),
@@ -518,7 +538,14 @@ impl<S: Store> ApprovalService<S> {
                 .route("/metrics", get(metrics::<S>))
                 .route("/readyz", get(readyz::<S>));
         }
-        router.with_state(self.clone())
+        // The one route both sides share takes the tokens of the side it
+        // is served to (`airlock up` trusts one audience for both).
+        let side = if gateways && !people {
+            Side::Callers
+        } else {
+            Side::People
+        };
+        router.layer(Extension(side)).with_state(self.clone())
     }
 
     async fn fetch_keys(&self, tenant: &str) {
@@ -554,18 +581,21 @@ impl<S: Store> ApprovalService<S> {
     }
 
     /// Verifies a bearer token, fetching the tenant's keys when they are missing or rotated.
-    async fn principal(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    async fn principal(&self, headers: &HeaderMap, side: Side) -> Result<Principal, ApiError> {
         let token = bearer(headers)?;
+        let (trust, tokens) = match side {
+            Side::Callers => (&self.config.trust, &self.caller_tokens),
+            Side::People => (&self.config.people, &self.people_tokens),
+        };
         let attempt = || -> Result<Principal, AuthError> {
             let keys = self
                 .keys
                 .read()
                 .map_err(|_| AuthError::KeysNotLoaded("poisoned".into()))?;
-            let mut cache = self
-                .tokens
+            let mut cache = tokens
                 .lock()
                 .map_err(|_| AuthError::KeysNotLoaded("poisoned".into()))?;
-            verify_token(&self.config.trust, &keys, &mut cache, token, now_seconds())
+            verify_token(trust, &keys, &mut cache, token, now_seconds())
         };
         let result = match attempt() {
             Err(AuthError::KeysNotLoaded(tenant) | AuthError::UnknownKey { tenant, .. }) => {
@@ -828,6 +858,44 @@ impl<S: Store> ApprovalService<S> {
         Ok(approval)
     }
 
+    /// Where the cluster says who may approve: `approver` holds the verb
+    /// `approve` on the policy of a rule they are an approver of (a person
+    /// who is none is left to the model to refuse). Fails closed when the
+    /// API server cannot say.
+    async fn check_approver(&self, id: &str, approver: &Principal) -> Result<(), ApiError> {
+        let Some(access) = &self.config.approver_access else {
+            return Ok(());
+        };
+        let approval = self.load(id).await?;
+        let theirs = approval.requirements_for(&Person::from(approver));
+        if theirs.is_empty() {
+            return Ok(());
+        }
+        let granted = access.granted(approver, &theirs).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "authorization_unavailable",
+                format!("the API server could not say whether you may approve: {e}"),
+            )
+        })?;
+        if granted.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "refused",
+                format!(
+                    "you ({}) are not granted the verb approve on the ApprovalPolicy of rule {}",
+                    approver.display_name,
+                    theirs
+                        .iter()
+                        .map(|r| r.rule.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn visible_to(&self, approval: &Approval, who: &Principal) -> bool {
         (who.tenant_id == approval.requester.tid && who.object_id == approval.requester.oid)
             || approval.requirements.iter().any(|r| {
@@ -881,7 +949,7 @@ async fn ask<S: Store>(
     bytes: Bytes,
 ) -> ApiResult {
     let gateway = service.check_gateway(&headers).await?;
-    let principal = service.principal(&headers).await?;
+    let principal = service.principal(&headers, Side::Callers).await?;
     let call: CallBody = body(&bytes)?;
     gateway.may_act_for(&call.server)?;
     let derived = derive(&call)?;
@@ -1007,11 +1075,12 @@ async fn ask<S: Store>(
 
 async fn show<S: Store>(
     AppState(service): AppState<Arc<ApprovalService<S>>>,
+    Extension(side): Extension<Side>,
     UrlPath(id): UrlPath<String>,
     Query(query): Query<WaitQuery>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let principal = service.principal(&headers).await?;
+    let principal = service.principal(&headers, side).await?;
     let mut changes = service.changes.subscribe();
     let approval = service.load(&id).await?;
     if !service.visible_to(&approval, &principal) {
@@ -1049,7 +1118,7 @@ async fn consume<S: Store>(
     bytes: Bytes,
 ) -> ApiResult {
     let gateway = service.check_gateway(&headers).await?;
-    let principal = service.principal(&headers).await?;
+    let principal = service.principal(&headers, Side::Callers).await?;
     let call: CallBody = body(&bytes)?;
     gateway.may_act_for(&call.server)?;
     let derived = derive(&call)?;
@@ -1069,8 +1138,9 @@ async fn decide<S: Store>(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult {
-    let approver = service.principal(&headers).await?;
+    let approver = service.principal(&headers, Side::People).await?;
     let decision: DecisionBody = body(&bytes)?;
+    service.check_approver(&id, &approver).await?;
     let now = now_seconds();
     let approval = service
         .change_and_record(
@@ -1096,8 +1166,9 @@ async fn ask_info<S: Store>(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult {
-    let approver = service.principal(&headers).await?;
+    let approver = service.principal(&headers, Side::People).await?;
     let question: MessageBody = body(&bytes)?;
+    service.check_approver(&id, &approver).await?;
     let now = now_seconds();
     let approval = service
         .change_and_record(
@@ -1117,7 +1188,7 @@ async fn answer<S: Store>(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult {
-    let requester = service.principal(&headers).await?;
+    let requester = service.principal(&headers, Side::People).await?;
     let reply: MessageBody = body(&bytes)?;
     let now = now_seconds();
     let approval = service
@@ -1136,7 +1207,7 @@ async fn list<S: Store>(
     AppState(service): AppState<Arc<ApprovalService<S>>>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let principal = service.principal(&headers).await?;
+    let principal = service.principal(&headers, Side::People).await?;
     let now = now_seconds();
     let visible: Vec<Value> = service
         .store

@@ -1,32 +1,8 @@
 //! Who the API server says the caller is.
 
+pub use crate::approvals::approver_access::ObjectIdField;
 use k8s_openapi::api::authentication::v1::{SelfSubjectReview, UserInfo};
 use kube::api::{Api, PostParams};
-use std::str::FromStr;
-
-/// Where the API server's user info holds the Entra object ID.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ObjectIdField {
-    /// `extra[KEY]` (AKS with Entra ID: `extra:oid`).
-    Extra(String),
-    Uid,
-    Username,
-}
-
-impl FromStr for ObjectIdField {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<ObjectIdField, String> {
-        match text {
-            "uid" => Ok(ObjectIdField::Uid),
-            "username" => Ok(ObjectIdField::Username),
-            _ => match text.strip_prefix("extra:") {
-                Some(key) if !key.is_empty() => Ok(ObjectIdField::Extra(key.to_string())),
-                _ => Err(format!("{text:?}: expected extra:KEY, uid or username")),
-            },
-        }
-    }
-}
 
 /// The caller as the API server authenticated them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,7 +97,5 @@ mod tests {
             assert!(refused.contains("no Entra object ID"), "{refused}");
         }
         assert!(Caller::from_user_info(&aks_user(&["x"]), &ObjectIdField::Uid).is_err());
-        assert!("extra:".parse::<ObjectIdField>().is_err());
-        assert!("groups".parse::<ObjectIdField>().is_err());
     }
 }

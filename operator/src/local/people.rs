@@ -35,6 +35,10 @@ pub struct TokenArgs {
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     pub lifetime: u64,
+    /// The audience (default: the one `airlock up` trusts for calls and
+    /// approvals); a cluster's people's API has its own.
+    #[arg(long)]
+    pub audience: Option<String>,
     #[arg(long, default_value = ".airlock")]
     pub state_dir: PathBuf,
 }
@@ -65,7 +69,7 @@ pub fn token(args: &TokenArgs) -> anyhow::Result<String> {
     let mut request = TokenRequest::user(
         &user_object_id(&args.user),
         &format!("{}@airlock.local", args.user),
-        LOCAL_AUDIENCE,
+        args.audience.as_deref().unwrap_or(LOCAL_AUDIENCE),
     );
     request.name = args.user.clone();
     request.groups = args.groups.clone();

@@ -204,6 +204,10 @@ impl Running {
             SqliteStore::open(&state.approvals_db())?,
             ServiceConfig {
                 trust: trust.clone(),
+                // One machine, one development audience: the people's API
+                // takes the same tokens `airlock token` mints for calls.
+                people: trust.clone(),
+                approver_access: None,
                 jwks: vec![(tenant.clone(), jwks_url.clone())],
                 gateway_credentials: GatewayCredentials::Shared(credential.clone()),
                 max_pending_per_principal: 20,

@@ -6,6 +6,7 @@
 pub mod guard;
 pub mod leader;
 
+use crate::approvals::approver_access::{ApproverAccess, ObjectIdField};
 use crate::approvals::gateway_identity::TokenReviews;
 use crate::approvals::kubernetes::{KubeStore, Placement};
 use crate::approvals::service::{
@@ -72,6 +73,17 @@ pub struct RunArgs {
     /// under it. Default: the first `--tenant`.
     #[arg(long)]
     pub approvers_tenant: Option<String>,
+    /// Audiences the people's API accepts (repeat): its own, never an MCP
+    /// server's, so that a token handed to a server cannot decide.
+    #[arg(long = "people-audience", required = true)]
+    pub people_audiences: Vec<String>,
+    /// Tenants whose people may use the people's API (repeat; default: every `--tenant`).
+    #[arg(long = "people-tenant")]
+    pub people_tenants: Vec<String>,
+    /// Where the API server's user info holds an Entra object ID, as
+    /// people's-API decisions are authorized for the same user (AKS: `extra:oid`).
+    #[arg(long, default_value = "extra:oid")]
+    pub approvers_object_id: ObjectIdField,
     /// A non-Entra issuer of Entra-shaped tokens for the first tenant (a mirror, a test issuer).
     #[arg(long)]
     pub issuer: Vec<String>,
@@ -144,6 +156,35 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             })
             .collect(),
     };
+    if let Some(shared) = args
+        .people_audiences
+        .iter()
+        .find(|a| args.audiences.contains(a))
+    {
+        anyhow::bail!(
+            "--people-audience {shared} is also a callers' --audience: the people's API must have an audience of its own, or a token handed to an MCP server could decide"
+        );
+    }
+    let people_tenants = if args.people_tenants.is_empty() {
+        args.tenants.clone()
+    } else {
+        args.people_tenants.clone()
+    };
+    let unknown: Vec<&String> = people_tenants
+        .iter()
+        .filter(|t| !args.tenants.contains(t))
+        .collect();
+    if !unknown.is_empty() {
+        anyhow::bail!(
+            "--people-tenant {unknown:?} is not among --tenant: the service fetches keys for --tenant only"
+        );
+    }
+    let people = TrustConfig {
+        tenants: people_tenants,
+        audiences: args.people_audiences.clone(),
+        allow_app_only: false,
+        ..trust.clone()
+    };
     let filter_sha256 = crate::filter_install::digest(&args.filter)?;
 
     let audit = AuditLog::with_sinks(
@@ -163,6 +204,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_approvers_tenant(args.approvers_tenant.as_deref().unwrap_or(&first_tenant)),
         ServiceConfig {
             trust,
+            people,
+            approver_access: Some(ApproverAccess::new(
+                client.clone(),
+                args.approvers_object_id.clone(),
+            )),
             jwks,
             gateway_credentials: GatewayCredentials::ServiceAccountTokens(TokenReviews::new(
                 client.clone(),

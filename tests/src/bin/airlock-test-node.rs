@@ -22,6 +22,9 @@ use std::sync::Arc;
 
 const DEMO_NAMESPACE: &str = "demo";
 const DEMO_SERVER: &str = "model-server";
+/// The people's API's own audience: lea's token for deciding is not one
+/// the MCP server accepts.
+const DEMO_PEOPLE_AUDIENCE: &str = "api://airlock-demo-approvals";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -75,7 +78,14 @@ async fn demo_cluster(node: &Node) -> anyhow::Result<tokio::task::JoinHandle<()>
     let issuer = Arc::new(DevIssuer::persistent(LOCAL_TENANT, &state.issuer_key())?);
     let (address, task) = issuer.serve(tokio::net::TcpListener::bind((NODE_IP, 0)).await?)?;
     let jwks = format!("http://{address}/{LOCAL_TENANT}/discovery/v2.0/keys");
-    let installed = chart::install(node, LOCAL_TENANT, LOCAL_AUDIENCE, &jwks).await?;
+    let installed = chart::install(
+        node,
+        LOCAL_TENANT,
+        LOCAL_AUDIENCE,
+        DEMO_PEOPLE_AUDIENCE,
+        &jwks,
+    )
+    .await?;
 
     node.namespace(DEMO_NAMESPACE).await?;
     let policy_file = repo_root().join("examples/policy.yaml");
@@ -85,6 +95,17 @@ async fn demo_cluster(node: &Node) -> anyhow::Result<tokio::task::JoinHandle<()>
     )?;
     policy["metadata"]["namespace"] = DEMO_NAMESPACE.into();
     node.apply(&serde_yaml::to_string(&policy)?)?;
+    // Lea approves there: the API server's RBAC says so for the people's
+    // API as for kubectl.
+    node.apply(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: approvers, namespace: {DEMO_NAMESPACE}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: airlock-approver}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: lea@airlock.local}}]
+"#
+    ))?;
     node.apply(&format!(
         r#"
 apiVersion: mcp.airlock.dev/v1alpha1
@@ -125,7 +146,7 @@ examples/policy.yaml applied in {DEMO_NAMESPACE}. Ctrl-C tears it all down.
   kubectl get mcpservers,approvalpolicies -n {DEMO_NAMESPACE}
 
   ADA=$(airlock token --user ada --groups engineers)
-  LEA=$(airlock token --user lea --groups leads)
+  LEA=$(airlock token --user lea --groups leads --audience {DEMO_PEOPLE_AUDIENCE})
   MCP=".tools/venv/bin/python tests/python/mcp_client.py --url http://{gateway_ip}/mcp"
   $MCP --token "$ADA" call get_status
   $MCP --token "$ADA" call read_secret '{{"name": "db"}}'        # denied
