@@ -13,4 +13,5 @@ mod harness_node;
 mod hold;
 mod local;
 mod policy_sync;
+mod policy_test;
 mod stores;

@@ -109,14 +109,14 @@ async fn main() -> ExitCode {
     let ran = if invoked_as_kubectl_plugin() {
         kubectl::run(&kubectl::KubectlCli::parse()).await
     } else {
-        run(Cli::parse()).await
+        run(Cli::parse()).await.map(kubectl::Ran::from)
     };
     match ran {
-        Ok(output) => {
+        Ok(kubectl::Ran { output, code }) => {
             if !output.is_empty() {
                 println!("{output}");
             }
-            ExitCode::SUCCESS
+            ExitCode::from(code)
         }
         Err(e) => {
             eprintln!("airlock: {e:#}");

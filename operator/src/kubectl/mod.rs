@@ -7,6 +7,7 @@
 
 mod decide;
 mod identity;
+pub mod policy_test;
 
 use crate::approvals::kubernetes::model_of;
 use crate::approvals::time::now_seconds;
@@ -99,10 +100,49 @@ pub enum KubectlCommand {
         #[arg(long)]
         message: String,
     },
+    /// Policies, offline.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
 }
 
-/// Runs one command; returns what to print.
-pub async fn run(cli: &KubectlCli) -> anyhow::Result<String> {
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum PolicyCommand {
+    /// What the policies decide for a call: prints the decision and the rules
+    /// that gave it; exits 0 allow, 2 deny, 3 approval (1 on an error).
+    Test(policy_test::PolicyTestArgs),
+}
+
+/// What a command printed and its exit code.
+pub struct Ran {
+    pub output: String,
+    pub code: u8,
+}
+
+impl From<String> for Ran {
+    fn from(output: String) -> Ran {
+        Ran { output, code: 0 }
+    }
+}
+
+/// Runs one command.
+pub async fn run(cli: &KubectlCli) -> anyhow::Result<Ran> {
+    if let KubectlCommand::Policy {
+        command: PolicyCommand::Test(args),
+    } = &cli.command
+    {
+        let outcome = policy_test::run(args)?;
+        return Ok(Ran {
+            code: outcome.exit_code(),
+            output: outcome.report,
+        });
+    }
+    on_cluster(cli).await.map(Ran::from)
+}
+
+/// A command on the cluster; returns what to print.
+async fn on_cluster(cli: &KubectlCli) -> anyhow::Result<String> {
     let target = &cli.target;
     let (client, namespace) = connect(target).await?;
     let requests: Api<ApprovalRequest> = if target.all_namespaces {
@@ -159,6 +199,8 @@ pub async fn run(cli: &KubectlCli) -> anyhow::Result<String> {
         KubectlCommand::Ask { name, message } => {
             decide::act(&client, &namespace, name, decide::Act::ask(message), target).await
         }
+        // Offline: `run` answers it without a cluster.
+        KubectlCommand::Policy { .. } => Ok(String::new()),
     }
 }
 
