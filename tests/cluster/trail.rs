@@ -36,10 +36,10 @@ fn replica_logs(node: &Node) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-/// `airlock audit verify - --logs --checkpoints airlock-system` on `logs`,
-/// as the cluster's admin: (succeeded, what it printed).
+/// `kubectl airlock audit verify - --logs --checkpoints airlock-system` on
+/// `logs`, as the cluster's admin: (succeeded, what it printed).
 fn verify(node: &Node, logs: &str) -> anyhow::Result<(bool, String)> {
-    let mut child = Command::new(built_binary("airlock")?)
+    let mut child = Command::new(built_binary("kubectl-airlock")?)
         .args([
             "audit",
             "verify",

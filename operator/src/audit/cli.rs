@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct VerifyArgs {
     /// The trail: a file, or `-` for standard input (`kubectl logs … | airlock audit verify -`).
     pub file: PathBuf,

@@ -105,6 +105,17 @@ pub enum KubectlCommand {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Verify the hash chains (as `airlock audit verify`).
+    Verify(crate::audit::cli::VerifyArgs),
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -137,6 +148,12 @@ pub async fn run(cli: &KubectlCli) -> anyhow::Result<Ran> {
             code: outcome.exit_code(),
             output: outcome.report,
         });
+    }
+    if let KubectlCommand::Audit {
+        command: AuditCommand::Verify(args),
+    } = &cli.command
+    {
+        return crate::audit::cli::verify(args).await.map(Ran::from);
     }
     on_cluster(cli).await.map(Ran::from)
 }
@@ -199,8 +216,8 @@ async fn on_cluster(cli: &KubectlCli) -> anyhow::Result<String> {
         KubectlCommand::Ask { name, message } => {
             decide::act(&client, &namespace, name, decide::Act::ask(message), target).await
         }
-        // Offline: `run` answers it without a cluster.
-        KubectlCommand::Policy { .. } => Ok(String::new()),
+        // `run` answers these without connecting.
+        KubectlCommand::Policy { .. } | KubectlCommand::Audit { .. } => Ok(String::new()),
     }
 }
 
