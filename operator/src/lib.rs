@@ -2,6 +2,7 @@
 //! controllers and what they render, the development token issuer, and the
 //! `airlock` CLI with its local mode.
 
+pub mod admission;
 pub mod approvals;
 pub mod audit;
 pub mod controllers;

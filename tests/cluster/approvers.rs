@@ -5,7 +5,7 @@
 //! counts the decision by the same rules as its own API, once.
 
 use crate::operator::{
-    Installed, SERVER, call, operator, people_token, policy, serve_gated, token,
+    Installed, SERVER, as_operator, call, operator, people_token, policy, serve_gated, token,
 };
 use airlock_operator::crd::{ApprovalRequest, Decision, Phase, Via};
 use airlock_operator::dev_issuer::TokenRequest;
@@ -305,6 +305,41 @@ pub async fn a_lead_approves_with_kubectl_airlock(node: &Node) -> anyhow::Result
                 .unwrap_or_default()
                 .contains("was denied"),
         "{answer}"
+    );
+
+    // Past its expiry a request takes no decision, even while nothing has
+    // marked it Expired: this one the operator cannot read (a negative
+    // grant window), so no sweep settles it — as if the sweeper were
+    // stopped. CEL has no clock; the operator's webhook says no.
+    let stale: ApprovalRequest = serde_yaml::from_str(&format!(
+        r#"
+apiVersion: mcp.airlock.dev/v1alpha1
+kind: ApprovalRequest
+metadata: {{name: ar-stale, namespace: {NS}}}
+spec:
+  server: {NS}/{SERVER}
+  requester: {{tid: "{TENANT}", oid: oid-ada, name: ada@contoso.com}}
+  call: {{method: tools/call, target: deploy_model, argumentsDigest: "sha256:00"}}
+  requirements: [{{rule: {NS}/models/deploy-to-prod, policyVersion: "1", approverGroups: [leads], minApprovals: 1}}]
+  summary: ada asks to deploy
+  requestedAt: "2026-01-01T00:00:00Z"
+  expiresAt: "2026-01-01T00:30:00Z"
+  grantWindowSeconds: -1
+"#
+    ))?;
+    as_operator(node, NS)
+        .await?
+        .create(&kube::api::PostParams::default(), &stale)
+        .await?;
+    refused(
+        "approving a request past its expiry that is not marked Expired",
+        lea.airlock(&["approve", "ar-stale", "--reason", "late"])?,
+        "this request expired at 2026-01-01T00:30:00Z",
+    )?;
+    let stale = requests.get("ar-stale").await?;
+    anyhow::ensure!(
+        stale.status.is_none_or(|s| s.decisions.is_empty()),
+        "a decision was written on an expired request"
     );
     Ok(())
 }

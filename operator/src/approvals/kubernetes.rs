@@ -154,7 +154,12 @@ impl KubeStore {
         loop {
             let page = self.api.list(&params).await?;
             for resource in &page.items {
-                approvals.push(from_resource(resource, &self.approvers_tenant)?);
+                // One unreadable record must not hide every other one (from
+                // the sweeper, from lists): it is logged, and skipped.
+                match from_resource(resource, &self.approvers_tenant) {
+                    Ok(approval) => approvals.push(approval),
+                    Err(e) => super::service::log_error(&format!("skipping {e}")),
+                }
             }
             match page.metadata.continue_ {
                 Some(token) if !token.is_empty() => params = params.continue_token(&token),

@@ -45,6 +45,13 @@ pub struct RunArgs {
     /// Metrics, health and readiness.
     #[arg(long, default_value = "0.0.0.0:9090")]
     pub operations_listen: SocketAddr,
+    /// The admission webhook (the API server calls it), over TLS.
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    pub webhook_listen: SocketAddr,
+    /// The Service the API server reaches the webhook through: its
+    /// certificate names `SERVICE.NAMESPACE.svc`.
+    #[arg(long, default_value = "airlock-webhook")]
+    pub webhook_service: String,
     /// The gateways' API as sidecars reach it. With `https`, it is served
     /// with a certificate for the URL's host from the operator's CA (the
     /// Secret `airlock-ca`, made by the first replica), and sidecars trust
@@ -228,18 +235,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .ok()
         .filter(|url| url.scheme() == "https")
         .and_then(|url| url.host_str().map(str::to_string));
+    let authority = Authority::load_or_create(client.clone(), &args.namespace)
+        .await
+        .context("the operator's CA")?;
     let gateways_tls = match &gateways_host {
         Some(host) => {
-            let authority = Authority::load_or_create(client.clone(), &args.namespace)
-                .await
-                .context("the operator's CA")?;
             let config = authority
                 .serving_config(std::slice::from_ref(host))
                 .context("the gateways' API certificate")?;
-            Some((authority.ca_pem, config))
+            Some((authority.ca_pem.clone(), config))
         }
         None => None,
     };
+    let webhook_tls = authority
+        .serving_config(&[format!("{}.{}.svc", args.webhook_service, args.namespace)])
+        .context("the webhook's certificate")?;
+    crate::admission::publish_ca_bundle(client.clone(), &authority.ca_pem)
+        .await
+        .context("writing the CA into the webhook configuration")?;
     let settings = Settings {
         envoy_image: args.envoy_image.clone(),
         operator_image: args.operator_image.clone(),
@@ -290,6 +303,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tokio::net::TcpListener::bind(args.operations_listen)
                 .await?
                 .into(),
+        ),
+        (
+            Api::Admission,
+            Listener::Tls(TlsListener::new(
+                tokio::net::TcpListener::bind(args.webhook_listen).await?,
+                webhook_tls,
+            )?),
         ),
     ];
     crate::log::info(
