@@ -377,6 +377,53 @@ pub struct AuditCheckpointSpec {
     pub time: String,
 }
 
+/// A person or one MCP session cut off from the MCP servers of this
+/// namespace — of every namespace when it is kept in the operator's — until
+/// it is deleted (lifted) or runs out: their next request is refused, and a
+/// call of theirs already held is refused, not released, even if approved.
+#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "mcp.airlock.dev",
+    version = "v1alpha1",
+    kind = "Revocation",
+    namespaced,
+    shortname = "revoke",
+    category = "airlock",
+    printcolumn = r#"{"name":"User","type":"string","jsonPath":".spec.user.oid"}"#,
+    printcolumn = r#"{"name":"Session","type":"string","jsonPath":".spec.session"}"#,
+    printcolumn = r#"{"name":"Until","type":"string","jsonPath":".spec.expiresAt"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".spec.reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("has(self.user) != has(self.session)").message("a revocation names a user or a session, not both"))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RevocationSpec {
+    /// The person cut off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<RevokedUser>,
+    /// The MCP session (`Mcp-Session-Id`) cut off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("size(self) > 0").message("must not be empty"))]
+    pub session: Option<String>,
+    /// Why: the refused caller is told.
+    pub reason: String,
+    /// RFC 3339; absent: until the revocation is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub expires_at: Option<String>,
+}
+
+#[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RevokedUser {
+    /// Entra object ID.
+    #[x_kube(validation = Rule::new("size(self) > 0").message("must not be empty"))]
+    pub oid: String,
+    /// Entra tenant ID; absent: that object ID in any tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
 /// Every CRD as (file name, YAML).
 pub fn all_yaml() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
     Ok(vec![
@@ -392,6 +439,10 @@ pub fn all_yaml() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
         (
             "auditcheckpoints.yaml",
             serde_yaml::to_string(&AuditCheckpoint::crd())?,
+        ),
+        (
+            "revocations.yaml",
+            serde_yaml::to_string(&Revocation::crd())?,
         ),
     ])
 }

@@ -66,11 +66,11 @@ impl Person {
             .output()?)
     }
 
-    /// `kubectl airlock ARGS -n NS`: what it printed, or why it failed.
-    fn airlock(&self, args: &[&str]) -> anyhow::Result<Result<String, String>> {
+    /// `kubectl airlock ARGS -n NAMESPACE`: what it printed, or why it failed.
+    fn airlock(&self, namespace: &str, args: &[&str]) -> anyhow::Result<Result<String, String>> {
         let mut all = vec!["airlock"];
         all.extend_from_slice(args);
-        all.extend_from_slice(&["-n", NS]);
+        all.extend_from_slice(&["-n", namespace]);
         let out = self.kubectl(&all)?;
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -215,14 +215,14 @@ pub async fn a_lead_approves_with_kubectl_airlock(node: &Node) -> anyhow::Result
     };
     refused(
         "an MCP token at the API server",
-        mcp_at_api_server.airlock(&["get"])?,
+        mcp_at_api_server.airlock(NS, &["get"])?,
         "Unauthorized",
     )?;
     let ada_kubectl_token =
         node.cluster()
             .guard()
             .token("oid-ada", "ada@contoso.com", &["engineers"])?;
-    let at_gateway = gateway_answer(node, &ada_kubectl_token).await?;
+    let at_gateway = gateway_answer(node, NS, &ada_kubectl_token).await?;
     anyhow::ensure!(
         at_gateway.starts_with("401") && at_gateway.contains("audience"),
         "the gateway took a kubectl token: {at_gateway}"
@@ -265,7 +265,7 @@ pub async fn a_lead_approves_with_kubectl_airlock(node: &Node) -> anyhow::Result
     let approve = async {
         let name = new_request(&requests, &mut known).await?;
         let approved = lea
-            .airlock(&["approve", &name, "--reason", "checked"])?
+            .airlock(NS, &["approve", &name, "--reason", "checked"])?
             .map_err(anyhow::Error::msg)?;
         anyhow::ensure!(approved.contains("Approved"), "{approved}");
         Ok::<_, anyhow::Error>(name)
@@ -278,7 +278,7 @@ pub async fn a_lead_approves_with_kubectl_airlock(node: &Node) -> anyhow::Result
     );
     refused(
         "deciding on a request already decided",
-        max.airlock(&["deny", &prod, "--reason", "late"])?,
+        max.airlock(NS, &["deny", &prod, "--reason", "late"])?,
         "can no longer change",
     )?;
 
@@ -292,7 +292,7 @@ pub async fn a_lead_approves_with_kubectl_airlock(node: &Node) -> anyhow::Result
     );
     let deny = async {
         let name = new_request(&requests, &mut known).await?;
-        max.airlock(&["deny", &name, "--reason", "not this week"])?
+        max.airlock(NS, &["deny", &name, "--reason", "not this week"])?
             .map_err(anyhow::Error::msg)
     };
     let (answer, denied) = tokio::join!(held, deny);
@@ -333,7 +333,7 @@ spec:
         .await?;
     refused(
         "approving a request past its expiry that is not marked Expired",
-        lea.airlock(&["approve", "ar-stale", "--reason", "late"])?,
+        lea.airlock(NS, &["approve", "ar-stale", "--reason", "late"])?,
         "this request expired at 2026-01-01T00:30:00Z",
     )?;
     let stale = requests.get("ar-stale").await?;
@@ -356,13 +356,13 @@ async fn decide_a_quorum(
 ) -> anyhow::Result<()> {
     let quorum = new_request(requests, known).await?;
 
-    let listed = lea.airlock(&["get"])?.map_err(anyhow::Error::msg)?;
+    let listed = lea.airlock(NS, &["get"])?.map_err(anyhow::Error::msg)?;
     eprintln!("kubectl airlock get:\n{listed}");
     for shown in [quorum.as_str(), "deploy_model", "ada@contoso.com", "0/2"] {
         anyhow::ensure!(listed.contains(shown), "get shows no {shown}: {listed}");
     }
     let described = lea
-        .airlock(&["describe", &quorum])?
+        .airlock(NS, &["describe", &quorum])?
         .map_err(anyhow::Error::msg)?;
     eprintln!("kubectl airlock describe {quorum}:\n{described}");
     for shown in ["fraud:v6", "deploy-to-staging", "leads", "ada@contoso.com"] {
@@ -375,12 +375,12 @@ async fn decide_a_quorum(
     // Refused, each with its reason, and nothing changes.
     refused(
         "the requester approving their own request",
-        ada.airlock(&["approve", &quorum, "--reason", "mine"])?,
+        ada.airlock(NS, &["approve", &quorum, "--reason", "mine"])?,
         "you cannot approve your own request",
     )?;
     refused(
         "the requester approving as a guest of another tenant",
-        guest.airlock(&["approve", &quorum, "--reason", "mine, as a guest"])?,
+        guest.airlock(NS, &["approve", &quorum, "--reason", "mine, as a guest"])?,
         "you cannot approve your own request",
     )?;
     let mut guest_mcp = TokenRequest::user("oid-ada-guest", ADA_AS_GUEST, PEOPLE_AUDIENCE);
@@ -401,12 +401,12 @@ async fn decide_a_quorum(
     );
     refused(
         "the approve verb without being an approver",
-        rev.airlock(&["approve", &quorum, "--reason", "looks fine"])?,
+        rev.airlock(NS, &["approve", &quorum, "--reason", "looks fine"])?,
         "not in an approver group",
     )?;
     refused(
         "an approver without the approve verb",
-        kim.airlock(&["approve", &quorum, "--reason", "looks fine"])?,
+        kim.airlock(NS, &["approve", &quorum, "--reason", "looks fine"])?,
         "not granted the verb approve",
     )?;
     let as_max = json!({"user": "max@contoso.com", "uid": "oid-max", "groups": ["leads"],
@@ -449,7 +449,7 @@ async fn decide_a_quorum(
 
     // The first lead: counted, as the API server knows her; one more needed.
     let approved = lea
-        .airlock(&["approve", &quorum, "--reason", "staging is fine"])?
+        .airlock(NS, &["approve", &quorum, "--reason", "staging is fine"])?
         .map_err(anyhow::Error::msg)?;
     anyhow::ensure!(approved.contains("1 more approval"), "{approved}");
     let recorded = requests.get(&quorum).await?;
@@ -469,7 +469,7 @@ async fn decide_a_quorum(
     );
     refused(
         "a second decision by the same person",
-        lea.airlock(&["deny", &quorum, "--reason", "changed my mind"])?,
+        lea.airlock(NS, &["deny", &quorum, "--reason", "changed my mind"])?,
         "you have already decided",
     )?;
     // The people's API takes its own audience only, and people only.
@@ -520,7 +520,7 @@ async fn decide_a_quorum(
 
     // The second, distinct lead makes the quorum.
     let approved = max
-        .airlock(&["approve", &quorum, "--reason", "agreed"])?
+        .airlock(NS, &["approve", &quorum, "--reason", "agreed"])?
         .map_err(anyhow::Error::msg)?;
     anyhow::ensure!(approved.contains("Approved"), "{approved}");
     Ok(())
@@ -535,8 +535,8 @@ fn rewritten(decision: &Decision) -> Value {
 
 /// What the gateway answers a `ping` with `token`, from the client pod:
 /// the status code, then the body.
-async fn gateway_answer(node: &Node, token: &str) -> anyhow::Result<String> {
-    let url = format!("http://{SERVER}.{NS}.svc.cluster.local/mcp");
+async fn gateway_answer(node: &Node, namespace: &str, token: &str) -> anyhow::Result<String> {
+    let url = format!("http://{SERVER}.{namespace}.svc.cluster.local/mcp");
     let script = r#"
 import sys, urllib.request, urllib.error
 request = urllib.request.Request(sys.argv[1], method="POST",
@@ -550,10 +550,95 @@ except urllib.error.HTTPError as error:
     print(error.code, error.read().decode())
 "#;
     node.exec(
-        NS,
+        namespace,
         "client",
         "client",
         &["python3", "-c", script, &url, token],
     )
     .await
+}
+
+/// `revoke` of a person mid-session: their next call is refused within
+/// seconds (the time it took is printed), a call of theirs already held is
+/// refused, not released, though a lead approves it afterwards; `lift`
+/// gives them back.
+pub async fn a_revoked_person_is_cut_off_held_calls_included(node: &Node) -> anyhow::Result<()> {
+    const REVOKED: &str = "revoked";
+    let installed = operator(node).await?;
+    node.namespace(REVOKED).await?;
+    serve_gated(node, REVOKED, 40, &policy(REVOKED, "")).await?;
+    let requests: Api<ApprovalRequest> = Api::namespaced(node.client(ADMIN).await?, REVOKED);
+    let ada_mcp = token(&installed.issuer, "ada", &["engineers"])?;
+    let lea = Person::new(node, "lea", &["leads"])?;
+    let before = call(node, REVOKED, &ada_mcp, "get_status", json!({})).await?;
+    anyhow::ensure!(before["isError"] == false, "before: {before}");
+
+    let held = call(
+        node,
+        REVOKED,
+        &ada_mcp,
+        "deploy_model",
+        json!({"model": "fraud:v9", "environment": "prod"}),
+    );
+    let revoke_then_approve = async {
+        let mut known = BTreeSet::new();
+        let name = new_request(&requests, &mut known).await?;
+        let revoked = lea
+            .airlock(
+                REVOKED,
+                &["revoke", "--user", "oid-ada", "--reason", "laptop stolen"],
+            )?
+            .map_err(anyhow::Error::msg)?;
+        let revocation = revoked
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.split_once('/'))
+            .map(|(_, name)| name.trim_end_matches(':').to_string())
+            .context(revoked.clone())?;
+        let since = std::time::Instant::now();
+        let refused = wait_for("ada to be refused", Duration::from_secs(60), || async {
+            let answer = gateway_answer(node, REVOKED, &ada_mcp).await?;
+            Ok(answer.starts_with("403").then_some(answer))
+        })
+        .await?;
+        eprintln!(
+            "revoked: ada's next call refused {:.1?} after revoke",
+            since.elapsed()
+        );
+        anyhow::ensure!(
+            refused.contains("revoked") && refused.contains("laptop stolen"),
+            "{refused}"
+        );
+        // Approved afterwards, and still not released.
+        lea.airlock(REVOKED, &["approve", &name, "--reason", "before I heard"])?
+            .map_err(anyhow::Error::msg)?;
+        Ok::<_, anyhow::Error>(revocation)
+    };
+    let (answer, revocation) = tokio::join!(held, revoke_then_approve);
+    let revocation = revocation?;
+    let answer = answer?;
+    anyhow::ensure!(
+        answer["isError"] == true
+            && answer["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("cannot release this call: access revoked"),
+        "a held call of a revoked person was released: {answer}"
+    );
+    eprintln!("revoked: the held call answered {answer}");
+
+    lea.airlock(REVOKED, &["lift", &revocation])?
+        .map_err(anyhow::Error::msg)?;
+    wait_for(
+        "ada to be let through again",
+        Duration::from_secs(60),
+        || async {
+            let answer = gateway_answer(node, REVOKED, &ada_mcp).await?;
+            Ok((!answer.starts_with("403")).then_some(()))
+        },
+    )
+    .await?;
+    let after = call(node, REVOKED, &ada_mcp, "get_status", json!({})).await?;
+    anyhow::ensure!(after["isError"] == false, "after the lift: {after}");
+    Ok(())
 }

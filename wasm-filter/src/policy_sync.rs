@@ -9,6 +9,7 @@
 use crate::leader::Published;
 use crate::service;
 use airlock_policy::gateway::config::{FilterConfig, PolicyDocument, compile_all};
+use airlock_policy::gateway::revocation::Revocation;
 use airlock_policy::model::CompiledPolicy;
 use std::rc::Rc;
 use std::time::Duration;
@@ -22,6 +23,8 @@ const RETRY_SECONDS: u64 = 2;
 pub struct PolicyState {
     published: Published,
     current: Option<(String, Rc<Vec<CompiledPolicy>>)>,
+    /// Who is cut off, from the same document.
+    revocations: Rc<Vec<Revocation>>,
     in_flight: Option<u32>,
     failed_at: Option<u64>,
 }
@@ -31,6 +34,7 @@ impl PolicyState {
         PolicyState {
             published: Published::new(POLICY_KEY),
             current: None,
+            revocations: Rc::default(),
             in_flight: None,
             failed_at: None,
         }
@@ -65,6 +69,13 @@ impl PolicyState {
             document.version
         );
         self.current = Some((document.version, Rc::new(policies)));
+        self.revocations = Rc::new(document.revocations);
+    }
+
+    /// The revocations in force (none before the first document: then every
+    /// call is refused anyway).
+    pub fn revocations(&self) -> Rc<Vec<Revocation>> {
+        self.revocations.clone()
     }
 
     /// On the leader: keeps one long-poll in flight.

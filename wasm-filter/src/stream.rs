@@ -12,6 +12,7 @@ use airlock_policy::gateway::reply::{
     Reply, codes, credentials_required, error_object, error_response, unauthorized,
 };
 use airlock_policy::gateway::request::{Route, bearer_token, is_gateway_header, route};
+use airlock_policy::gateway::revocation::revoked;
 use airlock_policy::gateway::session::{Ownership, legacy_endpoint_session, legacy_query_session};
 use airlock_policy::gateway::sse::EventSplitter;
 use airlock_policy::gateway::tools_list::{filter_event, filter_response};
@@ -315,6 +316,15 @@ impl AirlockStream {
                 "session_not_found",
                 "this session does not exist for this caller; start a new one with initialize",
             ));
+        }
+        if let Some(revocation) = revoked(
+            &gateway.policy.borrow().revocations(),
+            &principal,
+            session.as_deref(),
+            now_seconds(self),
+        ) {
+            gateway.metrics.decision_label("Revoked");
+            return Err(Reply::http_error(403, "revoked", &revocation.refusal()));
         }
         self.principal = Some(principal);
         self.record.session = session.clone();

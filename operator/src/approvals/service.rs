@@ -21,6 +21,7 @@ use airlock_policy::entra::{Principal, TrustConfig};
 use airlock_policy::evaluate::{Call, evaluate};
 use airlock_policy::gateway::auth::{AuthError, KeyRing, TokenCache, verify_token};
 use airlock_policy::gateway::config::{Governed, NamedPolicy, PolicyDocument, compile_all};
+use airlock_policy::gateway::revocation::{Revocation, revoked};
 use airlock_policy::json::{self, Limits};
 use airlock_policy::jwt::JwkSet;
 use airlock_policy::mcp::{RequestContext, Target, classify};
@@ -54,6 +55,7 @@ pub struct Catalog {
     servers: Vec<Governed>,
     policies: Vec<NamedPolicy>,
     compiled: Vec<CompiledPolicy>,
+    revocations: Vec<Revocation>,
 }
 
 impl Catalog {
@@ -65,13 +67,24 @@ impl Catalog {
             servers,
             policies,
             compiled,
+            revocations: Vec::new(),
         })
+    }
+
+    /// Also cuts off whom `revocations` name, on the servers they reach.
+    pub fn revoking(mut self, revocations: Vec<Revocation>) -> Catalog {
+        self.revocations = revocations;
+        self
     }
 
     /// The policies governing `server`, or `None` for a server not known here.
     fn document(&self, server: &str) -> Option<PolicyDocument> {
         let entry = self.servers.iter().find(|s| s.name == server)?;
-        Some(PolicyDocument::for_server(entry, &self.policies))
+        Some(PolicyDocument::for_server(
+            entry,
+            &self.policies,
+            &self.revocations,
+        ))
     }
 }
 
@@ -863,6 +876,39 @@ impl<S: Store> ApprovalService<S> {
         Ok(approval)
     }
 
+    /// Refuses `who` (in `session`) where a revocation reaching `server`
+    /// cuts them off, recording it against the held call `approval`.
+    fn refuse_revoked(
+        &self,
+        server: &str,
+        who: &Principal,
+        session: Option<&str>,
+        approval: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let catalog = self.catalog.borrow().clone();
+        let Some(document) = catalog.document(server) else {
+            return Ok(());
+        };
+        let Some(revocation) = revoked(&document.revocations, who, session, now_seconds()) else {
+            return Ok(());
+        };
+        self.record(AuditEvent {
+            time: rfc3339(now_seconds()),
+            kind: "approval.revoked".into(),
+            server: server.to_string(),
+            principal: Some(AuditPrincipal::from(who)),
+            session: session.map(str::to_string),
+            approval_id: approval.map(str::to_string),
+            reason: Some(revocation.refusal()),
+            ..AuditEvent::default()
+        })?;
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "revoked",
+            revocation.refusal(),
+        ))
+    }
+
     /// Where the cluster says who may approve: `approver` holds the verb
     /// `approve` on the policy of a rule they are an approver of (a person
     /// who is none is left to the model to refuse). Fails closed when the
@@ -957,6 +1003,7 @@ async fn ask<S: Store>(
     let principal = service.principal(&headers, Side::Callers).await?;
     let call: CallBody = body(&bytes)?;
     gateway.may_act_for(&call.server)?;
+    service.refuse_revoked(&call.server, &principal, call.session_id.as_deref(), None)?;
     let derived = derive(&call)?;
     let policies = service.server_policies(&call.server)?;
     let decision = evaluate(
@@ -1129,6 +1176,13 @@ async fn consume<S: Store>(
     let derived = derive(&call)?;
     let binding = derived.binding(&principal, &call.server);
     let now = now_seconds();
+    // Cut off since the call was held: refused, not released, approved or not.
+    service.refuse_revoked(
+        &call.server,
+        &principal,
+        call.session_id.as_deref(),
+        Some(&id),
+    )?;
     let approval = service
         .change_and_record(&id, "approval.executed", None, None, |a| {
             a.consume(&binding, now)

@@ -1,6 +1,6 @@
 //! Feeds the approval service the servers and policies in the cluster: a
-//! watch of every McpServer, ApprovalPolicy and Namespace (baselines select
-//! servers by their namespace's labels), and on each change a new
+//! watch of every McpServer, ApprovalPolicy, Revocation and Namespace
+//! (baselines select servers by their namespace's labels), and on each change a new
 //! catalog, which answers the gateways' config long-polls at once. Runs on
 //! every replica, since every replica serves gateways.
 //!
@@ -9,7 +9,8 @@
 
 use crate::approvals::service::{ApprovalService, Catalog};
 use crate::approvals::store::Store;
-use crate::crd::{ApprovalPolicy, McpServer};
+use crate::crd::{ApprovalPolicy, McpServer, Revocation};
+use airlock_policy::audit::parse_rfc3339;
 use airlock_policy::gateway::config::{Governed, NamedPolicy};
 use airlock_policy::model::FieldError;
 use futures::StreamExt;
@@ -26,6 +27,7 @@ pub struct Watched {
     pub servers: Cache<McpServer>,
     pub policies: Cache<ApprovalPolicy>,
     pub namespaces: Cache<Namespace>,
+    pub revocations: Cache<Revocation>,
     /// Where baseline policies are kept: the operator's namespace.
     pub baseline_namespace: String,
 }
@@ -62,7 +64,13 @@ impl Watched {
             .iter()
             .map(|server| self.governed(server))
             .collect();
-        Catalog::new(servers, self.named_policies())
+        Ok(Catalog::new(servers, self.named_policies())?.revoking(
+            self.revocations
+                .state()
+                .iter()
+                .map(|r| revocation(r))
+                .collect(),
+        ))
     }
 }
 
@@ -73,6 +81,34 @@ pub fn qualified<K: ResourceExt>(object: &K) -> String {
         object.namespace().unwrap_or_default(),
         object.name_any()
     )
+}
+
+/// The revocation as gateways enforce it; one whose expiry is not a time
+/// (the schema checks it) is logged and kept without one, so it never
+/// silently lapses.
+fn revocation(resource: &Revocation) -> airlock_policy::gateway::revocation::Revocation {
+    let spec = &resource.spec;
+    let until = spec.expires_at.as_deref().and_then(|at| {
+        let parsed = parse_rfc3339(at);
+        if parsed.is_none() {
+            crate::log::error(
+                "catalog",
+                &format!(
+                    "revocation {}: expiresAt {at:?} is not a time; kept until deleted",
+                    qualified(resource)
+                ),
+            );
+        }
+        parsed
+    });
+    airlock_policy::gateway::revocation::Revocation {
+        name: qualified(resource),
+        oid: spec.user.as_ref().map(|u| u.oid.clone()),
+        tenant: spec.user.as_ref().and_then(|u| u.tenant.clone()),
+        session: spec.session.clone(),
+        reason: spec.reason.clone(),
+        until,
+    }
 }
 
 /// The policy as the service serves it, or its bad fields.
@@ -90,10 +126,12 @@ pub fn feed<S: Store + 'static>(
     let (servers, servers_writer) = reflector::store::<McpServer>();
     let (policies, policies_writer) = reflector::store::<ApprovalPolicy>();
     let (namespaces, namespaces_writer) = reflector::store::<Namespace>();
+    let (revocations, revocations_writer) = reflector::store::<Revocation>();
     let watched = Watched {
         servers,
         policies,
         namespaces,
+        revocations,
         baseline_namespace: baseline_namespace.to_string(),
     };
     let config = watcher::Config::default();
@@ -105,6 +143,11 @@ pub fn feed<S: Store + 'static>(
     let policy_events = reflector::reflector(
         policies_writer,
         watcher(Api::<ApprovalPolicy>::all(client.clone()), config.clone()).default_backoff(),
+    )
+    .map(|event| event.is_ok());
+    let revocation_events = reflector::reflector(
+        revocations_writer,
+        watcher(Api::<Revocation>::all(client.clone()), config.clone()).default_backoff(),
     )
     .map(|event| event.is_ok());
     // Only labels matter; their metadata is all that is kept.
@@ -119,6 +162,7 @@ pub fn feed<S: Store + 'static>(
             server_events.boxed(),
             policy_events.boxed(),
             namespace_events.boxed(),
+            revocation_events.boxed(),
         ])
         .ready_chunks(512)
         .boxed();
@@ -128,6 +172,8 @@ pub fn feed<S: Store + 'static>(
                 && futures::FutureExt::now_or_never(cached.policies.wait_until_ready())
                     .is_some_and(|r| r.is_ok())
                 && futures::FutureExt::now_or_never(cached.namespaces.wait_until_ready())
+                    .is_some_and(|r| r.is_ok())
+                && futures::FutureExt::now_or_never(cached.revocations.wait_until_ready())
                     .is_some_and(|r| r.is_ok());
             if !ready {
                 continue;

@@ -120,7 +120,7 @@ async fn apply(server: &McpServer, context: &Context) -> Result<Action, Error> {
             .await?;
         policies.extend(listed.items.iter().filter_map(|policy| named(policy).ok()));
     }
-    let document = PolicyDocument::for_server(&context.watched.governed(server), &policies);
+    let document = PolicyDocument::for_server(&context.watched.governed(server), &policies, &[]);
     let status = McpServerStatus {
         observed_generation: generation,
         conditions: vec![condition(

@@ -8,6 +8,7 @@
 mod decide;
 mod identity;
 pub mod policy_test;
+mod revoke;
 
 use crate::approvals::kubernetes::model_of;
 use crate::approvals::time::now_seconds;
@@ -100,6 +101,12 @@ pub enum KubectlCommand {
         #[arg(long)]
         message: String,
     },
+    /// Cut a person or one MCP session off from this namespace's servers
+    /// (every server, in the operator's namespace) within seconds, held
+    /// calls included, until lifted or for a while.
+    Revoke(revoke::RevokeArgs),
+    /// Lift a revocation.
+    Lift { name: String },
     /// Policies, offline.
     Policy {
         #[command(subcommand)]
@@ -216,6 +223,8 @@ async fn on_cluster(cli: &KubectlCli) -> anyhow::Result<String> {
         KubectlCommand::Ask { name, message } => {
             decide::act(&client, &namespace, name, decide::Act::ask(message), target).await
         }
+        KubectlCommand::Revoke(args) => revoke::revoke(&client, &namespace, args).await,
+        KubectlCommand::Lift { name } => revoke::lift(&client, &namespace, name).await,
         // `run` answers these without connecting.
         KubectlCommand::Policy { .. } | KubectlCommand::Audit { .. } => Ok(String::new()),
     }

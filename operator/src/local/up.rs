@@ -159,7 +159,7 @@ impl Running {
             labels,
             ..Governed::default()
         };
-        let governing = PolicyDocument::for_server(&governed, &policies);
+        let governing = PolicyDocument::for_server(&governed, &policies, &[]);
         let mut tasks = Vec::new();
 
         // Whose tokens are trusted, and where their keys are.

@@ -3,6 +3,7 @@
 
 use crate::canonical::digest;
 use crate::entra::TrustConfig;
+use crate::gateway::revocation::Revocation;
 use crate::model::{ApprovalPolicySpec, CompiledPolicy, FieldError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -156,6 +157,15 @@ pub struct Governed {
 }
 
 impl Governed {
+    /// Whether `revocation` reaches this server: one of its own namespace,
+    /// or one in the baseline namespace (the platform team's, for every
+    /// server).
+    pub fn is_reached_by(&self, revocation: &Revocation) -> bool {
+        let namespace = self.name.split_once('/').map(|(ns, _)| ns);
+        let home = revocation.name.split_once('/').map(|(ns, _)| ns);
+        home.is_some() && (home == namespace || home == self.baseline_namespace.as_deref())
+    }
+
     /// Whether `policy` governs this server: one of its namespace whose
     /// selector selects it, or a baseline (kept in the baseline namespace
     /// only) whose selector selects its namespace.
@@ -184,23 +194,42 @@ pub struct PolicyDocument {
     /// replica and across restarts, so a long-poll resumes where it left off.
     pub version: String,
     pub policies: Vec<NamedPolicy>,
+    /// People and sessions cut off from this server. Absent when there are
+    /// none, so a document without any reads as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revocations: Vec<Revocation>,
 }
 
 impl PolicyDocument {
-    /// The policies of `all` that govern `server`.
-    pub fn for_server(server: &Governed, all: &[NamedPolicy]) -> PolicyDocument {
+    /// The policies of `all` that govern `server`, and the revocations of
+    /// `revocations` that reach it.
+    pub fn for_server(
+        server: &Governed,
+        all: &[NamedPolicy],
+        revocations: &[Revocation],
+    ) -> PolicyDocument {
         let policies: Vec<NamedPolicy> = all
             .iter()
             .filter(|p| server.is_governed_by(p))
             .cloned()
             .collect();
-        let version = serde_json::to_value(&policies)
-            .map(|v| digest(&v))
-            .unwrap_or_default();
+        let revocations: Vec<Revocation> = revocations
+            .iter()
+            .filter(|r| server.is_reached_by(r))
+            .cloned()
+            .collect();
+        // Without revocations, the version is what it always was.
+        let versioned = if revocations.is_empty() {
+            serde_json::to_value(&policies)
+        } else {
+            serde_json::to_value((&policies, &revocations))
+        };
+        let version = versioned.map(|v| digest(&v)).unwrap_or_default();
         PolicyDocument {
             server: server.name.clone(),
             version,
             policies,
+            revocations,
         }
     }
 }
@@ -387,7 +416,7 @@ mod tests {
             baseline_namespace: Some("airlock-system".into()),
         };
         let names = |server: Governed| -> Vec<String> {
-            PolicyDocument::for_server(&server, &all)
+            PolicyDocument::for_server(&server, &all, &[])
                 .policies
                 .into_iter()
                 .map(|p| p.name)
@@ -424,16 +453,53 @@ mod tests {
             labels: labels.clone(),
             ..Governed::default()
         };
-        let document = PolicyDocument::for_server(&server(&labels), &all);
+        let document = PolicyDocument::for_server(&server(&labels), &all, &[]);
         let names: Vec<&str> = document.policies.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["ml/everything", "ml/by-label"]);
         assert!(document.version.starts_with("sha256:"));
 
-        let same = PolicyDocument::for_server(&server(&labels), &all);
+        let same = PolicyDocument::for_server(&server(&labels), &all, &[]);
         assert_eq!(same.version, document.version);
-        let unlabelled = PolicyDocument::for_server(&server(&BTreeMap::new()), &all);
+        let unlabelled = PolicyDocument::for_server(&server(&BTreeMap::new()), &all, &[]);
         assert_ne!(unlabelled.version, document.version);
         assert!(compile_all(&document.policies).is_ok());
+    }
+
+    #[test]
+    fn a_server_is_reached_by_revocations_of_its_namespace_and_the_platforms() {
+        let revocation = |name: &str| Revocation {
+            name: name.into(),
+            oid: Some("oid-ada".into()),
+            tenant: None,
+            session: None,
+            reason: String::new(),
+            until: None,
+        };
+        let server = Governed {
+            name: "ml/models".into(),
+            baseline_namespace: Some("airlock-system".into()),
+            ..Governed::default()
+        };
+        let all = [
+            revocation("ml/ada"),
+            revocation("web/ada"),
+            revocation("airlock-system/ada"),
+        ];
+        let document = PolicyDocument::for_server(&server, &[], &all);
+        let names: Vec<&str> = document
+            .revocations
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(names, ["ml/ada", "airlock-system/ada"]);
+        // A revocation changes the version: long-polling gateways wake.
+        let without = PolicyDocument::for_server(&server, &[], &[]);
+        assert_ne!(without.version, document.version);
+        assert!(
+            !serde_json::to_string(&without)
+                .unwrap()
+                .contains("revocations")
+        );
     }
 
     #[test]

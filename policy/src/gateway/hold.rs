@@ -145,7 +145,8 @@ pub fn on_answer(
                 None,
             ));
         }
-        (Stage::Releasing { id }, 409) => {
+        // 403: the caller was cut off (revoked) since the call was held.
+        (Stage::Releasing { id }, 403 | 409) => {
             return Next::Refuse(refusal(
                 codes::APPROVAL_REFUSED,
                 format!("Approval {id} cannot release this call: {message}"),
@@ -418,5 +419,22 @@ mod tests {
             7,
         );
         assert_eq!(refused_code(spent), codes::APPROVAL_REFUSED);
+        let revoked = answer(
+            &Stage::Releasing { id: "ar-1".into() },
+            403,
+            json!({"message": "access revoked by ml/r: laptop stolen"}),
+            7,
+        );
+        match revoked {
+            Next::Refuse(refusal) => {
+                assert_eq!(refusal.code, codes::APPROVAL_REFUSED);
+                assert!(
+                    refusal.reason.contains("laptop stolen"),
+                    "{}",
+                    refusal.reason
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Flow for one request: [`request::route`] (path, method) → bearer token →
 //! [`auth::authenticate`] → body → [`crate::mcp::classify`] →
-//! [`judge::judge`] → forward with [`identity_headers`], refuse with a
+//! [`revocation::revoked`] → [`judge::judge`] → forward with [`identity_headers`], refuse with a
 //! [`reply::Reply`], or hold for approval.
 
 pub mod auth;
@@ -14,6 +14,7 @@ pub mod judge;
 pub mod record;
 pub mod reply;
 pub mod request;
+pub mod revocation;
 pub mod session;
 pub mod sse;
 pub mod tools_list;
