@@ -386,6 +386,7 @@ mod tests {
                 namespaces: None,
                 default_action: Action::Deny,
                 enforcement: Enforcement::Enforce,
+                notify: None,
                 rules: vec![Rule {
                     name: "r".into(),
                     matches: crate::model::Match {
@@ -593,6 +594,7 @@ mod tests {
                         default_action,
                         enforcement: Enforcement::Enforce,
                         rules,
+                        notify: None,
                     }
                 }),
             0..4,

@@ -87,6 +87,21 @@ pub struct ApprovalPolicySpec {
     /// Rules; order never matters: the most restrictive applicable rule wins.
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Where people hear of this policy's approval requests (asked, more
+    /// context asked, decided).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+}
+
+/// A notification channel for approval requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Notify {
+    /// A channel the platform team set up: the Secret `airlock-notify-CHANNEL`
+    /// in the operator's namespace holds its webhook URL. Never a URL here,
+    /// so whoever edits policies cannot point it at an internal address.
+    pub channel: String,
 }
 
 fn deny() -> Action {
@@ -499,6 +514,22 @@ impl ApprovalPolicySpec {
                  a server selector would let a server's labels take it out",
             );
         }
+        if let Some(notify) = &self.notify {
+            let label = &notify.channel;
+            let valid = !label.is_empty()
+                && label.len() <= 40
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-');
+            if !valid {
+                err(
+                    "spec.notify.channel".into(),
+                    "must be a channel name: lowercase letters, digits and '-', at most 40",
+                );
+            }
+        }
         let mut rules = Vec::with_capacity(self.rules.len());
         for (i, rule) in self.rules.iter().enumerate() {
             let at = format!("spec.rules[{i}]");
@@ -714,11 +745,15 @@ pub(crate) mod tests {
         spec.rules[2].approval.as_mut().unwrap().grant = Grant::Window { window: "x".into() };
         spec.rules[3].approval = spec.rules[2].approval.clone();
         spec.rules[0].matches.methods.push(String::new());
+        spec.notify = Some(Notify {
+            channel: "http://10.0.0.1/".into(),
+        });
         let errors = spec.compile("p", "1").unwrap_err();
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
             vec![
+                "spec.notify.channel",
                 "spec.rules[0].match.methods[6]",
                 "spec.rules[2].name",
                 "spec.rules[2].match.arguments[0]",

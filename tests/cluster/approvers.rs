@@ -9,9 +9,11 @@ use crate::operator::{
 };
 use airlock_operator::crd::{ApprovalRequest, Decision, Phase, Via};
 use airlock_operator::dev_issuer::TokenRequest;
+use airlock_tests::chart::{NOTIFY_CHANNEL, SYSTEM_NAMESPACE};
 use airlock_tests::cluster::ADMIN;
 use airlock_tests::issuer::{PEOPLE_AUDIENCE, TENANT};
 use airlock_tests::node::Node;
+use airlock_tests::node::host::NODE_IP;
 use airlock_tests::paths::{built_binary, tool};
 use airlock_tests::wait_for;
 use anyhow::Context as _;
@@ -641,4 +643,114 @@ pub async fn a_revoked_person_is_cut_off_held_calls_included(node: &Node) -> any
     let after = call(node, REVOKED, &ada_mcp, "get_status", json!({})).await?;
     anyhow::ensure!(after["isError"] == false, "after the lift: {after}");
     Ok(())
+}
+
+/// A policy's channel hears of its requests: asked, then decided (with who
+/// and why), as one JSON body a generic receiver and Teams' and Slack's
+/// incoming webhooks read; a receiver that fails first gets the notice
+/// again. The URL is in the platform's Secret, not in the policy.
+pub async fn a_policy_tells_its_channel_of_its_requests(node: &Node) -> anyhow::Result<()> {
+    const NOTIFIED: &str = "notified";
+    let installed = operator(node).await?;
+    let (url, received) = receiver().await?;
+    node.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: airlock-notify-{NOTIFY_CHANNEL}, namespace: {SYSTEM_NAMESPACE}}}
+stringData: {{url: "{url}"}}
+"#
+    ))?;
+    node.namespace(NOTIFIED).await?;
+    let notify = format!("\n  notify: {{channel: {NOTIFY_CHANNEL}}}\n");
+    serve_gated(node, NOTIFIED, 40, &policy(NOTIFIED, &notify)).await?;
+    let requests: Api<ApprovalRequest> = Api::namespaced(node.client(ADMIN).await?, NOTIFIED);
+    let ada_mcp = token(&installed.issuer, "ada", &["engineers"])?;
+    let lea = Person::new(node, "lea", &["leads"])?;
+
+    let held = call(
+        node,
+        NOTIFIED,
+        &ada_mcp,
+        "deploy_model",
+        json!({"model": "fraud:v10", "environment": "prod"}),
+    );
+    let approve = async {
+        let name = new_request(&requests, &mut BTreeSet::new()).await?;
+        lea.airlock(NOTIFIED, &["approve", &name, "--reason", "ship it"])?
+            .map_err(anyhow::Error::msg)?;
+        Ok::<_, anyhow::Error>(name)
+    };
+    let (answer, name) = tokio::join!(held, approve);
+    let (answer, name) = (answer?, name?);
+    anyhow::ensure!(answer["isError"] == false, "{answer}");
+
+    let bodies = wait_for("both notices", Duration::from_secs(60), || {
+        let received = received.clone();
+        async move {
+            let bodies = received.lock().map(|b| b.clone()).unwrap_or_default();
+            let delivered = |event: &str| bodies.iter().filter(|b| b["event"] == event).count();
+            Ok(
+                (delivered("approval.asked") >= 2 && delivered("approval.decided") >= 1)
+                    .then_some(bodies),
+            )
+        }
+    })
+    .await?;
+    let text = |event: &str| {
+        bodies
+            .iter()
+            .rfind(|b| b["event"] == event)
+            .and_then(|b| b["text"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    eprintln!(
+        "notified: {}\nnotified: {}",
+        text("approval.asked"),
+        text("approval.decided")
+    );
+    anyhow::ensure!(
+        text("approval.asked").contains(&format!("kubectl airlock describe {name}")),
+        "{bodies:?}"
+    );
+    anyhow::ensure!(
+        text("approval.decided").contains("lea@contoso.com decided")
+            && text("approval.decided").contains("ship it"),
+        "{bodies:?}"
+    );
+    anyhow::ensure!(
+        bodies.iter().all(|b| b["approval"]["id"] == name.as_str()),
+        "{bodies:?}"
+    );
+    Ok(())
+}
+
+type Received = std::sync::Arc<std::sync::Mutex<Vec<Value>>>;
+
+/// A webhook receiver on the node's address (pods reach it there) that
+/// refuses its first notice, then takes them all; what it got.
+async fn receiver() -> anyhow::Result<(String, Received)> {
+    let received: Received = Default::default();
+    let kept = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let kept = kept.clone();
+            async move {
+                let mut kept = kept
+                    .lock()
+                    .map_err(|_| axum::http::StatusCode::INTERNAL_SERVER_ERROR)?;
+                kept.push(body);
+                if kept.len() == 1 {
+                    Err(axum::http::StatusCode::SERVICE_UNAVAILABLE)
+                } else {
+                    Ok(axum::http::StatusCode::OK)
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind((NODE_IP, 0)).await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, received))
 }

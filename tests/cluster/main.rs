@@ -55,6 +55,7 @@ fn tests() -> Vec<(&'static str, Test)> {
         neighbours::a_baseline_governs_what_its_namespaces_cannot_escape,
         approvers::a_lead_approves_with_kubectl_airlock,
         approvers::a_revoked_person_is_cut_off_held_calls_included,
+        approvers::a_policy_tells_its_channel_of_its_requests,
     ]
 }
 

@@ -108,6 +108,7 @@ impl<S: Store> Approvals<S> {
             trust: TrustConfig::tenant(TENANT, AUDIENCE),
             people: TrustConfig::tenant(TENANT, AUDIENCE),
             approver_access: None,
+            notifier: None,
             jwks: vec![(TENANT.into(), jwks_url.clone())],
             gateway_credentials: GatewayCredentials::Shared(CREDENTIAL.into()),
             max_pending_per_principal: 20,

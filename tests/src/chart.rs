@@ -47,6 +47,10 @@ pub fn render(
     Ok(String::from_utf8(output.stdout)?)
 }
 
+/// The notification channel the harness's chart allows (its Secret is a
+/// test's to create).
+pub const NOTIFY_CHANNEL: &str = "test-leads";
+
 /// Where the chart installs the operator in the harness.
 pub const SYSTEM_NAMESPACE: &str = "airlock-system";
 
@@ -71,6 +75,7 @@ pub async fn install(
         "image": {"operator": OPERATOR, "envoy": ENVOY},
         "auth": {"tenants": [tenant], "audiences": [audience], "jwksUrls": {tenant: jwks_url}},
         "approvers": {"audiences": [people_audience]},
+        "notifications": {"channels": [NOTIFY_CHANNEL]},
     });
     node.apply(&render("airlock", SYSTEM_NAMESPACE, &values)?)?;
     operator_ready(node, None).await?;

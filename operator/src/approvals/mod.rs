@@ -6,6 +6,7 @@ pub mod gateway_identity;
 pub mod kubernetes;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod service;
 pub mod store;
 pub mod time;

@@ -13,6 +13,7 @@ use super::metrics::ServiceMetrics;
 use super::model::{
     Act, Approval, ApprovalError, Arrival, Binding, Person, Requirement, State, Verdict, Via,
 };
+use super::notify::{Notice, Notifier};
 use super::store::{Store, StoreError};
 use super::time::{now_seconds, rfc3339};
 use crate::audit::trail::{AuditError, AuditLog};
@@ -98,6 +99,8 @@ pub struct ServiceConfig {
     /// With it, deciding or asking through the people's API also needs the
     /// verb `approve` on the rule's ApprovalPolicy, as through the API server.
     pub approver_access: Option<ApproverAccess>,
+    /// Tells policies' channels of their requests, when set.
+    pub notifier: Option<Notifier>,
     /// (tenant, JWKS URL)
     pub jwks: Vec<(String, String)>,
     pub gateway_credentials: GatewayCredentials,
@@ -176,6 +179,14 @@ pub enum Api {
     Admission,
     /// All of them but admission on one listener (`airlock up`).
     All,
+}
+
+/// What an approver said with an act.
+fn said_of(act: &Act) -> String {
+    match act {
+        Act::Decide { verdict, reason } => format!("{} — {reason}", verdict.label()),
+        Act::Ask { question } => question.clone(),
+    }
 }
 
 /// Whose tokens a route takes: callers' (from gateways) or people's.
@@ -825,7 +836,63 @@ impl<S: Store> ApprovalService<S> {
             app_id: String::new(),
         }];
         event.via = Some(Via::Kubectl.label().into());
-        self.record(event)
+        self.record(event)?;
+        if judged.is_ok() {
+            self.notify(
+                kind,
+                approval,
+                Some(&arrival.by.name),
+                &said_of(&arrival.act),
+            );
+        }
+        Ok(())
+    }
+
+    /// Tells the channels of the policies behind `approval` that `kind`
+    /// happened (by `who`, saying `said`). Never waits.
+    fn notify(&self, kind: &str, approval: &Approval, who: Option<&str>, said: &str) {
+        let Some(notifier) = &self.config.notifier else {
+            return;
+        };
+        let catalog = self.catalog.borrow().clone();
+        let mut channels: Vec<&str> = approval
+            .requirements
+            .iter()
+            .filter_map(|r| {
+                let policy = r.rule.rsplit_once('/').map(|(policy, _)| policy)?;
+                catalog.policies.iter().find(|p| p.name == policy)
+            })
+            .filter_map(|p| p.spec.notify.as_ref().map(|n| n.channel.as_str()))
+            .collect();
+        channels.sort_unstable();
+        channels.dedup();
+        if channels.is_empty() {
+            return;
+        }
+        let who = who.unwrap_or("someone");
+        let id = &approval.id;
+        let text = match kind {
+            "approval.asked" => format!(
+                "{} — {} more approval(s) needed: kubectl airlock describe {id} -n {}",
+                approval.summary,
+                approval.approvals_needed(),
+                approval
+                    .binding
+                    .server
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+            ),
+            "approval.info_requested" => format!("{who} asks about {id}: {said}"),
+            _ => format!(
+                "{who} decided on {id} ({}): {said} — it is now {:?}",
+                approval.summary, approval.state
+            ),
+        };
+        let shown = view(approval, now_seconds());
+        for channel in channels {
+            notifier.send(Notice::new(channel, kind, text.clone(), shown.clone()));
+        }
     }
 
     /// Time to a verdict, once the approval reached one.
@@ -870,9 +937,17 @@ impl<S: Store> ApprovalService<S> {
         change: impl FnMut(&mut Approval) -> Result<(), ApprovalError>,
     ) -> Result<Approval, ApiError> {
         let approval = self.change(id, change).await?;
-        let mut event = self.approval_event(kind, &approval, who, said);
+        let mut event = self.approval_event(kind, &approval, who, said.clone());
         event.via = who.map(|_| Via::Service.label().into());
         self.record(event)?;
+        if matches!(kind, "approval.decided" | "approval.info_requested") {
+            self.notify(
+                kind,
+                &approval,
+                who.map(|p| p.display_name.as_str()),
+                said.as_deref().unwrap_or_default(),
+            );
+        }
         Ok(approval)
     }
 
@@ -1121,6 +1196,7 @@ async fn ask<S: Store>(
     service.store.insert(&approval).await?;
     service.expire_at(&approval);
     service.record(service.approval_event("approval.asked", &approval, None, None))?;
+    service.notify("approval.asked", &approval, None, "");
     let _ = service.changes.send(approval.id.clone());
     ok(StatusCode::CREATED, view(&approval, now))
 }

@@ -208,6 +208,7 @@ impl Running {
                 // takes the same tokens `airlock token` mints for calls.
                 people: trust.clone(),
                 approver_access: None,
+                notifier: None,
                 jwks: vec![(tenant.clone(), jwks_url.clone())],
                 gateway_credentials: GatewayCredentials::Shared(credential.clone()),
                 max_pending_per_principal: 20,

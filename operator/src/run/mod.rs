@@ -9,6 +9,7 @@ pub mod leader;
 use crate::approvals::approver_access::{ApproverAccess, ObjectIdField};
 use crate::approvals::gateway_identity::TokenReviews;
 use crate::approvals::kubernetes::{KubeStore, Placement};
+use crate::approvals::notify::{Channels, Notifier};
 use crate::approvals::service::{
     Api, ApprovalService, Catalog, GatewayCredentials, Listener, ServiceConfig,
 };
@@ -205,6 +206,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     )?;
     let heads = audit.heads();
+    let (notifier, deliver_notifications) = Notifier::new(Channels::Secrets {
+        client: client.clone(),
+        namespace: args.namespace.clone(),
+    })?;
     let service = ApprovalService::new(
         KubeStore::new(client.clone(), Placement::ServerNamespace)
             .announcing(&args.pod_name)
@@ -216,6 +221,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 client.clone(),
                 args.approvers_object_id.clone(),
             )),
+            notifier: Some(notifier.clone()),
             jwks,
             gateway_credentials: GatewayCredentials::ServiceAccountTokens(TokenReviews::new(
                 client.clone(),
@@ -227,6 +233,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         audit,
     )
     .map_err(anyhow::Error::msg)?;
+    notifier.register(service.metrics_registry())?;
     service.await_catalog();
     let (watched, feed) =
         controllers::catalog::feed(client.clone(), service.clone(), &args.namespace);
@@ -330,6 +337,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::select! {
         served = service.serve(listeners) => served.context("serving the approval APIs"),
         () = feed => anyhow::bail!("the watch of servers and policies ended"),
+        () = deliver_notifications => anyhow::bail!("notification delivery ended"),
         () = checkpoints::keep(checkpoint_api.clone(), heads.clone(), args.audit_checkpoint_interval, &checkpoint_metrics) => Ok(()),
         led = lead => led,
         requested = crate::shutdown::requested() => {
