@@ -73,14 +73,7 @@ impl Person {
         let mut all = vec!["airlock"];
         all.extend_from_slice(args);
         all.extend_from_slice(&["-n", namespace]);
-        let out = self.kubectl(&all)?;
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        Ok(if out.status.success() {
-            Ok(stdout)
-        } else {
-            Err(stderr)
-        })
+        Ok(outcome(&self.kubectl(&all)?))
     }
 
     /// A raw JSON patch of the request's status, as someone past the
@@ -98,11 +91,16 @@ impl Person {
             "-p",
             &patch,
         ])?;
-        Ok(if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).to_string())
-        })
+        Ok(outcome(&out))
+    }
+}
+
+/// What a kubectl command printed, or why it failed.
+fn outcome(out: &Output) -> Result<String, String> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
     }
 }
 
@@ -237,6 +235,7 @@ pub async fn a_lead_approves_with_kubectl_airlock(node: &Node) -> anyhow::Result
     let (first_try, decided) = tokio::join!(
         call(node, NS, &ada_mcp, "deploy_model", staging.clone()),
         decide_a_quorum(
+            node,
             &requests,
             &mut known,
             installed,
@@ -350,6 +349,7 @@ spec:
 /// around the rules refused; a first lead counted once across both paths;
 /// a second distinct lead makes the quorum.
 async fn decide_a_quorum(
+    node: &Node,
     requests: &Api<ApprovalRequest>,
     known: &mut BTreeSet<String>,
     installed: &Installed,
@@ -411,8 +411,7 @@ async fn decide_a_quorum(
         kim.airlock(NS, &["approve", &quorum, "--reason", "looks fine"])?,
         "not granted the verb approve",
     )?;
-    let as_max = json!({"user": "max@contoso.com", "uid": "oid-max", "groups": ["leads"],
-        "verdict": "Approve", "reason": "forged", "via": "kubectl"});
+    let as_max = approval_by("max", "forged");
     refused(
         "a decision naming someone else",
         lea.patch_status(
@@ -421,8 +420,7 @@ async fn decide_a_quorum(
         )?,
         "must name its writer",
     )?;
-    let as_lea = json!({"user": "lea@contoso.com", "uid": "oid-lea", "groups": ["leads"],
-        "verdict": "Approve", "reason": "and done", "via": "kubectl"});
+    let as_lea = approval_by("lea", "and done");
     refused(
         "a decision that also moves the phase",
         lea.patch_status(
@@ -434,8 +432,8 @@ async fn decide_a_quorum(
         )?,
         "only the Airlock operator moves",
     )?;
-    let own_time = json!({"user": "lea@contoso.com", "uid": "oid-lea", "groups": ["leads"],
-        "verdict": "Approve", "reason": "stamped", "via": "kubectl", "time": "2026-01-01T00:00:00Z"});
+    let mut own_time = approval_by("lea", "stamped");
+    own_time["time"] = "2026-01-01T00:00:00Z".into();
     refused(
         "a decision with its own time",
         lea.patch_status(
@@ -502,8 +500,7 @@ async fn decide_a_quorum(
         twice.text().await?
     );
     let edited = rewritten(&decision);
-    let max_entry = json!({"user": "max@contoso.com", "uid": "oid-max", "groups": ["leads"],
-        "verdict": "Approve", "reason": "ok", "via": "kubectl"});
+    let max_entry = approval_by("max", "ok");
     refused(
         "editing an existing decision",
         max.patch_status(
@@ -520,12 +517,93 @@ async fn decide_a_quorum(
         "a refused edit changed the request"
     );
 
+    // Nor does anyone but the operator write the request itself, not even
+    // an admin past RBAC: its spec never changes (the CRD's rule), and the
+    // rest is the operator's (the admission policy).
+    let spec_edit = node.kubectl(
+        ADMIN,
+        &[
+            "patch",
+            "approvalrequest",
+            &quorum,
+            "-n",
+            NS,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"summary":"nothing to see"}}"#,
+        ],
+    )?;
+    refused(
+        "editing the request's spec",
+        outcome(&spec_edit),
+        "spec is immutable",
+    )?;
+    let relabel = node.kubectl(
+        ADMIN,
+        &[
+            "label",
+            "approvalrequest",
+            &quorum,
+            "-n",
+            NS,
+            "mcp.airlock.dev/requester=someone",
+            "--overwrite",
+        ],
+    )?;
+    refused(
+        "relabelling the request",
+        outcome(&relabel),
+        "written only by the Airlock operator",
+    )?;
+
+    let forged = node.apply(&format!(
+        r#"
+apiVersion: mcp.airlock.dev/v1alpha1
+kind: ApprovalRequest
+metadata: {{name: ar-forged, namespace: {NS}}}
+spec:
+  server: {NS}/{SERVER}
+  requester: {{tid: t, oid: o}}
+  call: {{method: tools/call, argumentsDigest: "sha256:00"}}
+  requirements: [{{rule: {NS}/models/r, policyVersion: "1", approverGroups: [leads], minApprovals: 1}}]
+  summary: forged
+  requestedAt: "2026-01-01T00:00:00Z"
+  expiresAt: "2099-01-01T00:00:00Z"
+"#
+    ));
+    refused(
+        "creating an ApprovalRequest",
+        forged.map(|()| String::new()).map_err(|e| format!("{e:#}")),
+        "written only by the Airlock operator",
+    )?;
+
+    // The second lead asks first; the requester answers through the
+    // people's API.
+    let asked = max
+        .airlock(NS, &["ask", &quorum, "--message", "which traffic share?"])?
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(asked.contains("InfoRequested"), "{asked}");
+    let ada_people = people_token(&installed.issuer, "ada", &["engineers"])?;
+    let answered = installed
+        .people
+        .answer(&ada_people, &quorum, "10% for a day")
+        .await?;
+    anyhow::ensure!(answered.status().is_success(), "{}", answered.text().await?);
+
     // The second, distinct lead makes the quorum.
     let approved = max
         .airlock(NS, &["approve", &quorum, "--reason", "agreed"])?
         .map_err(anyhow::Error::msg)?;
     anyhow::ensure!(approved.contains("Approved"), "{approved}");
     Ok(())
+}
+
+/// A lead's approval as an entry of the status, written by hand: it names
+/// `lead` as the API server knows them (the admission policy checks that
+/// against whoever writes it).
+fn approval_by(lead: &str, reason: &str) -> Value {
+    json!({"user": format!("{lead}@contoso.com"), "uid": format!("oid-{lead}"),
+        "groups": ["leads"], "verdict": "Approve", "reason": reason, "via": "kubectl"})
 }
 
 /// `decision` with another reason: what an edit of the record would write.

@@ -83,4 +83,20 @@ impl People {
             .send()
             .await?)
     }
+
+    /// The requester's answer to an approver's question.
+    pub async fn answer(
+        &self,
+        token: &str,
+        id: &str,
+        message: &str,
+    ) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .post(format!("{}/v1/approvals/{id}/answer", self.url))
+            .bearer_auth(token)
+            .json(&json!({"message": message}))
+            .send()
+            .await?)
+    }
 }
