@@ -53,6 +53,7 @@ fn tests() -> Vec<(&'static str, Test)> {
         neighbours::the_mcp_container_cannot_take_the_gateways_port,
         neighbours::only_the_controllers_make_gateway_pods,
         neighbours::a_baseline_governs_what_its_namespaces_cannot_escape,
+        neighbours::a_namespace_editor_cannot_open_the_mcp_port_with_a_network_policy,
         approvers::a_lead_approves_with_kubectl_airlock,
         approvers::a_revoked_person_is_cut_off_held_calls_included,
         approvers::a_policy_tells_its_channel_of_its_requests,

@@ -701,3 +701,94 @@ spec:
     assert_eq!(answer["isError"], true, "{answer}");
     Ok(())
 }
+
+/// NetworkPolicies add up, so in a namespace the platform marks
+/// `mcp.airlock.dev/network-guard`, a namespace editor's own NetworkPolicy
+/// that could select gateway pods admits the gateway's ports only — or
+/// keeps gateway pods out of its selector; the server's `NetworkGuarded`
+/// condition says whether its namespace is marked.
+pub async fn a_namespace_editor_cannot_open_the_mcp_port_with_a_network_policy(
+    node: &Node,
+) -> anyhow::Result<()> {
+    operator(node).await?;
+    let ns = "gate-netguard";
+    gated_server(node, ns, 20).await?;
+    let servers: Api<airlock_operator::crd::McpServer> =
+        Api::namespaced(node.client(ADMIN).await?, ns);
+    let guarded = |want: &'static str| {
+        let servers = servers.clone();
+        async move {
+            let what = format!("NetworkGuarded={want}");
+            airlock_tests::wait_for(&what, Duration::from_secs(60), move || {
+                let servers = servers.clone();
+                async move {
+                    let status = servers.get(SERVER).await?.status.unwrap_or_default();
+                    Ok(status
+                        .conditions
+                        .into_iter()
+                        .find(|c| c.type_ == "NetworkGuarded" && c.status == want)
+                        .map(|c| c.message))
+                }
+            })
+            .await
+        }
+    };
+    let unmarked = guarded("False").await?;
+    anyhow::ensure!(unmarked.contains("network-guard=true"), "{unmarked}");
+    let marked = node.kubectl(
+        ADMIN,
+        &[
+            "label",
+            "namespace",
+            ns,
+            "mcp.airlock.dev/network-guard=true",
+        ],
+    )?;
+    anyhow::ensure!(marked.status.success(), "{marked:?}");
+    guarded("True").await?;
+
+    let editor = namespace_editor(node, ns).await?;
+    let policies: Api<NetworkPolicy> = Api::namespaced(editor, ns);
+    let policy = |name: &str, selector: Value, ports: Value| -> anyhow::Result<NetworkPolicy> {
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"podSelector": selector, "policyTypes": ["Ingress"],
+                     "ingress": [{"ports": ports}]},
+        }))?)
+    };
+    let mcp_port = json!([{"port": 8080, "protocol": "TCP"}]);
+    let create = PostParams::default();
+    refused(
+        "opening the MCP port of every pod",
+        policies
+            .create(&create, &policy("open-all", json!({}), mcp_port.clone())?)
+            .await,
+        "may select MCP gateway pods",
+    )?;
+    refused(
+        "opening every port of every pod",
+        policies
+            .create(&create, &policy("open-every-port", json!({}), json!([]))?)
+            .await,
+        "may select MCP gateway pods",
+    )?;
+    // Allowed: gateway pods left out, or the gateway's ports only.
+    let others = json!({"matchExpressions": [
+        {"key": SERVER_LABEL, "operator": "DoesNotExist"}]});
+    policies
+        .create(&create, &policy("others", others, mcp_port)?)
+        .await?;
+    policies
+        .create(
+            &create,
+            &policy(
+                "gateway-only",
+                json!({}),
+                json!([{"port": GATEWAY_PORT, "protocol": "TCP"}]),
+            )?,
+        )
+        .await?;
+    Ok(())
+}

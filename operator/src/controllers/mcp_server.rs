@@ -12,7 +12,7 @@ use crate::render::workload::{self, RenderError};
 use airlock_policy::gateway::config::{NamedPolicy, PolicyDocument};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -39,6 +39,19 @@ pub async fn run(context: Arc<Context>) {
         .owns(Api::<ConfigMap>::all(client.clone()), config.clone())
         .owns(Api::<Service>::all(client.clone()), config.clone())
         .owns(Api::<NetworkPolicy>::all(client.clone()), config.clone())
+        .watches(Api::<Namespace>::all(client.clone()), config.clone(), {
+            // Its labels select baselines and mark the network guard.
+            let servers = servers.clone();
+            move |namespace| {
+                let name = namespace.name_any();
+                servers
+                    .state()
+                    .iter()
+                    .filter(|server| server.namespace().as_deref() == Some(name.as_str()))
+                    .map(|server| ObjectRef::from_obj(server.as_ref()))
+                    .collect::<Vec<_>>()
+            }
+        })
         .watches(Api::<ApprovalPolicy>::all(client), config, move |policy| {
             // A baseline may govern any server.
             if policy.namespace().as_deref() == Some(baselines.as_str()) {
@@ -56,6 +69,11 @@ pub async fn run(context: Arc<Context>) {
         .for_each(|_| async {})
         .await;
 }
+
+/// The namespace label under which the admission policy
+/// `airlock-network-guard` keeps the namespace's own NetworkPolicies from
+/// opening gateway pods' other ports (namespace editors cannot set it).
+pub const NETWORK_GUARD_LABEL: &str = "mcp.airlock.dev/network-guard";
 
 async fn reconcile(server: Arc<McpServer>, context: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -120,17 +138,42 @@ async fn apply(server: &McpServer, context: &Context) -> Result<Action, Error> {
             .await?;
         policies.extend(listed.items.iter().filter_map(|policy| named(policy).ok()));
     }
-    let document = PolicyDocument::for_server(&context.watched.governed(server), &policies, &[]);
+    let governed = context.watched.governed(server);
+    let document = PolicyDocument::for_server(&governed, &policies, &[]);
+    let guarded = governed
+        .namespace_labels
+        .get(NETWORK_GUARD_LABEL)
+        .is_some_and(|v| v == "true");
     let status = McpServerStatus {
         observed_generation: generation,
-        conditions: vec![condition(
-            "Ready",
-            ready,
-            reason,
-            &message,
-            generation,
-            &previous.conditions,
-        )],
+        conditions: vec![
+            condition(
+                "Ready",
+                ready,
+                reason,
+                &message,
+                generation,
+                &previous.conditions,
+            ),
+            condition(
+                "NetworkGuarded",
+                guarded,
+                if guarded {
+                    "NamespaceMarked"
+                } else {
+                    "NamespaceNotMarked"
+                },
+                &if guarded {
+                    "no NetworkPolicy of the namespace's own can admit other ports of the gateway pods".to_string()
+                } else {
+                    format!(
+                        "label namespace {namespace} {NETWORK_GUARD_LABEL}=true: until then a NetworkPolicy of its own could admit the MCP container's port around the gateway"
+                    )
+                },
+                generation,
+                &previous.conditions,
+            ),
+        ],
         endpoint: Some(format!("http://{name}.{namespace}.svc{}", server.spec.path)),
         policies: document
             .policies
