@@ -76,6 +76,51 @@ impl Person {
         Ok(outcome(&self.kubectl(&all)?))
     }
 
+    /// `kubectl airlock get --watch`, read until a line shows `wanted`
+    /// (or a generous timeout); the stream so far.
+    fn watch_until(&self, wanted: &str) -> anyhow::Result<String> {
+        use std::io::BufRead;
+        let plugin = built_binary("kubectl-airlock")?;
+        let mut child = std::process::Command::new(plugin)
+            .args(["get", "--watch", "-n", NS])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (lines, seen) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stream = String::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match seen.recv_timeout(left) {
+                Ok(line) => {
+                    stream.push_str(&line);
+                    stream.push('\n');
+                    if line.contains(wanted) {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        anyhow::ensure!(
+            stream.contains(wanted),
+            "get --watch never showed {wanted}: {stream}"
+        );
+        Ok(stream)
+    }
+
     /// A raw JSON patch of the request's status, as someone past the
     /// plugin would write it.
     fn patch_status(&self, name: &str, patch: Value) -> anyhow::Result<Result<String, String>> {
@@ -363,6 +408,8 @@ async fn decide_a_quorum(
     for shown in [quorum.as_str(), "deploy_model", "ada@contoso.com", "0/2"] {
         anyhow::ensure!(listed.contains(shown), "get shows no {shown}: {listed}");
     }
+    let watched = lea.watch_until(quorum.as_str())?;
+    anyhow::ensure!(watched.contains("0/2"), "get --watch: {watched}");
     let described = lea
         .airlock(NS, &["describe", &quorum])?
         .map_err(anyhow::Error::msg)?;
