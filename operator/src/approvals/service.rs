@@ -781,20 +781,21 @@ impl<S: Store> ApprovalService<S> {
             })?;
             let before = approval.version;
             let now = now_seconds();
-            let arrived = approval.take_in(now);
-            let was = approval.state;
+            // Expiry first: what arrives after the deadline is refused as late.
             let expired = approval.settle(now);
+            let was = approval.state;
+            let arrived = approval.take_in(now);
             if arrived.is_empty() && !expired {
                 return Ok(approval);
             }
             approval.version += 1;
             if self.store.update(&approval, before).await? {
-                for (arrival, judged) in &arrived {
-                    self.record_arrival(&approval, arrival, judged, now)?;
-                }
                 if expired {
                     self.metrics.expiries.inc();
                     self.record(self.approval_event("approval.expired", &approval, None, None))?;
+                }
+                for (arrival, judged) in &arrived {
+                    self.record_arrival(&approval, arrival, judged, now)?;
                 }
                 if was != approval.state {
                     self.observe_decision(&approval, now);
@@ -1448,6 +1449,87 @@ async fn metrics<S: Store>(AppState(service): AppState<Arc<ApprovalService<S>>>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::approvals::model::tests::{approval, person};
+    use crate::approvals::store::SqliteStore;
+
+    /// A service on SQLite in `dir`, with nothing to serve but its store.
+    fn service(dir: &std::path::Path) -> Arc<ApprovalService<SqliteStore>> {
+        let trust = TrustConfig::tenant("t", "api://test");
+        ApprovalService::new(
+            SqliteStore::open(&dir.join("approvals.db")).unwrap(),
+            ServiceConfig {
+                trust: trust.clone(),
+                people: trust,
+                approver_access: None,
+                notifier: None,
+                jwks: Vec::new(),
+                gateway_credentials: GatewayCredentials::Shared("x".into()),
+                max_pending_per_principal: 20,
+                jwks_min_refresh: Duration::from_secs(1),
+            },
+            Catalog::new(Vec::new(), Vec::new()).unwrap(),
+            AuditLog::open(&dir.join("audit.jsonl")).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn arrival(oid: &str) -> Arrival {
+        Arrival {
+            by: (&person(oid, &["leads"])).into(),
+            act: Act::Decide {
+                verdict: Verdict::Approve,
+                reason: "ok".into(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn what_arrives_is_judged_recorded_and_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path());
+        let now = now_seconds();
+        let mut open = approval(1, false, None);
+        open.id = "ar-open".into();
+        (open.created_at, open.expires_at) = (now, now + 600);
+        open.arrivals = vec![arrival("lea")];
+        let mut late = approval(1, false, None);
+        late.id = "ar-late".into();
+        (late.created_at, late.expires_at) = (now - 700, now - 100);
+        late.arrivals = vec![arrival("max")];
+        for a in [&open, &late] {
+            service.store.insert(a).await.unwrap();
+        }
+
+        let approved = service.load("ar-open").await.unwrap();
+        assert_eq!(approved.state, State::Approved);
+        assert_eq!(approved.decisions[0].via, Via::Kubectl);
+        let expired = service.load("ar-late").await.unwrap();
+        assert_eq!(expired.state, State::Expired);
+        assert!(expired.decisions.is_empty(), "a late decision was counted");
+        // Written: loading again finds nothing more to do.
+        assert_eq!(service.load("ar-open").await.unwrap(), approved);
+
+        let trail = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        let kinds: Vec<String> = trail
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r["kind"].as_str().unwrap_or(""),
+                    r["via"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "approval.decided kubectl",
+                "approval.expired ",
+                "approval.refused kubectl"
+            ]
+        );
+    }
 
     #[test]
     fn a_gateway_acts_only_for_its_own_server() {
