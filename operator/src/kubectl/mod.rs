@@ -69,6 +69,23 @@ pub enum Format {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum KubectlCommand {
+    #[command(flatten)]
+    Cluster(ClusterCommand),
+    /// Policies, offline.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+/// What acts on the cluster (through the API server, as the caller).
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ClusterCommand {
     /// Requests waiting for a decision (all of them with --all).
     #[command(alias = "list")]
     Get {
@@ -107,16 +124,6 @@ pub enum KubectlCommand {
     Revoke(revoke::RevokeArgs),
     /// Lift a revocation.
     Lift { name: String },
-    /// Policies, offline.
-    Policy {
-        #[command(subcommand)]
-        command: PolicyCommand,
-    },
-    /// The audit trail.
-    Audit {
-        #[command(subcommand)]
-        command: AuditCommand,
-    },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -146,42 +153,39 @@ impl From<String> for Ran {
 
 /// Runs one command.
 pub async fn run(cli: &KubectlCli) -> anyhow::Result<Ran> {
-    if let KubectlCommand::Policy {
-        command: PolicyCommand::Test(args),
-    } = &cli.command
-    {
-        let outcome = policy_test::run(args)?;
-        return Ok(Ran {
-            code: outcome.exit_code(),
-            output: outcome.report,
-        });
+    match &cli.command {
+        KubectlCommand::Policy {
+            command: PolicyCommand::Test(args),
+        } => {
+            let outcome = policy_test::run(args)?;
+            Ok(Ran {
+                code: outcome.exit_code(),
+                output: outcome.report,
+            })
+        }
+        KubectlCommand::Audit {
+            command: AuditCommand::Verify(args),
+        } => crate::audit::cli::verify(args).await.map(Ran::from),
+        KubectlCommand::Cluster(command) => on_cluster(&cli.target, command).await.map(Ran::from),
     }
-    if let KubectlCommand::Audit {
-        command: AuditCommand::Verify(args),
-    } = &cli.command
-    {
-        return crate::audit::cli::verify(args).await.map(Ran::from);
-    }
-    on_cluster(cli).await.map(Ran::from)
 }
 
 /// A command on the cluster; returns what to print.
-async fn on_cluster(cli: &KubectlCli) -> anyhow::Result<String> {
-    let target = &cli.target;
+async fn on_cluster(target: &Target, command: &ClusterCommand) -> anyhow::Result<String> {
     let (client, namespace) = connect(target).await?;
     let requests: Api<ApprovalRequest> = if target.all_namespaces {
         Api::all(client.clone())
     } else {
         Api::namespaced(client.clone(), &namespace)
     };
-    match &cli.command {
-        KubectlCommand::Get {
+    match command {
+        ClusterCommand::Get {
             name: Some(name), ..
         } => {
             let request = requests.get(name).await.map_err(refusal)?;
             show(target.output, &[request], true)
         }
-        KubectlCommand::Get {
+        ClusterCommand::Get {
             name: None,
             all,
             watch,
@@ -200,14 +204,14 @@ async fn on_cluster(cli: &KubectlCli) -> anyhow::Result<String> {
                 .collect();
             show(target.output, &shown, *all)
         }
-        KubectlCommand::Describe { name } => {
+        ClusterCommand::Describe { name } => {
             let request = requests.get(name).await.map_err(refusal)?;
             match target.output {
                 Some(Format::Json | Format::Yaml) => show(target.output, &[request], true),
                 _ => Ok(summary(&view(&request)?, false, now_seconds())),
             }
         }
-        KubectlCommand::Approve { name, reason } => {
+        ClusterCommand::Approve { name, reason } => {
             decide::act(
                 &client,
                 &namespace,
@@ -217,16 +221,14 @@ async fn on_cluster(cli: &KubectlCli) -> anyhow::Result<String> {
             )
             .await
         }
-        KubectlCommand::Deny { name, reason } => {
+        ClusterCommand::Deny { name, reason } => {
             decide::act(&client, &namespace, name, decide::Act::deny(reason), target).await
         }
-        KubectlCommand::Ask { name, message } => {
+        ClusterCommand::Ask { name, message } => {
             decide::act(&client, &namespace, name, decide::Act::ask(message), target).await
         }
-        KubectlCommand::Revoke(args) => revoke::revoke(&client, &namespace, args).await,
-        KubectlCommand::Lift { name } => revoke::lift(&client, &namespace, name).await,
-        // `run` answers these without connecting.
-        KubectlCommand::Policy { .. } | KubectlCommand::Audit { .. } => Ok(String::new()),
+        ClusterCommand::Revoke(args) => revoke::revoke(&client, &namespace, args).await,
+        ClusterCommand::Lift { name } => revoke::lift(&client, &namespace, name).await,
     }
 }
 
