@@ -22,7 +22,7 @@ use airlock_policy::entra::{Principal, TrustConfig};
 use airlock_policy::evaluate::{Call, evaluate};
 use airlock_policy::gateway::auth::{AuthError, KeyRing, TokenCache, verify_token};
 use airlock_policy::gateway::config::{Governed, NamedPolicy, PolicyDocument, compile_all};
-use airlock_policy::gateway::revocation::{Revocation, revoked};
+use airlock_policy::gateway::revocation::Revocation;
 use airlock_policy::json::{self, Limits};
 use airlock_policy::jwt::JwkSet;
 use airlock_policy::mcp::{RequestContext, Target, classify};
@@ -86,6 +86,21 @@ impl Catalog {
             &self.policies,
             &self.revocations,
         ))
+    }
+
+    /// The revocation that cuts `who` (in `session`) off `server` at `now`.
+    fn revocation_of(
+        &self,
+        server: &str,
+        who: &Principal,
+        session: Option<&str>,
+        now: u64,
+    ) -> Option<&Revocation> {
+        let entry = self.servers.iter().find(|s| s.name == server)?;
+        self.revocations
+            .iter()
+            .filter(|r| entry.is_reached_by(r))
+            .find(|r| r.covers(who, session, now))
     }
 }
 
@@ -962,10 +977,7 @@ impl<S: Store> ApprovalService<S> {
         approval: Option<&str>,
     ) -> Result<(), ApiError> {
         let catalog = self.catalog.borrow().clone();
-        let Some(document) = catalog.document(server) else {
-            return Ok(());
-        };
-        let Some(revocation) = revoked(&document.revocations, who, session, now_seconds()) else {
+        let Some(revocation) = catalog.revocation_of(server, who, session, now_seconds()) else {
             return Ok(());
         };
         self.record(AuditEvent {
@@ -993,7 +1005,10 @@ impl<S: Store> ApprovalService<S> {
         let Some(access) = &self.config.approver_access else {
             return Ok(());
         };
-        let approval = self.load(id).await?;
+        // The requirements are fixed when the call is held: a plain read.
+        let Some(approval) = self.store.get(id).await? else {
+            return Ok(());
+        };
         let theirs = approval.requirements_for(&Person::from(approver));
         if theirs.is_empty() {
             return Ok(());
