@@ -48,13 +48,15 @@ pub enum Channels {
         client: kube::Client,
         namespace: String,
     },
-    /// Fixed URLs (tests of delivery).
+    /// Fixed URLs, for the test of delivery.
+    #[cfg(test)]
     Fixed(Vec<(String, String)>),
 }
 
 impl Channels {
     async fn url(&self, channel: &str) -> Result<String, String> {
         match self {
+            #[cfg(test)]
             Channels::Fixed(urls) => urls
                 .iter()
                 .find(|(name, _)| name == channel)

@@ -151,20 +151,24 @@ async fn counted(
     loop {
         let request = requests.get(name).await.map_err(refusal)?;
         let status = request.status.clone().unwrap_or_default();
-        let mine: Vec<Option<&String>> = match list {
+        // (who, via, time) of every entry of the list written to.
+        let entries: Vec<(&Actor, crd::Via, Option<&String>)> = match list {
             "decisions" => status
                 .decisions
                 .iter()
-                .filter(|d| d.by.uid == caller.object_id && d.via == crd::Via::Kubectl)
-                .map(|d| d.time.as_ref())
+                .map(|d| (&d.by, d.via, d.time.as_ref()))
                 .collect(),
             _ => status
                 .conversation
                 .iter()
-                .filter(|r| r.by.uid == caller.object_id && r.via == crd::Via::Kubectl)
-                .map(|r| r.time.as_ref())
+                .map(|r| (&r.by, r.via, r.time.as_ref()))
                 .collect(),
         };
+        let mine: Vec<Option<&String>> = entries
+            .into_iter()
+            .filter(|(by, via, _)| by.uid == caller.object_id && *via == crd::Via::Kubectl)
+            .map(|(_, _, time)| time)
+            .collect();
         let waiting = mine.iter().any(Option::is_none);
         if !waiting {
             let phase = status.phase;

@@ -68,19 +68,24 @@ pub fn run(args: &PolicyTestArgs) -> anyhow::Result<Outcome> {
     let compiled = compile_all(&policies)?;
     let message =
         std::fs::read(&args.call).with_context(|| format!("reading {}", args.call.display()))?;
-    let caller = Principal {
+    let caller = offline_caller(&args.as_oid, &args.as_groups, &args.as_roles);
+    judge(&compiled, &message, &caller).with_context(|| args.call.display().to_string())
+}
+
+/// The caller the flags describe: a user, no tenant, no expiry.
+fn offline_caller(oid: &str, groups: &[String], roles: &[String]) -> Principal {
+    Principal {
         tenant_id: String::new(),
-        object_id: args.as_oid.clone(),
-        display_name: args.as_oid.clone(),
+        object_id: oid.to_string(),
+        display_name: oid.to_string(),
         app_id: String::new(),
-        groups: args.as_groups.clone(),
-        roles: args.as_roles.clone(),
+        groups: groups.to_vec(),
+        roles: roles.to_vec(),
         scopes: Vec::new(),
         app_only: false,
         version: TokenVersion::V2,
         expires_at: u64::MAX,
-    };
-    judge(&compiled, &message, &caller).with_context(|| args.call.display().to_string())
+    }
 }
 
 /// The decision of `policies` on `message` from `caller`, as a report.
@@ -159,18 +164,8 @@ mod tests {
     }
 
     fn caller(groups: &[&str]) -> Principal {
-        Principal {
-            tenant_id: String::new(),
-            object_id: "oid".into(),
-            display_name: "oid".into(),
-            app_id: String::new(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            roles: vec![],
-            scopes: vec![],
-            app_only: false,
-            version: TokenVersion::V2,
-            expires_at: u64::MAX,
-        }
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        offline_caller("oid", &groups, &[])
     }
 
     fn call(tool: &str, environment: &str) -> Vec<u8> {
