@@ -7,7 +7,7 @@
 use crate::operator::{
     Installed, SERVER, as_operator, call, operator, people_token, policy, serve_gated, token,
 };
-use airlock_operator::crd::{ApprovalRequest, Decision, Phase, Via};
+use airlock_operator::crd::{ApprovalRequest, Decision, Phase, Revocation, Via};
 use airlock_operator::dev_issuer::TokenRequest;
 use airlock_tests::chart::{NOTIFY_CHANNEL, SYSTEM_NAMESPACE};
 use airlock_tests::cluster::ADMIN;
@@ -301,23 +301,25 @@ pub async fn a_lead_approves_with_kubectl_airlock(node: &Node) -> anyhow::Result
     );
 
     // One lead approves a held production call while the client waits.
-    let held = call(
+    let (answer, prod) = held_while(
         node,
         NS,
         &ada_mcp,
-        "deploy_model",
         json!({"model": "fraud:v7", "environment": "prod"}),
-    );
-    let approve = async {
-        let name = new_request(&requests, &mut known).await?;
-        let approved = lea
-            .airlock(NS, &["approve", &name, "--reason", "checked"])?
-            .map_err(anyhow::Error::msg)?;
-        anyhow::ensure!(approved.contains("Approved"), "{approved}");
-        Ok::<_, anyhow::Error>(name)
-    };
-    let (answer, prod) = tokio::join!(held, approve);
-    let (answer, prod) = (answer?, prod?);
+        &requests,
+        &mut known,
+        |name| {
+            let lea = &lea;
+            async move {
+                let approved = lea
+                    .airlock(NS, &["approve", &name, "--reason", "checked"])?
+                    .map_err(anyhow::Error::msg)?;
+                anyhow::ensure!(approved.contains("Approved"), "{approved}");
+                Ok(name)
+            }
+        },
+    )
+    .await?;
     anyhow::ensure!(
         answer["text"] == "deployed fraud:v7 to prod",
         "the held call did not complete: {answer}"
@@ -329,21 +331,23 @@ pub async fn a_lead_approves_with_kubectl_airlock(node: &Node) -> anyhow::Result
     )?;
 
     // A deny through kubectl refuses the held call.
-    let held = call(
+    let (answer, denied) = held_while(
         node,
         NS,
         &ada_mcp,
-        "deploy_model",
         json!({"model": "fraud:v8", "environment": "prod"}),
-    );
-    let deny = async {
-        let name = new_request(&requests, &mut known).await?;
-        max.airlock(NS, &["deny", &name, "--reason", "not this week"])?
-            .map_err(anyhow::Error::msg)
-    };
-    let (answer, denied) = tokio::join!(held, deny);
-    anyhow::ensure!(denied?.contains("Denied"), "the deny was not counted");
-    let answer = answer?;
+        &requests,
+        &mut known,
+        |name| {
+            let max = &max;
+            async move {
+                max.airlock(NS, &["deny", &name, "--reason", "not this week"])?
+                    .map_err(anyhow::Error::msg)
+            }
+        },
+    )
+    .await?;
+    anyhow::ensure!(denied.contains("Denied"), "the deny was not counted");
     anyhow::ensure!(
         answer["isError"] == true
             && answer["text"]
@@ -653,6 +657,27 @@ fn approval_by(lead: &str, reason: &str) -> Value {
         "groups": ["leads"], "verdict": "Approve", "reason": reason, "via": "kubectl"})
 }
 
+/// Ada's `deploy_model` with `arguments` through `namespace`'s gateway,
+/// held while `decide` acts on the request it makes (the first not among
+/// `known`): the call's answer, and what `decide` returned.
+async fn held_while<T, Decided>(
+    node: &Node,
+    namespace: &str,
+    token: &str,
+    arguments: Value,
+    requests: &Api<ApprovalRequest>,
+    known: &mut BTreeSet<String>,
+    decide: impl FnOnce(String) -> Decided,
+) -> anyhow::Result<(Value, T)>
+where
+    Decided: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let held = call(node, namespace, token, "deploy_model", arguments);
+    let deciding = async { decide(new_request(requests, known).await?).await };
+    let (answer, decided) = tokio::join!(held, deciding);
+    Ok((answer?, decided?))
+}
+
 /// `decision` with another reason: what an edit of the record would write.
 fn rewritten(decision: &Decision) -> Value {
     let mut edited = decision.clone();
@@ -695,55 +720,58 @@ pub async fn a_revoked_person_is_cut_off_held_calls_included(node: &Node) -> any
     node.namespace(REVOKED).await?;
     serve_gated(node, REVOKED, 40, &policy(REVOKED, "")).await?;
     let requests: Api<ApprovalRequest> = Api::namespaced(node.client(ADMIN).await?, REVOKED);
+    let revocations: Api<Revocation> = Api::namespaced(node.client(ADMIN).await?, REVOKED);
     let ada_mcp = token(&installed.issuer, "ada", &["engineers"])?;
     let lea = Person::new(node, "lea", &["leads"])?;
     let before = call(node, REVOKED, &ada_mcp, "get_status", json!({})).await?;
     anyhow::ensure!(before["isError"] == false, "before: {before}");
 
-    let held = call(
+    let (answer, revocation) = held_while(
         node,
         REVOKED,
         &ada_mcp,
-        "deploy_model",
         json!({"model": "fraud:v9", "environment": "prod"}),
-    );
-    let revoke_then_approve = async {
-        let mut known = BTreeSet::new();
-        let name = new_request(&requests, &mut known).await?;
-        let revoked = lea
-            .airlock(
-                REVOKED,
-                &["revoke", "--user", "oid-ada", "--reason", "laptop stolen"],
-            )?
-            .map_err(anyhow::Error::msg)?;
-        let revocation = revoked
-            .split_whitespace()
-            .nth(1)
-            .and_then(|n| n.split_once('/'))
-            .map(|(_, name)| name.trim_end_matches(':').to_string())
-            .context(revoked.clone())?;
-        let since = std::time::Instant::now();
-        let refused = wait_for("ada to be refused", Duration::from_secs(60), || async {
-            let answer = gateway_answer(node, REVOKED, &ada_mcp).await?;
-            Ok(answer.starts_with("403").then_some(answer))
-        })
-        .await?;
-        eprintln!(
-            "revoked: ada's next call refused {:.1?} after revoke",
-            since.elapsed()
-        );
-        anyhow::ensure!(
-            refused.contains("revoked") && refused.contains("laptop stolen"),
-            "{refused}"
-        );
-        // Approved afterwards, and still not released.
-        lea.airlock(REVOKED, &["approve", &name, "--reason", "before I heard"])?
-            .map_err(anyhow::Error::msg)?;
-        Ok::<_, anyhow::Error>(revocation)
-    };
-    let (answer, revocation) = tokio::join!(held, revoke_then_approve);
-    let revocation = revocation?;
-    let answer = answer?;
+        &requests,
+        &mut BTreeSet::new(),
+        |name| {
+            let (lea, ada_mcp, revocations) = (&lea, &ada_mcp, &revocations);
+            async move {
+                lea.airlock(
+                    REVOKED,
+                    &["revoke", "--user", "oid-ada", "--reason", "laptop stolen"],
+                )?
+                .map_err(anyhow::Error::msg)?;
+                // The resource the plugin made, as anyone lists it.
+                let revocation = revocations
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .into_iter()
+                    .find(|r| r.spec.user.as_ref().is_some_and(|u| u.oid == "oid-ada"))
+                    .and_then(|r| r.metadata.name)
+                    .context("no Revocation of ada listed")?;
+                let since = std::time::Instant::now();
+                let refused = wait_for("ada to be refused", Duration::from_secs(60), || async {
+                    let answer = gateway_answer(node, REVOKED, ada_mcp).await?;
+                    Ok(answer.starts_with("403").then_some(answer))
+                })
+                .await?;
+                eprintln!(
+                    "revoked: ada's next call refused {:.1?} after revoke",
+                    since.elapsed()
+                );
+                anyhow::ensure!(
+                    refused.contains("revoked") && refused.contains("laptop stolen"),
+                    "{refused}"
+                );
+                // Approved afterwards, and still not released.
+                lea.airlock(REVOKED, &["approve", &name, "--reason", "before I heard"])?
+                    .map_err(anyhow::Error::msg)?;
+                Ok(revocation)
+            }
+        },
+    )
+    .await?;
     anyhow::ensure!(
         answer["isError"] == true
             && answer["text"]
@@ -793,21 +821,23 @@ stringData: {{url: "{url}"}}
     let ada_mcp = token(&installed.issuer, "ada", &["engineers"])?;
     let lea = Person::new(node, "lea", &["leads"])?;
 
-    let held = call(
+    let (answer, name) = held_while(
         node,
         NOTIFIED,
         &ada_mcp,
-        "deploy_model",
         json!({"model": "fraud:v10", "environment": "prod"}),
-    );
-    let approve = async {
-        let name = new_request(&requests, &mut BTreeSet::new()).await?;
-        lea.airlock(NOTIFIED, &["approve", &name, "--reason", "ship it"])?
-            .map_err(anyhow::Error::msg)?;
-        Ok::<_, anyhow::Error>(name)
-    };
-    let (answer, name) = tokio::join!(held, approve);
-    let (answer, name) = (answer?, name?);
+        &requests,
+        &mut BTreeSet::new(),
+        |name| {
+            let lea = &lea;
+            async move {
+                lea.airlock(NOTIFIED, &["approve", &name, "--reason", "ship it"])?
+                    .map_err(anyhow::Error::msg)?;
+                Ok(name)
+            }
+        },
+    )
+    .await?;
     anyhow::ensure!(answer["isError"] == false, "{answer}");
 
     let bodies = wait_for("both notices", Duration::from_secs(60), || {
