@@ -8,9 +8,10 @@
 use crate::canonical::{sha256_hex, to_canonical_string};
 use crate::evaluate::Decision;
 use crate::json;
-use crate::model::{Capture, CompiledPolicy};
+use crate::model::{Capture, Claims, CompiledPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use thiserror::Error;
 
 /// `2026-11-25T06:55:42Z` for seconds since the epoch.
@@ -122,12 +123,15 @@ pub fn keep(policies: &[CompiledPolicy], decision: &Decision) -> Keep {
     }
 }
 
-/// `value` with each pointer that resolves in it replaced by `"[redacted]"`.
+/// What the trail records in place of a redacted value.
+pub const REDACTED: &str = "[redacted]";
+
+/// `value` with each pointer that resolves in it replaced by [`REDACTED`].
 pub fn redacted(value: &Value, pointers: &[String]) -> Value {
     let mut value = value.clone();
     for pointer in pointers {
         if let Some(found) = value.pointer_mut(pointer) {
-            *found = Value::String("[redacted]".into());
+            *found = Value::String(REDACTED.into());
         }
     }
     value
@@ -192,6 +196,11 @@ pub struct AuditEvent {
     /// Arguments as the policy allows them to be recorded (redacted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arguments: Option<Value>,
+    /// For a judged call: whether each argument matcher of the rules that
+    /// could apply to it held, keyed by the matcher as canonical JSON — what
+    /// a replay against another policy needs where arguments are not kept.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub argument_tests: BTreeMap<String, bool>,
     /// `Allow`, `Deny`, `RequireApproval`, or a refusal before policy (`Invalid`, `Unauthenticated`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<String>,
@@ -235,6 +244,15 @@ pub struct AuditPrincipal {
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub app_id: String,
+    /// For a judged call: every group, role and scope the server's policies
+    /// named, so that whether the caller held each is known — what a replay
+    /// of the call against another policy needs, without recording every
+    /// group a caller is in.
+    #[serde(default, skip_serializing_if = "Claims::is_empty")]
+    pub checked: Claims,
+    /// Those of `checked` the caller held.
+    #[serde(default, skip_serializing_if = "Claims::is_empty")]
+    pub held: Claims,
 }
 
 impl From<&crate::entra::Principal> for AuditPrincipal {
@@ -244,6 +262,22 @@ impl From<&crate::entra::Principal> for AuditPrincipal {
             oid: p.object_id.clone(),
             name: p.display_name.clone(),
             app_id: p.app_id.clone(),
+            ..AuditPrincipal::default()
+        }
+    }
+}
+
+impl AuditPrincipal {
+    /// The caller of a call `policies` judged, with the claims they tested.
+    pub fn judged(p: &crate::entra::Principal, policies: &[CompiledPolicy]) -> Self {
+        let mut checked = Claims::default();
+        for policy in policies {
+            checked.extend(&policy.named);
+        }
+        AuditPrincipal {
+            held: checked.held_by(p),
+            checked,
+            ..AuditPrincipal::from(p)
         }
     }
 }
@@ -369,6 +403,18 @@ impl Chain {
         }
         Ok(chain.unwrap_or(fresh))
     }
+}
+
+/// The event a trail record holds, without the fields that chain it;
+/// `None` for a line that is not an audit record.
+pub fn recorded_event(line: &str) -> Option<AuditEvent> {
+    let Ok(Value::Object(mut record)) = json::parse_default(line.as_bytes()) else {
+        return None;
+    };
+    for chaining in ["chain", "seq", "prev", "hash"] {
+        record.remove(chaining);
+    }
+    serde_json::from_value(Value::Object(record)).ok()
 }
 
 /// What the input to [`verify_chains`] holds.
@@ -582,6 +628,16 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_record_reads_back_as_its_event() {
+        let mut chain = Chain::named("r-1");
+        let line = chain.append(&event(1)).unwrap();
+        assert_eq!(recorded_event(&line), Some(event(1)));
+        for not_a_record in ["", "{\"level\":\"info\"}", "not json", "[1]"] {
+            assert_eq!(recorded_event(not_a_record), None, "{not_a_record}");
+        }
+    }
+
     fn event(n: u32) -> AuditEvent {
         AuditEvent {
             time: format!("2026-11-25T10:00:{n:02}Z"),
@@ -592,6 +648,7 @@ mod tests {
                 oid: "o".into(),
                 name: "Ada".into(),
                 app_id: "app".into(),
+                ..AuditPrincipal::default()
             }),
             method: Some("tools/call".into()),
             target: Some("deploy_model".into()),

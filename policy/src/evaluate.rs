@@ -11,6 +11,7 @@ use crate::model::{
     Action, ArgumentTest, CompiledMatcher, CompiledPolicy, Enforcement, Principals, Rule,
 };
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// The parts of a call that policy looks at.
 #[derive(Debug, Clone, Copy)]
@@ -147,6 +148,47 @@ pub fn rule_applies_without_arguments(
     rule_matches(rule, &call) && principals_hold(&rule.principals, principal)
 }
 
+/// The outcome of each argument matcher of the rules that could apply to
+/// `call` by its method and target, keyed by the matcher: for the trail, so
+/// that a replay against another policy knows them without the arguments.
+/// Matchers on arguments any rule redacts are left out — their outcomes
+/// would tell what redaction hides.
+pub fn argument_outcomes(policies: &[CompiledPolicy], call: &Call<'_>) -> BTreeMap<String, bool> {
+    let redacted: Vec<&str> = policies
+        .iter()
+        .flat_map(|p| &p.spec.rules)
+        .filter_map(|r| r.audit.as_ref())
+        .flat_map(|a| a.redact.iter().map(String::as_str))
+        .collect();
+    let mut outcomes = BTreeMap::new();
+    for policy in policies {
+        for (rule, compiled) in policy.spec.rules.iter().zip(&policy.rules) {
+            if compiled.arguments.is_empty() || !rule_matches(rule, call) {
+                continue;
+            }
+            for matcher in &compiled.arguments {
+                if redacted.iter().any(|r| overlaps(r, &matcher.pointer)) {
+                    continue;
+                }
+                outcomes
+                    .entry(matcher.key.clone())
+                    .or_insert_with(|| argument_holds(matcher, call.arguments));
+            }
+        }
+    }
+    outcomes
+}
+
+/// Whether one of two JSON pointers addresses a value within (or at) the other's.
+fn overlaps(a: &str, b: &str) -> bool {
+    let within = |inner: &str, outer: &str| {
+        inner
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    within(a, b) || within(b, a)
+}
+
 /// `*` matches any run of characters (including none); everything else is literal.
 pub fn glob_matches(pattern: &str, text: &str) -> bool {
     let (p, t) = (pattern.as_bytes(), text.as_bytes());
@@ -174,7 +216,7 @@ fn any_glob(patterns: &[String], text: &str) -> bool {
     patterns.iter().any(|p| glob_matches(p, text))
 }
 
-fn rule_matches(rule: &Rule, call: &Call<'_>) -> bool {
+pub(crate) fn rule_matches(rule: &Rule, call: &Call<'_>) -> bool {
     let m = &rule.matches;
     if !m.methods.is_empty() && !any_glob(&m.methods, call.method) {
         return false;
@@ -209,7 +251,7 @@ fn values_equal(a: &Value, b: &Value, ignore_case: bool) -> bool {
     }
 }
 
-fn argument_holds(matcher: &CompiledMatcher, arguments: Option<&Value>) -> bool {
+pub(crate) fn argument_holds(matcher: &CompiledMatcher, arguments: Option<&Value>) -> bool {
     let value = arguments.and_then(|args| args.pointer(&matcher.pointer));
     let in_list = |list: &[Value], v: &Value| {
         list.iter()

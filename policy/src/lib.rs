@@ -13,3 +13,4 @@ pub mod json;
 pub mod jwt;
 pub mod mcp;
 pub mod model;
+pub mod replay;

@@ -90,6 +90,9 @@ impl RequestId {
     }
 }
 
+/// Makes a [`Target`] of one kind from its name.
+type TargetKind = fn(String) -> Target;
+
 /// What a message addresses, when its method names a tool, resource or prompt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -100,6 +103,24 @@ pub enum Target {
 }
 
 impl Target {
+    /// The parameter that names what `method` addresses, and the kind of
+    /// target it is; `None` for a method that addresses nothing.
+    fn addressing(method: &str) -> Option<(&'static str, TargetKind)> {
+        match method {
+            "tools/call" => Some(("name", Target::Tool)),
+            "prompts/get" => Some(("name", Target::Prompt)),
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                Some(("uri", Target::Resource))
+            }
+            _ => None,
+        }
+    }
+
+    /// What `method` addresses by `name` (as the trail records both).
+    pub fn addressed(method: &str, name: String) -> Target {
+        Target::addressing(method).map_or(Target::None, |(_, kind)| kind(name))
+    }
+
     /// The value `Mcp-Name` mirrors: the tool or prompt name, or the resource URI.
     pub fn name(&self) -> Option<&str> {
         match self {
@@ -349,25 +370,17 @@ fn target(
     method: &str,
     params: Option<&Map<String, Value>>,
 ) -> Result<Target, McpError> {
-    Ok(match method {
-        "tools/call" => {
-            let name = required_string(index, params, method, "name")?;
-            if !is_valid_tool_name(name) {
-                return Err(invalid(
-                    index,
-                    "tool names are 1-128 characters of A-Z, a-z, 0-9, '_', '.', '-'",
-                ));
-            }
-            Target::Tool(name.to_string())
-        }
-        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-            Target::Resource(required_string(index, params, method, "uri")?.to_string())
-        }
-        "prompts/get" => {
-            Target::Prompt(required_string(index, params, method, "name")?.to_string())
-        }
-        _ => Target::None,
-    })
+    let Some((param, kind)) = Target::addressing(method) else {
+        return Ok(Target::None);
+    };
+    let name = required_string(index, params, method, param)?;
+    if method == "tools/call" && !is_valid_tool_name(name) {
+        return Err(invalid(
+            index,
+            "tool names are 1-128 characters of A-Z, a-z, 0-9, '_', '.', '-'",
+        ));
+    }
+    Ok(kind(name.to_string()))
 }
 
 fn arguments(

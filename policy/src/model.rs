@@ -257,6 +257,52 @@ pub struct Principals {
     pub scopes: Vec<String>,
 }
 
+/// Groups, app roles and delegated scopes: the caller's claims that rules
+/// test by membership.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Claims {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+impl Claims {
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty() && self.roles.is_empty() && self.scopes.is_empty()
+    }
+
+    /// Adds what `other` holds that `self` does not.
+    pub fn extend(&mut self, other: &Claims) {
+        for (mine, theirs) in [
+            (&mut self.groups, &other.groups),
+            (&mut self.roles, &other.roles),
+            (&mut self.scopes, &other.scopes),
+        ] {
+            for claim in theirs {
+                if !mine.contains(claim) {
+                    mine.push(claim.clone());
+                }
+            }
+        }
+    }
+
+    /// Those of these claims that `principal` holds.
+    pub fn held_by(&self, principal: &crate::entra::Principal) -> Claims {
+        let held = |named: &[String], have: &[String]| -> Vec<String> {
+            named.iter().filter(|c| have.contains(c)).cloned().collect()
+        };
+        Claims {
+            groups: held(&self.groups, &principal.groups),
+            roles: held(&self.roles, &principal.roles),
+            scopes: held(&self.scopes, &principal.scopes),
+        }
+    }
+}
+
 /// Who may approve a held call, how many, and what the approval grants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
@@ -460,6 +506,8 @@ pub struct CompiledPolicy {
     pub version: String,
     pub spec: ApprovalPolicySpec,
     pub(crate) rules: Vec<CompiledRule>,
+    /// Every group, role and scope its rules' principals name.
+    pub named: Claims,
 }
 
 impl CompiledPolicy {
@@ -480,6 +528,9 @@ pub(crate) struct CompiledRule {
 
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledMatcher {
+    /// The matcher as canonical JSON: the same in every policy that has it,
+    /// so the trail can record its outcome by it.
+    pub(crate) key: String,
     pub(crate) pointer: String,
     pub(crate) test: ArgumentTest,
     pub(crate) ignore_case: bool,
@@ -601,6 +652,9 @@ impl ApprovalPolicySpec {
                     ArgumentTest::Exists(m.exists.unwrap_or(true))
                 };
                 arguments.push(CompiledMatcher {
+                    key: serde_json::to_value(m)
+                        .map(|v| crate::canonical::to_canonical_string(&v))
+                        .unwrap_or_default(),
                     pointer: m.pointer.clone(),
                     test,
                     ignore_case: m.ignore_case,
@@ -647,11 +701,20 @@ impl ApprovalPolicySpec {
             rules.push(CompiledRule { arguments });
         }
         if errors.is_empty() {
+            let mut named = Claims::default();
+            for rule in &self.rules {
+                named.extend(&Claims {
+                    groups: rule.principals.groups.clone(),
+                    roles: rule.principals.roles.clone(),
+                    scopes: rule.principals.scopes.clone(),
+                });
+            }
             Ok(CompiledPolicy {
                 name: name.to_string(),
                 version: version.to_string(),
                 spec: self.clone(),
                 rules,
+                named,
             })
         } else {
             Err(errors)

@@ -1,8 +1,15 @@
-//! `kubectl airlock policy test` over `examples/`, as a pipeline runs it:
-//! the installed plugin, a policy file and call fixtures, the verdict in the
-//! exit code.
+//! `kubectl airlock policy test` as a pipeline runs it: the installed
+//! plugin over `examples/` (a policy file and call fixtures, the verdict in
+//! the exit code), and over a real gateway's trail (`--replay`).
 
+use airlock_operator::dev_issuer::TokenRequest;
+use airlock_tests::gateway::{self, ENGINEERS, Gateway, call};
+use airlock_tests::issuer::AUDIENCE;
 use airlock_tests::paths::{built_binary, repo_root};
+use airlock_tests::peers::{McpServer, Transport};
+use airlock_tests::wait_for;
+use serde_json::json;
+use std::time::Duration;
 
 /// `(fixture, caller's groups, exit code, what the report names)`.
 const CASES: [(&str, &str, i32, &str); 4] = [
@@ -69,6 +76,126 @@ fn the_examples_decide_as_their_policy_says() -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr).contains("duplicate"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The policy [`gateway::policies`] serves, as the ApprovalPolicy a
+/// repository holds, with `rules` in place of its rules.
+fn policy_file(rules: Option<serde_json::Value>) -> anyhow::Result<tempfile::NamedTempFile> {
+    let served = gateway::policies();
+    let mut spec = served[0]["spec"].clone();
+    if let Some(rules) = rules {
+        spec["rules"] = rules;
+    }
+    let document = json!({
+        "apiVersion": "mcp.airlock.dev/v1alpha1",
+        "kind": "ApprovalPolicy",
+        "metadata": {"namespace": "test", "name": "model-ops"},
+        "spec": spec,
+    });
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), document.to_string())?;
+    Ok(file)
+}
+
+/// A gateway's real trail, replayed by the installed plugin against a
+/// changed policy: what would change is listed by line, what the trail
+/// cannot settle is named, and the unchanged policy changes nothing.
+#[tokio::test]
+async fn a_recorded_trail_replayed_against_a_changed_policy() -> anyhow::Result<()> {
+    let server = McpServer::python(Transport::StreamableJson).await?;
+    let gateway = Gateway::start(server.port).await?;
+    let http = reqwest::Client::new();
+    let ada = gateway.token(&[ENGINEERS])?;
+    let bob =
+        gateway
+            .issuer
+            .issuer
+            .mint(&TokenRequest::user("oid-bob", "bob@contoso.com", AUDIENCE))?;
+    for (token, tool, arguments) in [
+        (&ada, "get_status", json!({})),
+        (&bob, "get_status", json!({})),
+        (&ada, "read_secret", json!({"name": "db"})),
+        (
+            &ada,
+            "deploy_model",
+            json!({"model": "m", "environment": "staging"}),
+        ),
+    ] {
+        gateway
+            .post(&http, token, &call(1, tool, arguments))
+            .send()
+            .await?;
+    }
+    let trail = gateway.approvals.audit_log.clone();
+    wait_for("the calls in the trail", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&trail).unwrap_or_default();
+        async move { Ok(text.contains("deploy_model").then_some(())) }
+    })
+    .await?;
+
+    let changed = policy_file(Some(json!([
+        {"name": "handshake", "match": {"methods": ["initialize", "ping", "notifications/*", "tools/list"]}, "action": "Allow"},
+        {"name": "read-status", "match": {"tools": ["get_status", "echo"]}, "principals": {"groups": [ENGINEERS, "auditors"]}, "action": "Allow"},
+        {"name": "deploy-to-staging", "match": {"tools": ["deploy_model"], "arguments": [{"pointer": "/environment", "in": ["staging"]}]}, "action": "Allow"},
+        {"name": "secrets-with-approval", "match": {"tools": ["read_secret"]}, "principals": {"groups": [ENGINEERS]},
+         "action": "RequireApproval", "approval": {"approvers": {"groups": ["leads"]}}}
+    ])))?;
+    let plugin = built_binary("kubectl-airlock")?;
+    let replay = |policy: &std::path::Path| {
+        std::process::Command::new(&plugin)
+            .args(["policy", "test", "-f"])
+            .arg(policy)
+            .arg("--replay")
+            .arg(&trail)
+            .args(["--server", "test/mcp"])
+            .output()
+    };
+    let out = replay(changed.path())?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{report}");
+    let lines: Vec<&str> = report.lines().collect();
+    let listed = |start: &str, call: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(start) && l.contains(call))
+            .ok_or_else(|| anyhow::anyhow!("no {start} {call} in\n{report}"))
+    };
+    let secret = listed(
+        "CHANGED",
+        "ada@contoso.com  test/mcp  tools/call read_secret",
+    )?;
+    assert!(
+        lines[secret].ends_with("Deny -> RequireApproval  by test/model-ops/secrets-with-approval"),
+        "{report}"
+    );
+    // bob's groups were checked only for those the recorded policy named.
+    let status = listed(
+        "UNDECIDABLE",
+        "bob@contoso.com  test/mcp  tools/call get_status",
+    )?;
+    assert!(lines[status + 1].contains("group auditors"), "{report}");
+    // The recorded policy captured no arguments of a staging deploy.
+    let staging = listed("UNDECIDABLE", "tools/call deploy_model")?;
+    assert!(
+        lines[staging + 1]
+            .contains("argument /environment: the call's arguments were not recorded"),
+        "{report}"
+    );
+    assert!(
+        !report.contains("get_status  Allow")
+            && !report.contains("ada@contoso.com  test/mcp  tools/call get_status"),
+        "ada's status call stays allowed: {report}"
+    );
+
+    let unchanged = policy_file(None)?;
+    let out = replay(unchanged.path())?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(
+        report.contains(" 0 would change, 0 undecidable"),
+        "{report}"
     );
     Ok(())
 }

@@ -759,6 +759,7 @@ impl<S: Store> ApprovalService<S> {
                 oid: approval.requester.oid.clone(),
                 name: approval.requester.name.clone(),
                 app_id: approval.binding.app_id.clone(),
+                ..AuditPrincipal::default()
             }),
             session: approval.session_id.clone(),
             protocol_version: approval.protocol_version.clone(),
@@ -849,7 +850,7 @@ impl<S: Store> ApprovalService<S> {
             tid: arrival.by.tid.clone(),
             oid: arrival.by.oid.clone(),
             name: arrival.by.name.clone(),
-            app_id: String::new(),
+            ..AuditPrincipal::default()
         }];
         event.via = Some(Via::Kubectl.label().into());
         self.record(event)?;

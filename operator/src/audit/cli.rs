@@ -20,7 +20,7 @@ pub struct VerifyArgs {
     pub checkpoints: Option<String>,
 }
 
-fn read_input(file: &Path) -> anyhow::Result<String> {
+pub(crate) fn read_input(file: &Path) -> anyhow::Result<String> {
     if file == Path::new("-") {
         let mut text = String::new();
         std::io::stdin()

@@ -7,6 +7,7 @@
 
 mod decide;
 mod identity;
+pub mod policy_replay;
 pub mod policy_test;
 mod revoke;
 
@@ -135,7 +136,8 @@ pub enum AuditCommand {
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum PolicyCommand {
     /// What the policies decide for a call: prints the decision and the rules
-    /// that gave it; exits 0 allow, 2 deny, 3 approval (1 on an error).
+    /// that gave it; exits 0 allow, 2 deny, 3 approval (1 on an error). With
+    /// --replay, which calls of a recorded trail they would decide otherwise.
     Test(policy_test::PolicyTestArgs),
 }
 
@@ -156,13 +158,7 @@ pub async fn run(cli: &KubectlCli) -> anyhow::Result<Ran> {
     match &cli.command {
         KubectlCommand::Policy {
             command: PolicyCommand::Test(args),
-        } => {
-            let outcome = policy_test::run(args)?;
-            Ok(Ran {
-                code: outcome.exit_code(),
-                output: outcome.report,
-            })
-        }
+        } => policy_test::run(args),
         KubectlCommand::Audit {
             command: AuditCommand::Verify(args),
         } => crate::audit::cli::verify(args).await.map(Ran::from),

@@ -11,7 +11,10 @@
 //! ```
 //!
 //! The caller is given by flags (`--as-groups`, `--as-oid`, `--as-roles`).
+//! With `--replay` instead, the calls of a recorded trail are judged
+//! (see [`super::policy_replay`]).
 
+use super::{Ran, policy_replay};
 use crate::local::policy_files;
 use airlock_policy::entra::{Principal, TokenVersion};
 use airlock_policy::evaluate::{Call, Decision, evaluate};
@@ -29,17 +32,29 @@ pub struct PolicyTestArgs {
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<PathBuf>,
     /// The call: an MCP JSON-RPC request message, as a client sends it.
-    #[arg(long)]
-    pub call: PathBuf,
+    #[arg(long, required_unless_present = "replay", conflicts_with = "replay")]
+    pub call: Option<PathBuf>,
     /// The caller's Entra group object IDs (comma-separated or repeated).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "replay")]
     pub as_groups: Vec<String>,
     /// The caller's Entra object ID.
-    #[arg(long, default_value = "00000000-0000-0000-0000-000000000001")]
+    #[arg(
+        long,
+        default_value = "00000000-0000-0000-0000-000000000001",
+        conflicts_with = "replay"
+    )]
     pub as_oid: String,
     /// The caller's app roles (comma-separated or repeated).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "replay")]
     pub as_roles: Vec<String>,
+    /// Instead of one call: every call of this audit trail (JSON lines, `-`
+    /// for standard input), listing each whose decision the policies would
+    /// change; exits 0 when none would, 4 when some would or might.
+    #[arg(long, value_name = "AUDIT.jsonl")]
+    pub replay: Option<PathBuf>,
+    /// With --replay: only the calls to this server (`namespace/name`).
+    #[arg(long, requires = "replay")]
+    pub server: Option<String>,
 }
 
 /// What `policy test` found: the text to print and the verdict.
@@ -60,20 +75,30 @@ impl Outcome {
     }
 }
 
-pub fn run(args: &PolicyTestArgs) -> anyhow::Result<Outcome> {
+pub fn run(args: &PolicyTestArgs) -> anyhow::Result<Ran> {
     let policies: Vec<_> = policy_files::load(&args.files, "default")?
         .into_iter()
         .map(|(policy, _)| policy)
         .collect();
     let compiled = compile_all(&policies)?;
-    let message =
-        std::fs::read(&args.call).with_context(|| format!("reading {}", args.call.display()))?;
+    if let Some(trail) = &args.replay {
+        return policy_replay::run(&compiled, trail, args.server.as_deref());
+    }
+    let Some(call) = &args.call else {
+        bail!("give --call or --replay");
+    };
+    let message = std::fs::read(call).with_context(|| format!("reading {}", call.display()))?;
     let caller = offline_caller(&args.as_oid, &args.as_groups, &args.as_roles);
-    judge(&compiled, &message, &caller).with_context(|| args.call.display().to_string())
+    let outcome =
+        judge(&compiled, &message, &caller).with_context(|| call.display().to_string())?;
+    Ok(Ran {
+        code: outcome.exit_code(),
+        output: outcome.report,
+    })
 }
 
 /// The caller the flags describe: a user, no tenant, no expiry.
-fn offline_caller(oid: &str, groups: &[String], roles: &[String]) -> Principal {
+pub(super) fn offline_caller(oid: &str, groups: &[String], roles: &[String]) -> Principal {
     Principal {
         tenant_id: String::new(),
         object_id: oid.to_string(),

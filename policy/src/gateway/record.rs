@@ -5,6 +5,7 @@ use super::judge::Judged;
 use super::reply::Reply;
 use crate::audit::{AuditEvent, AuditPrincipal, captured_message, keep};
 use crate::entra::Principal;
+use crate::evaluate::{Call, argument_outcomes};
 use crate::mcp::{Envelope, Message, MessageKind};
 use crate::model::{Capture, CompiledPolicy};
 use serde_json::{Map, Value};
@@ -53,6 +54,7 @@ pub fn judged_events(
     policies: &[CompiledPolicy],
 ) -> Kept {
     let mut kept = Kept::default();
+    let principal = seen.principal.map(|p| AuditPrincipal::judged(p, policies));
     for (message, verdict) in envelope.messages.iter().zip(&judged.verdicts) {
         let decision = verdict.decision.as_ref();
         let keep = decision.map(|d| keep(policies, d)).unwrap_or_default();
@@ -63,6 +65,17 @@ pub fn judged_events(
             target: message.target.name().map(str::to_string),
             arguments_digest: message.params_digest.clone(),
             arguments: keep.arguments(message.arguments.as_ref()),
+            argument_tests: match (decision, message.method.as_deref()) {
+                (Some(_), Some(method)) => argument_outcomes(
+                    policies,
+                    &Call {
+                        method,
+                        target: &message.target,
+                        arguments: message.arguments.as_ref(),
+                    },
+                ),
+                _ => Default::default(),
+            },
             // A response to the server is not policed.
             decision: Some(decision.map_or("Response".into(), |d| d.action.to_string())),
             rule: decision.map(|d| d.reason()),
@@ -72,6 +85,7 @@ pub fn judged_events(
                     .find(|v| v.action > d.action)
                     .map(|v| format!("{} {}", v.action, v.policy))
             }),
+            principal: principal.clone(),
             ..seen.event()
         });
         if session {
@@ -215,6 +229,35 @@ mod tests {
                     && e.session.as_deref() == Some("s-1")
                     && e.arguments_digest.is_some())
         );
+    }
+
+    #[test]
+    fn a_judged_caller_is_recorded_with_the_claims_the_policies_test() {
+        let spec: ApprovalPolicySpec = serde_json::from_value(json!({
+            "rules": [{"name": "status", "match": {"tools": ["get_status"]},
+                       "principals": {"groups": ["eng", "leads"], "roles": ["Deployer"]},
+                       "action": "Allow"}]
+        }))
+        .unwrap();
+        let policies = vec![spec.compile("ns/p", "1").unwrap()];
+        let principal = test_principal("o", &["eng", "hr", "sales"]);
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "get_status"}});
+        let envelope = classify(body.to_string().as_bytes(), &RequestContext::default()).unwrap();
+        let judged = judge(&envelope, &policies, &principal, Answering::JsonRpc);
+        let seen = Seen {
+            principal: Some(&principal),
+            ..Seen::default()
+        };
+        let events = judged_events(&seen, &envelope, &judged, &policies).events;
+        let recorded = events[0].principal.clone().unwrap();
+        assert_eq!(recorded.checked.groups, ["eng", "leads"]);
+        assert_eq!(recorded.checked.roles, ["Deployer"]);
+        assert_eq!(
+            recorded.held.groups,
+            ["eng"],
+            "groups no policy names stay out"
+        );
+        assert!(recorded.held.roles.is_empty());
     }
 
     #[test]
