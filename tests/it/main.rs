@@ -3,6 +3,7 @@
 mod approvals_api;
 mod approvals_tls;
 mod audit;
+mod chart;
 mod conformance;
 mod filter;
 mod gateway_credential;

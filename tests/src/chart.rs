@@ -25,19 +25,7 @@ pub fn render(
     namespace: &str,
     values: &serde_json::Value,
 ) -> anyhow::Result<String> {
-    let dir = tempfile::tempdir()?;
-    let values_file = dir.path().join("values.json");
-    std::fs::write(&values_file, serde_json::to_vec(values)?)?;
-    let output = Command::new(tool("helm")?)
-        .args(["template", release])
-        .arg(repo_root().join("charts/airlock"))
-        .args(["--namespace", namespace, "--include-crds", "--values"])
-        .arg(&values_file)
-        .env("HELM_CACHE_HOME", dir.path().join("cache"))
-        .env("HELM_CONFIG_HOME", dir.path().join("config"))
-        .env("HELM_DATA_HOME", dir.path().join("data"))
-        .output()
-        .context("running helm")?;
+    let output = helm(&["template", release, "--include-crds"], namespace, values)?;
     if !output.status.success() {
         bail!(
             "helm template: {}",
@@ -45,6 +33,28 @@ pub fn render(
         );
     }
     Ok(String::from_utf8(output.stdout)?)
+}
+
+/// The pinned helm running `command` on `charts/airlock` into `namespace`
+/// with `values`, its state in a directory of its own.
+pub fn helm(
+    command: &[&str],
+    namespace: &str,
+    values: &serde_json::Value,
+) -> anyhow::Result<std::process::Output> {
+    let dir = tempfile::tempdir()?;
+    let values_file = dir.path().join("values.json");
+    std::fs::write(&values_file, serde_json::to_vec(values)?)?;
+    Command::new(tool("helm")?)
+        .args(command)
+        .arg(repo_root().join("charts/airlock"))
+        .args(["--namespace", namespace, "--values"])
+        .arg(&values_file)
+        .env("HELM_CACHE_HOME", dir.path().join("cache"))
+        .env("HELM_CONFIG_HOME", dir.path().join("config"))
+        .env("HELM_DATA_HOME", dir.path().join("data"))
+        .output()
+        .context("running helm")
 }
 
 /// The notification channel the harness's chart allows (its Secret is a

@@ -82,8 +82,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub approvers_tenant: Option<String>,
     /// Audiences the people's API accepts (repeat): its own, never an MCP
-    /// server's, so that a token handed to a server cannot decide.
-    #[arg(long = "people-audience", required = true)]
+    /// server's, so that a token handed to a server cannot decide. None: the
+    /// people's API is not served, and approvers decide with `kubectl airlock`.
+    #[arg(long = "people-audience")]
     pub people_audiences: Vec<String>,
     /// Tenants whose people may use the people's API (repeat; default: every `--tenant`).
     #[arg(long = "people-tenant")]
@@ -291,19 +292,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         KubeApi::namespaced(client.clone(), &args.namespace);
     let checkpoint_metrics = CheckpointMetrics::new(service.metrics_registry())?;
     let gateways = tokio::net::TcpListener::bind(args.gateways_listen).await?;
-    let listeners = vec![
+    let mut listeners = vec![
         (
             Api::Gateways,
             match gateways_tls {
                 Some((_, config)) => Listener::Tls(TlsListener::new(gateways, config)?),
                 None => gateways.into(),
             },
-        ),
-        (
-            Api::People,
-            tokio::net::TcpListener::bind(args.people_listen)
-                .await?
-                .into(),
         ),
         (
             Api::Operations,
@@ -319,6 +314,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             )?),
         ),
     ];
+    if args.people_audiences.is_empty() {
+        crate::log::info(
+            "operator",
+            "no --people-audience: the people's API is off; approvers decide with kubectl airlock",
+        );
+    } else {
+        listeners.push((
+            Api::People,
+            tokio::net::TcpListener::bind(args.people_listen)
+                .await?
+                .into(),
+        ));
+    }
     crate::log::info(
         "operator",
         &format!("{} serving; waiting for the lease", args.pod_name),
