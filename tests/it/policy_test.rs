@@ -199,3 +199,64 @@ async fn a_recorded_trail_replayed_against_a_changed_policy() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// Runs `examples/gitops/check-policies.sh` from `dir` with the built plugin
+/// on PATH, as a pipeline would.
+fn check_policies(dir: &std::path::Path) -> anyhow::Result<std::process::Output> {
+    let plugin = built_binary("kubectl-airlock")?;
+    let bin = plugin
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("{} has no directory", plugin.display()))?;
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH")?);
+    Ok(std::process::Command::new("sh")
+        .arg(dir.join("check-policies.sh"))
+        .env("PATH", path)
+        .output()?)
+}
+
+/// The GitOps example's pipeline check passes on the example as committed,
+/// and fails naming the fixture when a change to a policy loosens it.
+#[test]
+fn the_gitops_pipeline_check_holds_and_catches_a_loosened_policy() -> anyhow::Result<()> {
+    let examples = repo_root().join("examples/gitops");
+    let out = check_policies(&examples)?;
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let copy = tempfile::tempdir()?;
+    std::fs::create_dir_all(copy.path().join("policies"))?;
+    std::fs::create_dir_all(copy.path().join("calls"))?;
+    for dir in ["", "policies", "calls"] {
+        for entry in std::fs::read_dir(examples.join(dir))? {
+            let path = entry?.path();
+            if path.is_file() {
+                std::fs::copy(
+                    &path,
+                    copy.path()
+                        .join(dir)
+                        .join(path.file_name().unwrap_or_default()),
+                )?;
+            }
+        }
+    }
+    let deploy = copy.path().join("policies/deploy-model.yaml");
+    let loosened = std::fs::read_to_string(&deploy)?
+        .replace(
+            "- name: to-production",
+            "- name: to-production-or-anywhere-with-a-typo",
+        )
+        .replace("in: [prod, production]", "in: [prd]");
+    std::fs::write(&deploy, loosened)?;
+    let out = check_policies(copy.path())?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("calls/deploy-to-production.json as e0e0e0e0-0000-4000-8000-00000000000e: expected RequireApproval, got Allow"),
+        "{report}"
+    );
+    Ok(())
+}

@@ -28,7 +28,8 @@ use std::path::PathBuf;
 /// Options of `policy test`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PolicyTestArgs {
-    /// ApprovalPolicy files (YAML, one or several documents; repeat).
+    /// ApprovalPolicy files (YAML, one or several documents; a directory:
+    /// its YAML files; repeat).
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<PathBuf>,
     /// The call: an MCP JSON-RPC request message, as a client sends it.

@@ -5,7 +5,7 @@
 use airlock_policy::gateway::config::NamedPolicy;
 use airlock_policy::model::ApprovalPolicySpec;
 use serde::Deserialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 const API_VERSION: &str = "mcp.airlock.dev/v1alpha1";
@@ -44,15 +44,43 @@ struct Metadata {
     namespace: Option<String>,
 }
 
-/// Reads every ApprovalPolicy in `files`; a policy without a namespace is in
+/// `files` with each directory replaced by its `.yaml` and `.yml` files
+/// in name order (not its subdirectories), as `kubectl apply -f DIR` reads it.
+fn expanded(files: &[impl AsRef<Path>]) -> Result<Vec<PathBuf>, PolicyFileError> {
+    let mut out = Vec::new();
+    for file in files {
+        let file = file.as_ref();
+        if !file.is_dir() {
+            out.push(file.to_path_buf());
+            continue;
+        }
+        let unreadable = |e: std::io::Error| PolicyFileError::Unreadable {
+            file: file.display().to_string(),
+            reason: e.to_string(),
+        };
+        let mut inside = Vec::new();
+        for entry in std::fs::read_dir(file).map_err(unreadable)? {
+            let path = entry.map_err(unreadable)?.path();
+            let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+            if yaml && path.is_file() {
+                inside.push(path);
+            }
+        }
+        inside.sort();
+        out.extend(inside);
+    }
+    Ok(out)
+}
+
+/// Reads every ApprovalPolicy in `files` (a directory: its YAML files); a policy without a namespace is in
 /// `default_namespace`. Its version is the digest of its spec.
 pub fn load(
     files: &[impl AsRef<Path>],
     default_namespace: &str,
 ) -> Result<Vec<(NamedPolicy, String)>, PolicyFileError> {
     let mut policies: Vec<(NamedPolicy, String)> = Vec::new();
-    for file in files {
-        let file = file.as_ref();
+    for file in expanded(files)? {
+        let file = file.as_path();
         let shown = file.display().to_string();
         let text = std::fs::read_to_string(file).map_err(|e| PolicyFileError::Unreadable {
             file: shown.clone(),
@@ -117,6 +145,27 @@ mod tests {
             .into_iter()
             .map(|(p, _)| p)
             .collect())
+    }
+
+    #[test]
+    fn a_directory_is_read_as_its_yaml_files_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = |name: &str| {
+            format!(
+                "apiVersion: mcp.airlock.dev/v1alpha1\nkind: ApprovalPolicy\nmetadata: {{name: {name}}}\nspec: {{}}\n"
+            )
+        };
+        std::fs::write(dir.path().join("b.yaml"), policy("b")).unwrap();
+        std::fs::write(dir.path().join("a.yml"), policy("a")).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a policy").unwrap();
+        std::fs::create_dir(dir.path().join("old")).unwrap();
+        std::fs::write(dir.path().join("old/c.yaml"), policy("c")).unwrap();
+        let names: Vec<String> = load(&[dir.path()], "default")
+            .unwrap()
+            .into_iter()
+            .map(|(p, _)| p.name)
+            .collect();
+        assert_eq!(names, ["default/a", "default/b"]);
     }
 
     #[test]
