@@ -8,6 +8,7 @@
 //! with the reason; none is skipped.
 
 mod approvers;
+mod gitops;
 mod ha;
 mod neighbours;
 mod operator;
@@ -57,6 +58,7 @@ fn tests() -> Vec<(&'static str, Test)> {
         approvers::a_lead_approves_with_kubectl_airlock,
         approvers::a_revoked_person_is_cut_off_held_calls_included,
         approvers::a_policy_tells_its_channel_of_its_requests,
+        gitops::the_gitops_examples_apply_and_argocd_reads_their_health,
     ]
 }
 

@@ -17,6 +17,7 @@
 //! Tools come from `.tools/` (installed by `make setup`).
 
 pub mod approvals;
+pub mod argocd;
 pub mod chart;
 pub mod cluster;
 pub mod envoy;
