@@ -12,6 +12,7 @@ mod gitops;
 mod ha;
 mod neighbours;
 mod operator;
+mod release;
 mod smoke;
 mod trail;
 
@@ -62,12 +63,14 @@ fn tests() -> Vec<(&'static str, Test)> {
     ]
 }
 
-/// Tests that disturb what the others rely on (they kill operator replicas):
-/// run one at a time, after every test of [`tests`].
+/// Tests that disturb what the others rely on (they kill operator replicas,
+/// the last uninstalls the chart): run one at a time, in this order, after
+/// every test of [`tests`].
 fn exclusive_tests() -> Vec<(&'static str, Test)> {
     node_tests![
         ha::killing_the_leader_and_the_polled_replica_loses_nothing,
         ha::a_frozen_leader_writes_nothing_when_it_resumes,
+        release::uninstalling_leaves_only_what_is_kept,
     ]
 }
 

@@ -45,16 +45,72 @@ pub fn helm(
     let dir = tempfile::tempdir()?;
     let values_file = dir.path().join("values.json");
     std::fs::write(&values_file, serde_json::to_vec(values)?)?;
-    Command::new(tool("helm")?)
+    pinned_helm(dir.path())?
         .args(command)
         .arg(repo_root().join("charts/airlock"))
         .args(["--namespace", namespace, "--values"])
         .arg(&values_file)
-        .env("HELM_CACHE_HOME", dir.path().join("cache"))
-        .env("HELM_CONFIG_HOME", dir.path().join("config"))
-        .env("HELM_DATA_HOME", dir.path().join("data"))
         .output()
         .context("running helm")
+}
+
+/// The pinned helm, its own state (cache, configuration) under `home`.
+fn pinned_helm(home: &std::path::Path) -> anyhow::Result<Command> {
+    let mut command = Command::new(tool("helm")?);
+    command
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"));
+    Ok(command)
+}
+
+/// The chart's release in the harness.
+pub const RELEASE: &str = "airlock";
+
+/// `helm upgrade --install` of the chart as [`RELEASE`] into
+/// [`SYSTEM_NAMESPACE`] of `node`'s cluster with `values`, as a platform
+/// team installs it.
+pub fn helm_install(node: &Node, values: &serde_json::Value) -> anyhow::Result<()> {
+    let kubeconfig = node.kubeconfig(ADMIN);
+    let kubeconfig = kubeconfig
+        .to_str()
+        .context("a kubeconfig path that is not UTF-8")?;
+    let out = helm(
+        &["upgrade", "--install", RELEASE, "--kubeconfig", kubeconfig],
+        SYSTEM_NAMESPACE,
+        values,
+    )?;
+    if !out.status.success() {
+        bail!(
+            "helm upgrade --install: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// `helm uninstall` of [`RELEASE`], waiting until what it deletes is gone.
+pub fn helm_uninstall(node: &Node) -> anyhow::Result<String> {
+    let home = tempfile::tempdir()?;
+    let out = pinned_helm(home.path())?
+        .args([
+            "uninstall",
+            RELEASE,
+            "--wait",
+            "--namespace",
+            SYSTEM_NAMESPACE,
+            "--kubeconfig",
+        ])
+        .arg(node.kubeconfig(ADMIN))
+        .output()
+        .context("running helm")?;
+    if !out.status.success() {
+        bail!(
+            "helm uninstall: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The notification channel the harness's chart allows (its Secret is a
@@ -87,7 +143,7 @@ pub async fn install(
         "approvers": {"audiences": [people_audience]},
         "notifications": {"channels": [NOTIFY_CHANNEL]},
     });
-    node.apply(&render("airlock", SYSTEM_NAMESPACE, &values)?)?;
+    helm_install(node, &values)?;
     operator_ready(node, None).await?;
     let admin = node.client(ADMIN).await?;
     let people = Api::<Service>::namespaced(admin, SYSTEM_NAMESPACE)
