@@ -38,9 +38,9 @@ lint:
 test: setup lint wasm wasm-crash-hook bins
 	cargo test --workspace --locked
 
-## crds: regenerate crds/ and the chart's copy from the Rust types
+## crds: regenerate crds/, the chart's copy and docs/reference.md from the Rust types
 crds:
-	cargo run -q -p airlock-operator --bin crdgen -- crds charts/airlock/crds
+	cargo run -q -p airlock-operator --bin crdgen -- --reference docs/reference.md crds charts/airlock/crds
 
 ## demo: the whole gateway on one machine: airlock up --demo with examples/policy.yaml
 demo: setup wasm

@@ -15,6 +15,7 @@ pub mod kubectl;
 pub mod local;
 pub mod log;
 pub mod present;
+pub mod reference;
 pub mod render;
 pub mod run;
 pub mod shutdown;

@@ -308,6 +308,7 @@ impl Claims {
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Approval {
+    /// Who may approve: members of these groups, or these users.
     pub approvers: Approvers,
     /// Distinct approvers needed; one deny denies.
     #[serde(default = "one")]
@@ -401,6 +402,9 @@ impl<'de> Deserialize<'de> for Grant {
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuditCapture {
+    /// How much of each call the trail keeps: `None` (the arguments'
+    /// digest only), `Arguments` (redacted), `Session` (every message of
+    /// the exchange, redacted); where several rules decide, the most wins.
     #[serde(default)]
     pub capture: Capture,
     /// JSON pointers replaced by `"[redacted]"`: each applies to the

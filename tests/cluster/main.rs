@@ -70,6 +70,7 @@ fn exclusive_tests() -> Vec<(&'static str, Test)> {
     node_tests![
         ha::killing_the_leader_and_the_polled_replica_loses_nothing,
         ha::a_frozen_leader_writes_nothing_when_it_resumes,
+        release::an_upgrade_keeps_held_calls_and_approvals,
         release::uninstalling_leaves_only_what_is_kept,
     ]
 }

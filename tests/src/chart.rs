@@ -126,6 +126,23 @@ pub struct Installed {
     pub people_url: String,
 }
 
+/// The harness's values: its images, trusting `tenant`'s tokens for
+/// `audience` from callers and for `people_audience` at the people's API,
+/// with that tenant's keys at `jwks_url`.
+pub fn values(
+    tenant: &str,
+    audience: &str,
+    people_audience: &str,
+    jwks_url: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "image": {"operator": OPERATOR, "envoy": ENVOY},
+        "auth": {"tenants": [tenant], "audiences": [audience], "jwksUrls": {tenant: jwks_url}},
+        "approvers": {"audiences": [people_audience]},
+        "notifications": {"channels": [NOTIFY_CHANNEL]},
+    })
+}
+
 /// Installs the chart on `node` trusting `tenant`'s tokens for `audience`
 /// from callers and for `people_audience` at the people's API, with that
 /// tenant's keys at `jwks_url`, and waits until the operator is available.
@@ -137,13 +154,7 @@ pub async fn install(
     jwks_url: &str,
 ) -> anyhow::Result<Installed> {
     node.namespace(SYSTEM_NAMESPACE).await?;
-    let values = serde_json::json!({
-        "image": {"operator": OPERATOR, "envoy": ENVOY},
-        "auth": {"tenants": [tenant], "audiences": [audience], "jwksUrls": {tenant: jwks_url}},
-        "approvers": {"audiences": [people_audience]},
-        "notifications": {"channels": [NOTIFY_CHANNEL]},
-    });
-    helm_install(node, &values)?;
+    helm_install(node, &values(tenant, audience, people_audience, jwks_url))?;
     operator_ready(node, None).await?;
     let admin = node.client(ADMIN).await?;
     let people = Api::<Service>::namespaced(admin, SYSTEM_NAMESPACE)
@@ -159,27 +170,44 @@ pub async fn install(
 }
 
 /// Waits until the operator's Deployment has a ready replica, or (with
-/// `replicas`) exactly that many replicas, all ready.
+/// `replicas`) exactly that many replicas, all ready and all of its current
+/// spec (a rollout done).
 pub async fn operator_ready(node: &Node, replicas: Option<i32>) -> anyhow::Result<()> {
     let deployments: Api<Deployment> = Api::namespaced(node.client(ADMIN).await?, SYSTEM_NAMESPACE);
     let ready = wait_for("the operator's replicas to be ready", STARTUP, || {
         let deployments = deployments.clone();
         async move {
-            let status = deployments
-                .get("airlock-operator")
-                .await?
-                .status
-                .unwrap_or_default();
+            let deployment = deployments.get("airlock-operator").await?;
+            let status = deployment.status.unwrap_or_default();
             let ready = status.ready_replicas.unwrap_or(0);
             let done = match replicas {
                 None => ready >= 1,
-                Some(wanted) => ready >= wanted && status.replicas.unwrap_or(0) == wanted,
+                Some(wanted) => {
+                    ready >= wanted
+                        && status.replicas.unwrap_or(0) == wanted
+                        && status.updated_replicas.unwrap_or(0) == wanted
+                        && status.observed_generation >= deployment.metadata.generation
+                }
             };
             Ok(done.then_some(()))
         }
     })
     .await;
     ready.map_err(|e| e.context(diagnostics(node, SYSTEM_NAMESPACE)))
+}
+
+/// The arguments of the operator container as the Deployment now has them.
+pub async fn operator_args(node: &Node) -> anyhow::Result<Vec<String>> {
+    let deployment = Api::<Deployment>::namespaced(node.client(ADMIN).await?, SYSTEM_NAMESPACE)
+        .get("airlock-operator")
+        .await?;
+    Ok(deployment
+        .spec
+        .template
+        .spec
+        .and_then(|s| s.containers.into_iter().find(|c| c.name == "operator"))
+        .and_then(|c| c.args)
+        .unwrap_or_default())
 }
 
 /// Waits until McpServer `namespace/name` is Ready; returns its status.
