@@ -50,10 +50,24 @@ pub async fn an_upgrade_keeps_held_calls_and_approvals(node: &Node) -> anyhow::R
             &installed.issuer.jwks_url,
         );
         values["approvals"] = json!({"retention": "12h"});
+        let before = operator_pods(node).await?;
         let started = std::time::Instant::now();
         chart::helm_install(node, &values)?;
         chart::operator_ready(node, Some(2)).await?;
-        eprintln!("release: upgrade rolled out in {:.1?}", started.elapsed());
+        wait_for(
+            "the old replicas to go",
+            Duration::from_secs(120),
+            || async {
+                let now = operator_pods(node).await?;
+                Ok(now.iter().all(|pod| !before.contains(pod)).then_some(()))
+            },
+        )
+        .await?;
+        eprintln!(
+            "release: upgrade rolled {before:?} to {:?} in {:.1?}",
+            operator_pods(node).await?,
+            started.elapsed()
+        );
         let decided = installed
             .people
             .decide(&lea, &id, "approve", "after the upgrade")
@@ -87,6 +101,18 @@ pub async fn an_upgrade_keeps_held_calls_and_approvals(node: &Node) -> anyhow::R
     let args = chart::operator_args(node).await?;
     anyhow::ensure!(args.iter().any(|a| a == "--retention=12h"), "{args:?}");
     Ok(())
+}
+
+/// The names of the operator's pods now.
+async fn operator_pods(node: &Node) -> anyhow::Result<Vec<String>> {
+    let pods: Api<Pod> = Api::namespaced(node.client(ADMIN).await?, chart::SYSTEM_NAMESPACE);
+    Ok(pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=airlock-operator"))
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect())
 }
 
 pub async fn uninstalling_leaves_only_what_is_kept(node: &Node) -> anyhow::Result<()> {
