@@ -97,6 +97,24 @@ if [ "${#missing[@]}" -gt 0 ]; then
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now containerd >/dev/null 2>&1 || true; fi
 fi
 
+# --- Prometheus and promtool: Debian's package, pinned, unpacked (not installed) ---
+# The dashboards' and alerts' tests run a real Prometheus; unpacking keeps
+# the package's service off the machine.
+prometheus_pin=2.42.0+ds-5+deb12u1
+prometheus_dir="$cache/prometheus-$prometheus_pin"
+if [ ! -f "$prometheus_dir/.complete" ]; then
+  say "unpacking Debian's prometheus $prometheus_pin"
+  rm -rf "$prometheus_dir"
+  mkdir -p "$prometheus_dir/deb"
+  (cd "$prometheus_dir/deb" && { apt-get download -qq "prometheus=$prometheus_pin" 2>/dev/null \
+    || { apt-get update -qq && apt-get download -qq "prometheus=$prometheus_pin"; }; })
+  dpkg-deb -x "$prometheus_dir"/deb/prometheus_*.deb "$prometheus_dir/root"
+  rm -rf "$prometheus_dir/deb"
+  touch "$prometheus_dir/.complete"
+fi
+link "$prometheus_dir/root/usr/bin/prometheus" "$tools/bin/prometheus"
+link "$prometheus_dir/root/usr/bin/promtool" "$tools/bin/promtool"
+
 # --- Go: the control plane, the node's Kubernetes parts, etcd, CoreDNS, kube-router and helm from their modules ---
 # go_tools NAME MODULE LDFLAGS BINARY=PACKAGE...: builds packages of MODULE, pinned
 # by tests/tools/NAME/go.mod.

@@ -221,3 +221,27 @@ fn an_invalid_value_fails_a_dry_run_install_naming_it() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The alert rules pass `promtool check rules`, and its unit tests
+/// (`tests/prometheus/alerts_test.yaml`): quiet at baseline, each firing
+/// when its condition holds as long as it says.
+#[test]
+fn the_alerts_pass_promtool_and_fire_only_when_they_should() -> anyhow::Result<()> {
+    let promtool = airlock_tests::paths::tool("promtool")?;
+    for args in [
+        vec!["check", "rules", "charts/airlock/files/alerts.yaml"],
+        vec!["test", "rules", "tests/prometheus/alerts_test.yaml"],
+    ] {
+        let out = std::process::Command::new(&promtool)
+            .args(&args)
+            .current_dir(repo_root())
+            .output()?;
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}

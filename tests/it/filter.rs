@@ -565,6 +565,18 @@ async fn a_dry_run_policy_records_what_it_would_do_and_lets_the_call_through() -
             .await?,
         1
     );
+    // Scraped, what the metric counts is a label of one series (Envoy
+    // names a custom namespace's stats without its `envoy_wasmcustom_`).
+    let scraped = reqwest::get(format!("{}/stats/prometheus", gateway.envoy.admin_url))
+        .await?
+        .text()
+        .await?;
+    for series in [
+        r#"airlock_dry_run{action="Deny"} 1"#,
+        r#"airlock_requests{decision="Allow"}"#,
+    ] {
+        assert!(scraped.contains(series), "no {series} in\n{scraped}");
+    }
     Ok(())
 }
 

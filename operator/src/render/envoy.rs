@@ -204,6 +204,19 @@ pub struct InPod {
 pub const READY_PATH: &str = "/ready";
 pub const STATS_PATH: &str = "/stats/prometheus";
 
+/// The filter's metrics name what they count in the last part of their name
+/// (`airlock.requests.Deny`); these tags make it a label instead
+/// (`airlock_requests{decision="Deny"}`), so a dashboard
+/// sums and splits one series.
+fn filter_stats_tags() -> Value {
+    let tag = |name: &str, metric: &str| json!({"tag_name": name, "regex": format!("^wasmcustom\\.airlock\\.{metric}(\\.([^.]+))$")});
+    json!([
+        tag("decision", "requests"),
+        tag("reason", "token_failures"),
+        tag("action", "dry_run"),
+    ])
+}
+
 #[derive(Debug, Clone)]
 pub struct Bootstrap {
     /// Listener port (on 127.0.0.1, or on every address in a pod); 0 picks a free one.
@@ -394,6 +407,7 @@ impl Bootstrap {
             // SDS, which credentials are read through, requires a node.
             "node": {"id": "airlock-gateway", "cluster": "airlock"},
             "admin": {"address": admin},
+            "stats_config": {"stats_tags": filter_stats_tags()},
             "static_resources": {
                 "listeners": listeners,
                 "clusters": clusters,
