@@ -10,6 +10,7 @@
 mod approvers;
 mod gitops;
 mod ha;
+mod monitoring;
 mod neighbours;
 mod operator;
 mod release;
@@ -60,6 +61,7 @@ fn tests() -> Vec<(&'static str, Test)> {
         approvers::a_revoked_person_is_cut_off_held_calls_included,
         approvers::a_policy_tells_its_channel_of_its_requests,
         gitops::the_gitops_examples_apply_and_argocd_reads_their_health,
+        monitoring::the_dashboard_and_alerts_read_a_real_flow,
     ]
 }
 

@@ -51,6 +51,11 @@ impl ServiceMetrics {
             "airlock_audit_events_dropped_total",
             "Audit events that could not be written (each also logged and refused to its sender).",
         )?;
+        // Every verdict from the start, at zero: a rate over the first
+        // decision then sees it rise.
+        for verdict in [super::model::Verdict::Approve, super::model::Verdict::Deny] {
+            decisions.with_label_values(&[verdict.label()]);
+        }
         registry.register(Box::new(pending.clone()))?;
         registry.register(Box::new(time_to_decision.clone()))?;
         registry.register(Box::new(decisions.clone()))?;
