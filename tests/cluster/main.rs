@@ -61,15 +61,16 @@ fn tests() -> Vec<(&'static str, Test)> {
         approvers::a_revoked_person_is_cut_off_held_calls_included,
         approvers::a_policy_tells_its_channel_of_its_requests,
         gitops::the_gitops_examples_apply_and_argocd_reads_their_health,
-        monitoring::the_dashboard_and_alerts_read_a_real_flow,
     ]
 }
 
 /// Tests that disturb what the others rely on (they kill operator replicas,
-/// the last uninstalls the chart): run one at a time, in this order, after
-/// every test of [`tests`].
+/// the last uninstalls the chart) or read what every test moves (metrics):
+/// run one at a time, in this order, after every test of [`tests`].
 fn exclusive_tests() -> Vec<(&'static str, Test)> {
     node_tests![
+        // Alone, so that what it reads moves with its own flow only.
+        monitoring::the_dashboard_and_alerts_read_a_real_flow,
         ha::killing_the_leader_and_the_polled_replica_loses_nothing,
         ha::a_frozen_leader_writes_nothing_when_it_resumes,
         release::an_upgrade_keeps_held_calls_and_approvals,

@@ -1,14 +1,15 @@
 //! The approval service's Prometheus metrics, served at `/metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
 pub struct ServiceMetrics {
     registry: Registry,
-    /// Set at each scrape from the store, so it is right after a restart.
-    pub pending: IntGauge,
+    /// Set at each scrape from the store, so it is right after a restart:
+    /// per server (`namespace/name`), so an alert says whose calls wait.
+    pub pending: IntGaugeVec,
     pub time_to_decision: Histogram,
     pub decisions: IntCounterVec,
     pub expiries: IntCounter,
@@ -19,9 +20,12 @@ pub struct ServiceMetrics {
 impl ServiceMetrics {
     pub fn new() -> Result<ServiceMetrics, prometheus::Error> {
         let registry = Registry::new();
-        let pending = IntGauge::new(
-            "airlock_approvals_pending",
-            "Approval requests waiting for a decision (pending or info requested).",
+        let pending = IntGaugeVec::new(
+            Opts::new(
+                "airlock_approvals_pending",
+                "Approval requests waiting for a decision (pending or info requested), by server.",
+            ),
+            &["server"],
         )?;
         let time_to_decision = Histogram::with_opts(
             HistogramOpts::new(

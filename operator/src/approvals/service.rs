@@ -1439,17 +1439,22 @@ async fn readyz<S: Store>(AppState(service): AppState<Arc<ApprovalService<S>>>) 
 /// Prometheus text exposition; pending requests are counted from the store.
 async fn metrics<S: Store>(AppState(service): AppState<Arc<ApprovalService<S>>>) -> ApiResult {
     let now = now_seconds();
-    let waiting = service
-        .store
-        .list()
-        .await?
-        .iter()
-        .filter(|a| a.state_at(now).waiting())
-        .count();
-    service
-        .metrics
-        .pending
-        .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    let mut waiting: BTreeMap<String, i64> = BTreeMap::new();
+    for approval in service.store.list().await? {
+        if approval.state_at(now).waiting() {
+            *waiting.entry(approval.binding.server.clone()).or_default() += 1;
+        }
+    }
+    // A server with nothing waiting any more drops out rather than stay at
+    // its last count.
+    service.metrics.pending.reset();
+    for (server, count) in waiting {
+        service
+            .metrics
+            .pending
+            .with_label_values(&[&server])
+            .set(count);
+    }
     let text = service
         .metrics
         .render()
