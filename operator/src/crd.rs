@@ -126,6 +126,36 @@ pub struct McpServerStatus {
     /// The policies in force and their versions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<AppliedPolicy>,
+    /// What a gated pod of this server carries: admission refuses a pod the
+    /// server selects whose sidecar differs (selector mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<SidecarStatus>,
+    /// Selected pods that run without the sidecar (selector mode): they
+    /// started before the server selected them and get it when recreated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ungated_pods: Vec<String>,
+}
+
+/// The parts of a gated pod that make its gateway the operator's: images,
+/// arguments, mounts, the filter module's digest and the bootstrap.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarStatus {
+    pub gateway_image: String,
+    /// The gateway container's command (empty: the image's own Envoy).
+    #[serde(default)]
+    pub gateway_command: Vec<String>,
+    #[serde(default)]
+    pub gateway_args: Vec<String>,
+    /// Each of its mounts, as `volume=mountPath`.
+    #[serde(default)]
+    pub gateway_mounts: Vec<String>,
+    pub installer_image: String,
+    /// The filter installer's command, which carries the module's sha256.
+    #[serde(default)]
+    pub installer_command: Vec<String>,
+    /// The ConfigMap the bootstrap volume is.
+    pub config_map: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -14,6 +14,7 @@ mod monitoring;
 mod neighbours;
 mod operator;
 mod release;
+mod selector;
 mod smoke;
 mod trail;
 
@@ -61,6 +62,7 @@ fn tests() -> Vec<(&'static str, Test)> {
         approvers::a_revoked_person_is_cut_off_held_calls_included,
         approvers::a_policy_tells_its_channel_of_its_requests,
         gitops::the_gitops_examples_apply_and_argocd_reads_their_health,
+        selector::a_selected_workload_is_gated_once_its_pods_are_recreated,
     ]
 }
 

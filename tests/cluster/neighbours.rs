@@ -6,7 +6,7 @@
 use crate::operator::{SERVER, gated_server, operator};
 use airlock_operator::approvals::gateway_identity::AUDIENCE;
 use airlock_operator::crd::ApprovalRequest;
-use airlock_operator::render::workload::{GATEWAY_PORT, SERVER_LABEL};
+use airlock_operator::render::workload::{GATEWAY_PORT, INJECTED_LABEL, SERVER_LABEL};
 use airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER;
 use airlock_tests::chart::{self, SYSTEM_NAMESPACE};
 use airlock_tests::cluster::ADMIN;
@@ -460,6 +460,17 @@ pub async fn only_the_controllers_make_gateway_pods(node: &Node) -> anyhow::Resu
     let mut copy = serde_json::to_value(&gateway)?;
     copy["metadata"] = json!({"name": "gateway-copy", "labels": gateway.metadata.labels});
     copy.as_object_mut().map(|o| o.remove("status"));
+    // Claiming injection does not make the editor a maker of a
+    // template-mode server's pods, even with the operator's sidecar.
+    let mut claim = copy.clone();
+    claim["metadata"]["labels"][INJECTED_LABEL] = json!("true");
+    refused(
+        "the editor's copy claiming injection",
+        pods_as_editor
+            .create(&dry_run, &serde_json::from_value(claim)?)
+            .await,
+        "is in template mode",
+    )?;
     let attempt = |change: Change| {
         let mut pod = copy.clone();
         change(&mut pod);

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 /// Generous: images start, probes pass, the operator reconciles.
-const STARTUP: Duration = Duration::from_secs(240);
+pub const STARTUP: Duration = Duration::from_secs(240);
 
 /// `helm template` of `charts/airlock` into `namespace` with `values`
 /// (CRDs included), as one multi-document YAML.
@@ -236,7 +236,7 @@ pub async fn ready_server(
     ready.map_err(|e| e.context(diagnostics(node, namespace)))
 }
 
-/// The pods of `namespace` and the operator's log, for failure messages.
+/// The pods and warnings of `namespace` and the operator's log, for failure messages.
 pub fn diagnostics(node: &Node, namespace: &str) -> String {
     let show = |args: &[&str]| {
         node.kubectl(ADMIN, args)
@@ -244,8 +244,16 @@ pub fn diagnostics(node: &Node, namespace: &str) -> String {
             .unwrap_or_default()
     };
     format!(
-        "{}\noperator log:\n{}",
+        "{}\nwarnings:\n{}\noperator log:\n{}",
         show(&["describe", "pods", "-n", namespace]),
+        show(&[
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            "type=Warning"
+        ]),
         show(&[
             "logs",
             "-n",

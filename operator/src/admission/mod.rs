@@ -1,4 +1,5 @@
-//! The operator's admission webhook: only for what the API server's own
+//! The operator's admission webhooks: selector mode's sidecar injection
+//! ([`injection`]), and a check of decisions. The latter is only for what the API server's own
 //! admission policies (CEL) cannot check. CEL has no clock, so whether a
 //! request has expired is asked here, by the operator's clock: a decision
 //! written through the API server on a request past its expiry is refused
@@ -28,8 +29,16 @@ const WEBHOOK: &str = "approval-decisions.mcp.airlock.dev";
 /// The path it calls.
 pub const DECISIONS_PATH: &str = "/validate/approval-decisions";
 
-pub fn router() -> Router {
-    Router::new().route(DECISIONS_PATH, post(review_decision))
+pub mod injection;
+
+pub fn router(injector: std::sync::Arc<injection::Injector>) -> Router {
+    Router::new()
+        .route(DECISIONS_PATH, post(review_decision))
+        .route(
+            &format!("{}/{{namespace}}/{{name}}", injection::INJECT_PATH),
+            post(injection::review),
+        )
+        .with_state(injector)
 }
 
 async fn review_decision(

@@ -5,12 +5,20 @@
 //! server. Owner references are whatever a pod's creator wrote, so the pod
 //! must also carry its server's label, which admission lets only the
 //! ReplicaSet controller set (the chart's `airlock-gateway-pods` policy).
+//!
+//! A pod injected in selector mode has no such chain: it speaks for the
+//! selector-mode server its label names if that server selects it and it
+//! carries that server's sidecar exactly, as admission admitted it
+//! (`airlock-selected-pods`).
 
-use crate::render::workload::SERVER_LABEL;
+use crate::crd::McpServer;
+use crate::render::injection;
+use crate::render::workload::{INJECTED_LABEL, SERVER_LABEL};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::authentication::v1::TokenReviewStatus;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::ResourceExt;
 
 /// The audience a gateway's token is issued for, and checked against.
 pub const AUDIENCE: &str = "airlock";
@@ -146,6 +154,30 @@ pub fn server_of(
     Ok(format!("{namespace}/{}", server.name))
 }
 
+/// `namespace/name` of the selector-mode McpServer whose gateway the
+/// injected pod `uid` is.
+pub fn injected_server_of(uid: &str, pod: &Pod, server: &McpServer) -> Result<String, Refusal> {
+    let refuse = |why: String| Err(Refusal::NotAGateway(why));
+    if pod.metadata.uid.as_deref() != Some(uid) {
+        return refuse("the pod the token was issued to no longer exists".into());
+    }
+    let (Some(selector), Some(namespace)) = (&server.spec.selector, server.namespace()) else {
+        return refuse("the pod claims injection by a server not in selector mode".into());
+    };
+    if !injection::selects(selector, pod.labels()) {
+        return refuse(format!(
+            "McpServer {namespace}/{} does not select the pod",
+            server.name_any()
+        ));
+    }
+    let Some(expected) = server.status.as_ref().and_then(|s| s.sidecar.as_ref()) else {
+        return refuse("the server's sidecar is not reconciled yet".into());
+    };
+    let value = serde_json::to_value(pod).map_err(|e| Refusal::NotAGateway(e.to_string()))?;
+    injection::check_gated(&value, &server.name_any(), expected).map_err(Refusal::NotAGateway)?;
+    Ok(format!("{namespace}/{}", server.name_any()))
+}
+
 /// Reviews gateway tokens with the API server and walks their pods'
 /// controller chains; answers are cached briefly, keyed by the token's
 /// digest, so a busy gateway costs one review a minute, not one per ask.
@@ -196,17 +228,17 @@ impl TokenReviews {
             .await
             .map_err(unavailable)?
             .ok_or_else(|| gone("the token's pod"))?;
-        let replica_set = Api::<ReplicaSet>::namespaced(self.client.clone(), &namespace)
-            .get_opt(&replica_set_name(&pod)?)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| gone("the pod's ReplicaSet"))?;
-        let deployment = Api::<Deployment>::namespaced(self.client.clone(), &namespace)
-            .get_opt(&deployment_name(&replica_set)?)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| gone("the ReplicaSet's Deployment"))?;
-        let server = server_of(&uid, &pod, &replica_set, &deployment)?;
+        let server = if pod.labels().get(INJECTED_LABEL).map(String::as_str) == Some("true") {
+            let name = pod.labels().get(SERVER_LABEL).cloned().unwrap_or_default();
+            let server = Api::<McpServer>::namespaced(self.client.clone(), &namespace)
+                .get_opt(&name)
+                .await
+                .map_err(unavailable)?
+                .ok_or_else(|| gone("the server the pod names"))?;
+            injected_server_of(&uid, &pod, &server)?
+        } else {
+            self.server_by_chain(&namespace, &uid, &pod).await?
+        };
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_SIZE {
                 cache.clear();
@@ -214,6 +246,29 @@ impl TokenReviews {
             cache.insert(key, (server.clone(), std::time::Instant::now()));
         }
         Ok(server)
+    }
+
+    /// Template mode: pod → ReplicaSet → Deployment → McpServer.
+    async fn server_by_chain(
+        &self,
+        namespace: &str,
+        uid: &str,
+        pod: &Pod,
+    ) -> Result<String, Refusal> {
+        use kube::api::Api;
+        let unavailable = |e: kube::Error| Refusal::Unavailable(e.to_string());
+        let gone = |what: &str| Refusal::NotAGateway(format!("{what} is gone"));
+        let replica_set = Api::<ReplicaSet>::namespaced(self.client.clone(), namespace)
+            .get_opt(&replica_set_name(pod)?)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| gone("the pod's ReplicaSet"))?;
+        let deployment = Api::<Deployment>::namespaced(self.client.clone(), namespace)
+            .get_opt(&deployment_name(&replica_set)?)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| gone("the ReplicaSet's Deployment"))?;
+        server_of(uid, pod, &replica_set, &deployment)
     }
 }
 

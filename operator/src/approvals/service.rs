@@ -190,9 +190,7 @@ pub enum Api {
     People,
     /// Prometheus metrics and health, for the kubelet and the scraper.
     Operations,
-    /// The operator's admission webhook (only what CEL cannot check).
-    Admission,
-    /// All of them but admission on one listener (`airlock up`).
+    /// All of them on one listener (`airlock up`).
     All,
 }
 
@@ -549,9 +547,6 @@ impl<S: Store> ApprovalService<S> {
     }
 
     pub fn router(self: &Arc<Self>, api: Api) -> Router {
-        if api == Api::Admission {
-            return crate::admission::router();
-        }
         let gateways = matches!(api, Api::Gateways | Api::All);
         let people = matches!(api, Api::People | Api::All);
         let mut router = Router::new().route("/healthz", get(|| async { "ok" }));

@@ -1,19 +1,26 @@
-//! McpServer (template mode): applies what [`crate::render::workload`]
-//! renders, owned by the server so deleting it removes them, and reports
-//! `Ready` from the Deployment's availability, the endpoint and the
-//! policies in force.
+//! McpServer: applies what [`crate::render::workload`] renders, owned by
+//! the server so deleting it removes them, and reports `Ready` — from the
+//! Deployment's availability (template mode) or from a census of the
+//! selected pods (selector mode) — the endpoint, the policies in force, the
+//! sidecar a gated pod carries and the selected pods that run without it.
+//! A pod in the server's Service whose gateway is not the operator's is
+//! deleted.
 
 use super::conditions::condition;
 use super::{Context, Error, MANAGER};
 use super::{SAFETY_NET, in_namespace_of};
 use crate::controllers::catalog::{named, qualified};
+use crate::crd::SidecarStatus;
 use crate::crd::{AppliedPolicy, ApprovalPolicy, McpServer, McpServerStatus};
-use crate::render::workload::{self, RenderError};
+use crate::render::injection;
+use crate::render::workload::{self, INJECTED_LABEL, RenderError, SERVER_LABEL};
 use airlock_policy::gateway::config::{NamedPolicy, PolicyDocument};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -92,7 +99,9 @@ async fn apply(server: &McpServer, context: &Context) -> Result<Action, Error> {
     let previous = server.status.clone().unwrap_or_default();
     let generation = server.metadata.generation;
 
-    let rendered = match workload::render(server, &context.settings) {
+    let rendered = workload::render(server, &context.settings)
+        .and_then(|rendered| Ok((rendered.sidecar.expected()?, rendered)));
+    let (expected, rendered) = match rendered {
         Ok(rendered) => rendered,
         Err(error) => {
             // The object is wrong, not the operator: say so on it and wait for an edit.
@@ -109,9 +118,26 @@ async fn apply(server: &McpServer, context: &Context) -> Result<Action, Error> {
             &Patch::Apply(&rendered.config_map),
         )
         .await?;
-    let deployment = Api::<Deployment>::namespaced(client.clone(), &namespace)
-        .patch(&name, &apply, &Patch::Apply(&rendered.deployment))
-        .await?;
+    let pods = Api::<Pod>::namespaced(client.clone(), &namespace);
+    let gating = match &rendered.deployment {
+        Some(deployment) => {
+            let deployment = Api::<Deployment>::namespaced(client.clone(), &namespace)
+                .patch(&name, &apply, &Patch::Apply(deployment))
+                .await?;
+            remove_strays(server, context, &pods).await?;
+            availability(&deployment, server.spec.replicas)
+        }
+        None => {
+            // Rendering checked there is one; an empty selector selects nothing.
+            let selector = server.spec.selector.clone().unwrap_or_default();
+            let listed = pods.list(&ListParams::default()).await?;
+            let census = census(&name, &selector, &listed.items, &expected);
+            for stray in &census.strays {
+                remove_stray(server, context, &pods, stray).await?;
+            }
+            census.availability()
+        }
+    };
     Api::<Service>::namespaced(client.clone(), &namespace)
         .patch(&name, &apply, &Patch::Apply(&rendered.service))
         .await?;
@@ -123,7 +149,12 @@ async fn apply(server: &McpServer, context: &Context) -> Result<Action, Error> {
         )
         .await?;
 
-    let (ready, reason, message) = availability(&deployment, server.spec.replicas);
+    let Gating {
+        ready,
+        reason,
+        message,
+        ungated,
+    } = gating;
     // Read now, not from a cache: a policy edit that triggered this
     // reconcile must be the one reported.
     // The namespace's own policies, and the baselines in the operator's.
@@ -175,6 +206,8 @@ async fn apply(server: &McpServer, context: &Context) -> Result<Action, Error> {
             ),
         ],
         endpoint: Some(format!("http://{name}.{namespace}.svc{}", server.spec.path)),
+        sidecar: Some(expected),
+        ungated_pods: ungated,
         policies: document
             .policies
             .iter()
@@ -197,13 +230,176 @@ async fn apply(server: &McpServer, context: &Context) -> Result<Action, Error> {
                 .await;
         }
     }
-    // Changes arrive through the watches; this is only a safety net.
-    Ok(Action::requeue(SAFETY_NET))
+    // Changes arrive through the watches; this is only a safety net. Pods
+    // of the namespace's own are not watched: their census is retaken.
+    Ok(Action::requeue(if server.spec.selector.is_some() {
+        CENSUS_INTERVAL
+    } else {
+        SAFETY_NET
+    }))
+}
+
+/// How often a selector-mode server's pods are counted again.
+const CENSUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Whether the server's pods run gated, for its status.
+struct Gating {
+    ready: bool,
+    reason: &'static str,
+    message: String,
+    /// Selected pods that run without the sidecar, with why.
+    ungated: Vec<String>,
+}
+
+/// A selector-mode server's pods: the selected ones and those in its
+/// Service (labelled with it), judged by [`injection::check_gated`].
+struct Census {
+    gated_ready: usize,
+    gated: usize,
+    ungated: Vec<String>,
+    /// Pods in the server's Service whose sidecar is not the operator's.
+    strays: Vec<Pod>,
+}
+
+fn census(name: &str, selector: &LabelSelector, pods: &[Pod], expected: &SidecarStatus) -> Census {
+    let mut census = Census {
+        gated_ready: 0,
+        gated: 0,
+        ungated: Vec::new(),
+        strays: Vec::new(),
+    };
+    for pod in pods {
+        let finished = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|phase| phase == "Succeeded" || phase == "Failed");
+        if pod.metadata.deletion_timestamp.is_some() || finished {
+            continue;
+        }
+        let labels = pod.labels();
+        let in_service = labels.get(SERVER_LABEL).map(String::as_str) == Some(name);
+        if !in_service && !injection::selects(selector, labels) {
+            continue;
+        }
+        let judged = serde_json::to_value(pod)
+            .map_err(|e| e.to_string())
+            .and_then(|value| injection::check_gated(&value, name, expected));
+        match judged {
+            Ok(()) => {
+                census.gated += 1;
+                census.gated_ready += usize::from(is_ready(pod));
+            }
+            Err(why) if in_service => {
+                census.ungated.push(format!("{}: {why}", pod.name_any()));
+                census.strays.push(pod.clone());
+            }
+            Err(why) => census.ungated.push(format!("{}: {why}", pod.name_any())),
+        }
+    }
+    census
+}
+
+impl Census {
+    fn availability(self) -> Gating {
+        let (ready, reason, message) = if self.gated_ready > 0 {
+            (
+                true,
+                "Gated",
+                format!(
+                    "{}/{} gated pods ready behind the gateway",
+                    self.gated_ready, self.gated
+                ),
+            )
+        } else {
+            (
+                false,
+                "NoGatedPods",
+                "no selected pod runs the gateway yet: pods get it when they are created (kubectl rollout restart)".to_string(),
+            )
+        };
+        let message = match self.ungated.len() {
+            0 => message,
+            n => {
+                format!("{message}; {n} selected pods run without the sidecar (status.ungatedPods)")
+            }
+        };
+        Gating {
+            ready,
+            reason,
+            message,
+            ungated: self.ungated,
+        }
+    }
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Template mode: a pod in the server's Service that claims injection
+/// (made before a selector-mode namesake, say) is not its Deployment's.
+async fn remove_strays(
+    server: &McpServer,
+    context: &Context,
+    pods: &Api<Pod>,
+) -> Result<(), Error> {
+    let labelled = pods
+        .list(&ListParams::default().labels(&format!(
+            "{SERVER_LABEL}={},{INJECTED_LABEL}",
+            server.name_any()
+        )))
+        .await?;
+    for pod in &labelled.items {
+        remove_stray(server, context, pods, pod).await?;
+    }
+    Ok(())
+}
+
+/// Deletes a pod that would take the server's traffic with a gateway that
+/// is not the operator's, and says so on the server.
+async fn remove_stray(
+    server: &McpServer,
+    context: &Context,
+    pods: &Api<Pod>,
+    pod: &Pod,
+) -> Result<(), Error> {
+    let name = pod.name_any();
+    match pods.delete(&name, &Default::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    context
+        .publish(
+            server,
+            EventType::Warning,
+            "StrayPodDeleted",
+            "Reconcile",
+            &format!(
+                "pod {name} carried this server's label without the operator's gateway: deleted"
+            ),
+        )
+        .await;
+    Ok(())
 }
 
 /// `Ready` once every wanted replica is available and the Deployment has
 /// seen its latest spec.
-fn availability(deployment: &Deployment, wanted: i32) -> (bool, &'static str, String) {
+fn availability(deployment: &Deployment, wanted: i32) -> Gating {
+    let (ready, reason, message) = deployment_availability(deployment, wanted);
+    Gating {
+        ready,
+        reason,
+        message,
+        ungated: Vec::new(),
+    }
+}
+
+fn deployment_availability(deployment: &Deployment, wanted: i32) -> (bool, &'static str, String) {
     let status = deployment.status.clone().unwrap_or_default();
     let seen = status.observed_generation >= deployment.metadata.generation;
     let available = status.available_replicas.unwrap_or(0);
@@ -308,12 +504,21 @@ mod tests {
 
     #[test]
     fn ready_once_every_wanted_replica_is_available_on_the_latest_spec() {
-        assert!(availability(&deployment(2, 2, 2, 2), 2).0);
-        assert_eq!(availability(&deployment(2, 2, 1, 2), 2).1, "Progressing");
+        assert!(availability(&deployment(2, 2, 2, 2), 2).ready);
+        assert_eq!(
+            availability(&deployment(2, 2, 1, 2), 2).reason,
+            "Progressing"
+        );
         // Replicas of the previous spec do not count.
-        assert!(!availability(&deployment(2, 2, 2, 1), 2).0);
+        assert!(!availability(&deployment(2, 2, 2, 1), 2).ready);
         // The Deployment controller has not seen the edit yet.
-        assert_eq!(availability(&deployment(3, 2, 2, 2), 2).1, "Progressing");
-        assert_eq!(availability(&deployment(1, 1, 0, 0), 0).1, "ScaledToZero");
+        assert_eq!(
+            availability(&deployment(3, 2, 2, 2), 2).reason,
+            "Progressing"
+        );
+        assert_eq!(
+            availability(&deployment(1, 1, 0, 0), 0).reason,
+            "ScaledToZero"
+        );
     }
 }

@@ -24,9 +24,10 @@ const PORT_SYSCTL: &str = "net.ipv4.ip_unprivileged_port_start";
 /// The kernel's default: ports below it need `NET_BIND_SERVICE`.
 const PRIVILEGED_BELOW: i64 = 1024;
 
-/// A template field that would let the MCP container act as the gateway.
+/// A pod spec field that would let the MCP container act as the gateway
+/// (relative to the pod spec).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("spec.template.spec.{field}: {why}")]
+#[error("{field}: {why}")]
 pub struct Unsafe {
     pub field: String,
     pub why: &'static str,

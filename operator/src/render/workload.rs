@@ -12,7 +12,7 @@
 use super::envoy::{Bootstrap, Cluster, FileCredential, FilterModule, InPod, READY_PATH, UrlError};
 use super::hardening::{self, Unsafe, gateway_security_context, installer_security_context};
 use crate::approvals::gateway_identity;
-use crate::crd::McpServer;
+use crate::crd::{McpServer, SidecarStatus};
 use airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER;
 use airlock_policy::gateway::config::FilterConfig;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -29,6 +29,9 @@ pub const GATEWAY_PORT: u16 = 80;
 pub const STATS_PORT: u16 = 90;
 /// Label on everything rendered for a server, with the server's name.
 pub const SERVER_LABEL: &str = "mcp.airlock.dev/server";
+/// Label an injected pod carries besides [`SERVER_LABEL`]: its creator is
+/// not the operator's Deployment, so admission judges it by its sidecar.
+pub const INJECTED_LABEL: &str = "mcp.airlock.dev/injected";
 /// Annotation with the digest of the bootstrap, so a change rolls the pods.
 pub const CONFIG_ANNOTATION: &str = "mcp.airlock.dev/gateway-config";
 /// Seconds a pod keeps draining after the longest hold, before it is killed.
@@ -38,6 +41,8 @@ const FILTER_DIR: &str = "/var/run/airlock/filter";
 const FILTER_FILE: &str = "airlock_filter.wasm";
 const ADMIN_DIR: &str = "/var/run/airlock/admin";
 const CONFIG_DIR: &str = "/etc/airlock";
+/// The volume with the sidecar's bootstrap (the server's ConfigMap).
+pub const CONFIG_VOLUME: &str = "airlock-gateway-config";
 const CONFIG_FILE: &str = "envoy.json";
 /// The SDS document through which Envoy reads the gateway's token.
 const CREDENTIAL_SDS_FILE: &str = "gateway-token.json";
@@ -68,21 +73,25 @@ pub struct Settings {
     pub approvals_ca: Option<String>,
     /// Where a tenant's signing keys are fetched, when not from Entra.
     pub jwks_urls: BTreeMap<String, String>,
+    /// The operator's namespace: nothing is injected into its pods.
+    pub operator_namespace: String,
 }
 
-/// Everything one McpServer owns.
+/// Everything one McpServer owns, and what its gateway adds to a pod.
 #[derive(Debug, Clone)]
 pub struct Workload {
     pub config_map: ConfigMap,
-    pub deployment: Deployment,
+    /// Template mode only: in selector mode the pods are the namespace's own.
+    pub deployment: Option<Deployment>,
     pub service: Service,
     pub network_policy: NetworkPolicy,
+    pub sidecar: Sidecar,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RenderError {
-    #[error("spec.template is required (selector mode is not built yet)")]
-    NoTemplate,
+    #[error("give exactly one of spec.template and spec.selector")]
+    NoMode,
     #[error("metadata.{0} is missing")]
     NoMetadata(&'static str),
     #[error(
@@ -91,10 +100,17 @@ pub enum RenderError {
     PrivilegedPort(i32),
     #[error("spec.template.spec is missing")]
     NoPodSpec,
-    #[error("{0}")]
+    #[error("spec.template.spec.{0}")]
     Unsafe(#[from] Unsafe),
-    #[error("spec.template.spec.initContainers[].name {0:?} is reserved for the gateway")]
+    /// An unsafe field of a pod the sidecar is injected into.
+    #[error("spec.{0}")]
+    UnsafePod(Unsafe),
+    #[error("container name {0:?} is reserved for the gateway")]
     ReservedName(String),
+    #[error(
+        "spec.selector: the sidecar is never injected into namespace {0}, which is the cluster's or the operator's own"
+    )]
+    ProtectedNamespace(String),
     #[error("JWKS URL {0}")]
     Url(#[from] UrlError),
     #[error("the gateway configuration is invalid: {0}")]
@@ -103,8 +119,102 @@ pub enum RenderError {
     Shape(&'static str, String),
 }
 
-const GATEWAY_CONTAINER: &str = "airlock-gateway";
-const INSTALLER_CONTAINER: &str = "airlock-filter";
+pub const GATEWAY_CONTAINER: &str = "airlock-gateway";
+pub const INSTALLER_CONTAINER: &str = "airlock-filter";
+/// The volume with the gateway's `airlock`-audience token.
+pub const TOKEN_VOLUME: &str = "airlock-gateway-token";
+const NO_API_TOKEN_VOLUME: &str = "airlock-no-api-token";
+/// Namespaces whose pods the sidecar is never injected into.
+pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+/// How a pod comes to carry the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gating {
+    /// In the pod template of the Deployment the operator owns.
+    Template,
+    /// Into a pod of the namespace's own, by the injection webhook.
+    Injected,
+}
+
+/// The gateway's containers and volumes, added to each pod of one server.
+#[derive(Debug, Clone)]
+pub struct Sidecar {
+    server: String,
+    init_containers: Vec<Value>,
+    volumes: Vec<Value>,
+    config_digest: String,
+    min_grace_seconds: i64,
+}
+
+impl Sidecar {
+    /// Adds the gateway to `pod` (a pod or a pod template, as JSON, already
+    /// hardened): the filter installer and the gateway first among the init
+    /// containers, their volumes, the server's label, and a grace period
+    /// long enough to finish the longest hold.
+    pub fn gate(&self, pod: &mut Value, gating: Gating) -> Result<(), RenderError> {
+        check_names(&pod["spec"])?;
+        let pod_spec = &mut pod["spec"];
+        prepend(&mut pod_spec["initContainers"], &self.init_containers);
+        prepend(&mut pod_spec["volumes"], &self.volumes);
+        // The MCP server has no business with the API server: no token
+        // unless the template asks. An injected pod is its owners' to decide.
+        if gating == Gating::Template && pod_spec.get("automountServiceAccountToken").is_none() {
+            pod_spec["automountServiceAccountToken"] = json!(false);
+        }
+        let grace = pod_spec["terminationGracePeriodSeconds"]
+            .as_i64()
+            .unwrap_or(30)
+            .max(self.min_grace_seconds);
+        pod_spec["terminationGracePeriodSeconds"] = json!(grace);
+        let mut labels = json!({SERVER_LABEL: self.server});
+        if gating == Gating::Injected {
+            labels[INJECTED_LABEL] = json!("true");
+        }
+        merge_object(&mut pod["metadata"]["labels"], &labels);
+        merge_object(
+            &mut pod["metadata"]["annotations"],
+            &json!({CONFIG_ANNOTATION: self.config_digest}),
+        );
+        Ok(())
+    }
+
+    /// What a pod gated by this sidecar carries, as admission and the
+    /// approval service check it.
+    pub fn expected(&self) -> Result<SidecarStatus, RenderError> {
+        let mut pod = json!({"spec": {"containers": []}});
+        self.gate(&mut pod, Gating::Injected)?;
+        Ok(super::injection::observed_sidecar(&pod["spec"]).unwrap_or_default())
+    }
+}
+
+/// Refuses a pod spec that already names a container as the gateway's.
+pub(super) fn check_names(pod_spec: &Value) -> Result<(), RenderError> {
+    for reserved in [GATEWAY_CONTAINER, INSTALLER_CONTAINER] {
+        let taken = |list: &Value| {
+            list.as_array()
+                .is_some_and(|l| l.iter().any(|c| c["name"] == reserved))
+        };
+        if taken(&pod_spec["initContainers"]) || taken(&pod_spec["containers"]) {
+            return Err(RenderError::ReservedName(reserved.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Puts `first` before what `list` holds (creating it).
+fn prepend(list: &mut Value, first: &[Value]) {
+    let mut joined = first.to_vec();
+    if let Some(existing) = list.as_array() {
+        joined.extend(existing.iter().cloned());
+    }
+    *list = Value::Array(joined);
+}
+
+/// Whether no sidecar is ever injected into `namespace`'s pods: the
+/// cluster's own namespaces and the operator's.
+pub fn protected_namespace(namespace: &str, settings: &Settings) -> bool {
+    SYSTEM_NAMESPACES.contains(&namespace) || namespace == settings.operator_namespace
+}
 
 /// The objects for `server`, owned by it.
 pub fn render(server: &McpServer, settings: &Settings) -> Result<Workload, RenderError> {
@@ -119,13 +229,16 @@ pub fn render(server: &McpServer, settings: &Settings) -> Result<Workload, Rende
         .clone()
         .ok_or(RenderError::NoMetadata("namespace"))?;
     let spec = &server.spec;
-    let template = spec.template.as_ref().ok_or(RenderError::NoTemplate)?;
+    if spec.template.is_some() == spec.selector.is_some() {
+        return Err(RenderError::NoMode);
+    }
+    if spec.template.is_none() && protected_namespace(&namespace, settings) {
+        return Err(RenderError::ProtectedNamespace(namespace));
+    }
     let upstream_port = u16::try_from(spec.upstream_port)
         .ok()
         .filter(|p| *p >= 1024)
         .ok_or(RenderError::PrivilegedPort(spec.upstream_port))?;
-    let mut template = template.clone();
-    hardening::harden(template.spec.as_mut().ok_or(RenderError::NoPodSpec)?)?;
 
     let credential = gateway_credential();
     let bootstrap = bootstrap(
@@ -149,70 +262,53 @@ pub fn render(server: &McpServer, settings: &Settings) -> Result<Workload, Rende
         "metadata": metadata(&gateway_name),
         "data": {CONFIG_FILE: bootstrap_text, CREDENTIAL_SDS_FILE: sds_text},
     });
+    let sidecar = Sidecar {
+        server: name.clone(),
+        init_containers: vec![
+            installer_container(settings),
+            gateway_container(
+                spec.gateway
+                    .envoy_image
+                    .as_deref()
+                    .unwrap_or(&settings.envoy_image),
+                settings,
+                spec,
+            ),
+        ],
+        volumes: vec![
+            json!({"name": CONFIG_VOLUME, "configMap": {"name": gateway_name}}),
+            json!({"name": "airlock-filter", "emptyDir": {"sizeLimit": "64Mi"}}),
+            json!({"name": "airlock-admin", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+            json!({"name": NO_API_TOKEN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Ki"}}),
+            json!({"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+                "audience": gateway_identity::AUDIENCE, "expirationSeconds": TOKEN_SECONDS, "path": TOKEN_FILE}}]}}),
+        ],
+        config_digest,
+        min_grace_seconds: i64::from(spec.gateway.max_hold_seconds) + DRAIN_SECONDS,
+    };
 
-    let mut pod = serde_json::to_value(&template)
-        .map_err(|e| RenderError::Shape("the pod template", e.to_string()))?;
-    let pod_spec = &mut pod["spec"];
-    for reserved in [GATEWAY_CONTAINER, INSTALLER_CONTAINER] {
-        let taken = |list: &Value| {
-            list.as_array()
-                .is_some_and(|l| l.iter().any(|c| c["name"] == reserved))
-        };
-        if taken(&pod_spec["initContainers"]) || taken(&pod_spec["containers"]) {
-            return Err(RenderError::ReservedName(reserved.to_string()));
+    let deployment = match &spec.template {
+        Some(template) => {
+            let mut template = template.clone();
+            hardening::harden(template.spec.as_mut().ok_or(RenderError::NoPodSpec)?)?;
+            let mut pod = serde_json::to_value(&template)
+                .map_err(|e| RenderError::Shape("the pod template", e.to_string()))?;
+            sidecar.gate(&mut pod, Gating::Template)?;
+            Some(typed(
+                "the Deployment",
+                json!({
+                    "apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": metadata(&name),
+                    "spec": {
+                        "replicas": spec.replicas,
+                        "selector": {"matchLabels": {SERVER_LABEL: name}},
+                        "template": pod,
+                    },
+                }),
+            )?)
         }
-    }
-    let mut init = vec![
-        installer_container(settings),
-        gateway_container(
-            spec.gateway
-                .envoy_image
-                .as_deref()
-                .unwrap_or(&settings.envoy_image),
-            settings,
-            spec,
-        ),
-    ];
-    if let Some(existing) = pod_spec["initContainers"].as_array() {
-        init.extend(existing.iter().cloned());
-    }
-    pod_spec["initContainers"] = Value::Array(init);
-    let mut volumes = vec![
-        json!({"name": "airlock-gateway-config", "configMap": {"name": gateway_name}}),
-        json!({"name": "airlock-filter", "emptyDir": {"sizeLimit": "64Mi"}}),
-        json!({"name": "airlock-admin", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
-        json!({"name": "airlock-gateway-token", "projected": {"sources": [{"serviceAccountToken": {
-            "audience": gateway_identity::AUDIENCE, "expirationSeconds": TOKEN_SECONDS, "path": TOKEN_FILE}}]}}),
-    ];
-    if let Some(existing) = pod_spec["volumes"].as_array() {
-        volumes.extend(existing.iter().cloned());
-    }
-    pod_spec["volumes"] = Value::Array(volumes);
-    // The MCP server has no business with the API server: no token unless the template asks.
-    if pod_spec.get("automountServiceAccountToken").is_none() {
-        pod_spec["automountServiceAccountToken"] = json!(false);
-    }
-    let hold = i64::from(spec.gateway.max_hold_seconds);
-    let grace = pod_spec["terminationGracePeriodSeconds"]
-        .as_i64()
-        .unwrap_or(30)
-        .max(hold + DRAIN_SECONDS);
-    pod_spec["terminationGracePeriodSeconds"] = json!(grace);
-    merge_object(&mut pod["metadata"]["labels"], &json!({SERVER_LABEL: name}));
-    merge_object(
-        &mut pod["metadata"]["annotations"],
-        &json!({CONFIG_ANNOTATION: config_digest}),
-    );
-
-    let deployment = json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": metadata(&name),
-        "spec": {
-            "replicas": spec.replicas,
-            "selector": {"matchLabels": {SERVER_LABEL: name}},
-            "template": pod,
-        },
-    });
+        None => None,
+    };
     let service = json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": metadata(&name),
@@ -221,11 +317,18 @@ pub fn render(server: &McpServer, settings: &Settings) -> Result<Workload, Rende
             "ports": [{"name": "mcp", "port": 80, "targetPort": "mcp", "protocol": "TCP"}],
         },
     });
+    // In selector mode the policy covers every selected pod, gated or not:
+    // one that still runs without the sidecar is reachable on no MCP port.
+    let pod_selector = match &spec.selector {
+        Some(selector) if spec.template.is_none() => serde_json::to_value(selector)
+            .map_err(|e| RenderError::Shape("spec.selector", e.to_string()))?,
+        _ => json!({"matchLabels": {SERVER_LABEL: name}}),
+    };
     let network_policy = json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": metadata(&gateway_name),
         "spec": {
-            "podSelector": {"matchLabels": {SERVER_LABEL: name}},
+            "podSelector": pod_selector,
             "policyTypes": ["Ingress"],
             "ingress": [{"ports": [
                 {"port": GATEWAY_PORT, "protocol": "TCP"},
@@ -235,9 +338,10 @@ pub fn render(server: &McpServer, settings: &Settings) -> Result<Workload, Rende
     });
     Ok(Workload {
         config_map: typed("the ConfigMap", config_map)?,
-        deployment: typed("the Deployment", deployment)?,
+        deployment,
         service: typed("the Service", service)?,
         network_policy: typed("the NetworkPolicy", network_policy)?,
+        sidecar,
     })
 }
 
@@ -319,6 +423,14 @@ fn gateway_credential() -> FileCredential {
     }
 }
 
+/// An empty directory where Kubernetes would mount the pod's API token: the
+/// gateway's containers have no use for it, and a pod that automounts one
+/// gets it added by the API server (even after injection) to every
+/// container that has nothing mounted there.
+fn no_api_token_mount() -> Value {
+    json!({"name": NO_API_TOKEN_VOLUME, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true})
+}
+
 /// Copies the filter module out of the operator's image, checking its digest.
 fn installer_container(settings: &Settings) -> Value {
     json!({
@@ -330,7 +442,7 @@ fn installer_container(settings: &Settings) -> Value {
                     "--to", format!("{FILTER_DIR}/{FILTER_FILE}"),
                     "--sha256", settings.filter_sha256],
         "securityContext": installer_security_context(),
-        "volumeMounts": [{"name": "airlock-filter", "mountPath": FILTER_DIR}],
+        "volumeMounts": [{"name": "airlock-filter", "mountPath": FILTER_DIR}, no_api_token_mount()],
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
     })
 }
@@ -352,10 +464,11 @@ fn gateway_container(image: &str, settings: &Settings, spec: &crate::crd::McpSer
         "readinessProbe": probe(3),
         "securityContext": gateway_security_context(),
         "volumeMounts": [
-            {"name": "airlock-gateway-config", "mountPath": CONFIG_DIR, "readOnly": true},
+            {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": true},
             {"name": "airlock-filter", "mountPath": FILTER_DIR, "readOnly": true},
             {"name": "airlock-admin", "mountPath": ADMIN_DIR},
-            {"name": "airlock-gateway-token", "mountPath": TOKEN_DIR, "readOnly": true},
+            {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true},
+            no_api_token_mount(),
         ],
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
     });
@@ -420,6 +533,7 @@ mod tests {
             approvals_url: "https://airlock-gateways.airlock-system.svc:8443".into(),
             approvals_ca: Some("CA PEM".into()),
             jwks_urls: BTreeMap::new(),
+            operator_namespace: "airlock-system".into(),
         }
     }
 
@@ -430,7 +544,7 @@ mod tests {
     #[test]
     fn the_gateway_is_a_native_sidecar_after_the_filter_installer() {
         let workload = render(&server(json!({})), &settings()).unwrap();
-        let pod = &as_json(&workload.deployment)["spec"]["template"];
+        let pod = &as_json(&workload.deployment.unwrap())["spec"]["template"];
         let init = pod["spec"]["initContainers"].as_array().unwrap();
         assert_eq!(init[0]["name"], INSTALLER_CONTAINER);
         assert_eq!(init[0]["command"][6], "--sha256");
@@ -466,7 +580,7 @@ mod tests {
         assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
         for object in [
             as_json(&workload.config_map),
-            as_json(&workload.deployment),
+            as_json(&workload.deployment.unwrap()),
             service,
             policy,
         ] {
@@ -513,7 +627,7 @@ mod tests {
     #[test]
     fn only_the_gateway_holds_the_pods_airlock_token_and_envoy_attaches_it() {
         let workload = render(&server(json!({})), &settings()).unwrap();
-        let pod = &as_json(&workload.deployment)["spec"]["template"]["spec"];
+        let pod = &as_json(&workload.deployment.unwrap())["spec"]["template"]["spec"];
         let token_volume = pod["volumes"]
             .as_array()
             .unwrap()
@@ -598,11 +712,5 @@ mod tests {
             render(&reserved, &settings()),
             Err(RenderError::ReservedName(_))
         ));
-        let mut selector = server(json!({}));
-        selector.spec.template = None;
-        assert_eq!(
-            render(&selector, &settings()).unwrap_err(),
-            RenderError::NoTemplate
-        );
     }
 }

@@ -6,6 +6,7 @@
 pub mod guard;
 pub mod leader;
 
+use crate::admission::injection::{self, Injector};
 use crate::approvals::approver_access::{ApproverAccess, ObjectIdField};
 use crate::approvals::gateway_identity::TokenReviews;
 use crate::approvals::kubernetes::{KubeStore, Placement};
@@ -24,8 +25,10 @@ use airlock_policy::entra::{OtherIssuer, TokenVersion, TrustConfig};
 use anyhow::Context as _;
 use kube::api::Api as KubeApi;
 use std::collections::BTreeMap;
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `airlock-operator run`.
@@ -270,6 +273,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         approvals_url: args.approvals_url.clone(),
         approvals_ca: gateways_tls.as_ref().map(|(ca, _)| ca.clone()),
         jwks_urls,
+        operator_namespace: args.namespace.clone(),
     };
     // The controllers write through a client that refuses writes unless
     // this replica holds the Lease; the service's own store writes on every replica.
@@ -306,14 +310,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .await?
                 .into(),
         ),
-        (
-            Api::Admission,
-            Listener::Tls(TlsListener::new(
-                tokio::net::TcpListener::bind(args.webhook_listen).await?,
-                webhook_tls,
-            )?),
-        ),
     ];
+    let webhook_listener = TlsListener::new(
+        tokio::net::TcpListener::bind(args.webhook_listen).await?,
+        webhook_tls,
+    )?;
+    let admission = crate::admission::router(Arc::new(Injector {
+        client: client.clone(),
+        settings: context.settings.clone(),
+    }));
     if args.people_audiences.is_empty() {
         crate::log::info(
             "operator",
@@ -340,10 +345,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             () = controllers::mcp_server::run(context.clone()) => Ok(()),
             () = controllers::approval_policy::run(context.clone()) => Ok(()),
             () = controllers::retention::run(context.clone(), args.retention) => Ok(()),
+            () = injection::keep_webhooks(
+                context.client.clone(),
+                context.settings.clone(),
+                args.webhook_service.clone(),
+                args.namespace.clone(),
+                authority.ca_pem.clone(),
+            ) => Ok(()),
         }
     };
     tokio::select! {
         served = service.serve(listeners) => served.context("serving the approval APIs"),
+        served = axum::serve(webhook_listener, admission).into_future() => served.context("serving the admission webhooks"),
         () = feed => anyhow::bail!("the watch of servers and policies ended"),
         () = deliver_notifications => anyhow::bail!("notification delivery ended"),
         () = checkpoints::keep(checkpoint_api.clone(), heads.clone(), args.audit_checkpoint_interval, &checkpoint_metrics) => Ok(()),
