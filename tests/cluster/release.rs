@@ -24,7 +24,8 @@ use std::time::Duration;
 /// Every kind the chart's templates make.
 const CHART_KINDS: &str = "deployments,services,serviceaccounts,configmaps,secrets,roles,\
 rolebindings,clusterroles,clusterrolebindings,networkpolicies,poddisruptionbudgets,\
-validatingadmissionpolicies,validatingadmissionpolicybindings,validatingwebhookconfigurations";
+validatingadmissionpolicies,validatingadmissionpolicybindings,validatingwebhookconfigurations,\
+mutatingwebhookconfigurations";
 
 /// A call held while `helm upgrade` to changed values rolls every operator
 /// replica is approved through the people's API of the new ones and

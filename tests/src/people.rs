@@ -19,6 +19,10 @@ impl People {
                 .no_proxy()
                 // Short: a replica that died mid-request must not stall a test for long.
                 .timeout(Duration::from_secs(5))
+                // A fresh connection per request, as approvers' tools make
+                // them: a pooled one may lead to a replica that is gone
+                // (the tests roll and kill replicas), where it times out.
+                .pool_max_idle_per_host(0)
                 .build()
                 .unwrap_or_default(),
         }
