@@ -262,6 +262,13 @@ pub async fn a_selected_workload_is_gated_once_its_pods_are_recreated(
     )?;
     assert!(claimed.contains("would run without its"), "{claimed}");
 
+    // A selected pod whose own container names the gateway's token volume.
+    let mut greedy: Value = serde_json::from_str(&labelled_pod("greedy", json!({"app": "tools"})))?;
+    greedy["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "airlock-gateway-token", "mountPath": "/stolen"}]);
+    let greedy = refusal(node, &greedy.to_string())?;
+    assert!(greedy.contains("mounts the gateway's token"), "{greedy}");
+
     // A webhook after the injector strips the sidecar: the final pod is refused.
     let stripper = Stripper::start().await?;
     node.apply(&stripper.configuration())?;

@@ -53,6 +53,8 @@ pub fn inject(pod: &Value, sidecar: &Sidecar) -> Result<Value, RenderError> {
     injected["spec"] =
         serde_json::to_value(&spec).map_err(|e| RenderError::Shape("the pod", e.to_string()))?;
     sidecar.gate(&mut injected, Gating::Injected)?;
+    // A container that names the gateway's token volume would get it once injected.
+    confined_token(&injected["spec"]).map_err(RenderError::TokenExposed)?;
     Ok(injected)
 }
 
@@ -342,6 +344,13 @@ mod tests {
         assert_eq!(
             inject(&root, &sidecar).unwrap_err().to_string(),
             "spec.securityContext.runAsUser: an MCP container does not run as root"
+        );
+        let mut greedy = app_pod();
+        greedy["spec"]["containers"][0]["volumeMounts"] =
+            json!([{"name": TOKEN_VOLUME, "mountPath": "/stolen"}]);
+        assert_eq!(
+            inject(&greedy, &sidecar).unwrap_err().to_string(),
+            "container \"mcp\" mounts the gateway's token"
         );
         let mut again = inject(&app_pod(), &sidecar).unwrap();
         again["metadata"]["labels"] = json!({"app": "tools"});

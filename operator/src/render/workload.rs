@@ -111,6 +111,9 @@ pub enum RenderError {
         "spec.selector: the sidecar is never injected into namespace {0}, which is the cluster's or the operator's own"
     )]
     ProtectedNamespace(String),
+    /// Only the gateway holds the `airlock`-audience token.
+    #[error("{0}")]
+    TokenExposed(String),
     #[error("JWKS URL {0}")]
     Url(#[from] UrlError),
     #[error("the gateway configuration is invalid: {0}")]
