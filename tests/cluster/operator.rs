@@ -154,6 +154,18 @@ spec:
         image: {MCP_PYTHON}
         imagePullPolicy: IfNotPresent
 ---
+{}"#,
+        client_pod(namespace)
+    ))?;
+    chart::ready_server(node, namespace, SERVER).await?;
+    node.ready_pod(namespace, "client").await?;
+    Ok(())
+}
+
+/// The `client` pod [`call`] runs the Python SDK client in.
+pub(crate) fn client_pod(namespace: &str) -> String {
+    format!(
+        r#"
 apiVersion: v1
 kind: Pod
 metadata: {{name: client, namespace: {namespace}}}
@@ -165,10 +177,7 @@ spec:
     imagePullPolicy: IfNotPresent
     command: ["/usr/local/bin/python3", "-c", "import time; time.sleep(10**6)"]
 "#
-    ))?;
-    chart::ready_server(node, namespace, SERVER).await?;
-    node.ready_pod(namespace, "client").await?;
-    Ok(())
+    )
 }
 
 /// The Python SDK client in `namespace`'s `client` pod, calling the server

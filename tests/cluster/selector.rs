@@ -5,7 +5,7 @@
 //! call through them is approved. A later webhook that strips the sidecar,
 //! and a pod that claims injection without it, are refused.
 
-use crate::operator::{SERVER, call, operator, people_token, policy, token};
+use crate::operator::{SERVER, call, client_pod, operator, people_token, policy, token};
 use airlock_operator::crd::McpServer;
 use airlock_operator::tls::{Authority, TlsListener};
 use airlock_tests::chart;
@@ -44,17 +44,8 @@ spec:
         image: {MCP_PYTHON}
         imagePullPolicy: IfNotPresent
 ---
-apiVersion: v1
-kind: Pod
-metadata: {{name: client, namespace: {NAMESPACE}}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: client
-    image: {MCP_PYTHON}
-    imagePullPolicy: IfNotPresent
-    command: ["/usr/local/bin/python3", "-c", "import time; time.sleep(10**6)"]
-"#
+{}"#,
+        client_pod(NAMESPACE)
     )
 }
 

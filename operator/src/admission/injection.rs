@@ -185,7 +185,6 @@ pub async fn keep_webhooks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn server(namespace: &str, name: &str, selector: Option<Value>) -> McpServer {
         let mut spec =
@@ -203,17 +202,7 @@ mod tests {
 
     #[test]
     fn each_selector_mode_server_gets_a_webhook_scoped_to_its_pods() {
-        let settings = Settings {
-            envoy_image: "e".into(),
-            operator_image: "o".into(),
-            image_pull_policy: "IfNotPresent".into(),
-            filter_path: "f".into(),
-            filter_sha256: "00".into(),
-            approvals_url: "https://a".into(),
-            approvals_ca: None,
-            jwks_urls: BTreeMap::new(),
-            operator_namespace: "airlock-system".into(),
-        };
+        let settings = workload::test_settings();
         let tools = json!({"matchLabels": {"app": "tools"}});
         let servers = [
             server("apps", "tools", Some(tools.clone())),

@@ -381,4 +381,43 @@ mod tests {
             Err(Refusal::NotAuthenticated(e)) if e == "expired"
         ));
     }
+
+    #[test]
+    fn an_injected_pod_speaks_for_the_selector_mode_server_that_gates_it() {
+        use crate::render::{injection, workload};
+        let server = |selector: serde_json::Value| -> McpServer {
+            serde_json::from_value(json!({
+                "apiVersion": "mcp.airlock.dev/v1alpha1", "kind": "McpServer",
+                "metadata": {"name": "tools", "namespace": "apps", "uid": "u-1"},
+                "spec": {"upstreamPort": 8080, "auth": {"tenants": ["t"], "audiences": ["a"]},
+                         "selector": selector},
+            }))
+            .unwrap()
+        };
+        let mut selecting = server(json!({"matchLabels": {"app": "tools"}}));
+        let sidecar = workload::render(&selecting, &workload::test_settings())
+            .unwrap()
+            .sidecar;
+        let app = json!({"metadata": {"name": "tools-1", "uid": "pod-1", "labels": {"app": "tools"}},
+            "spec": {"containers": [{"name": "mcp", "image": "example/tools:1"}]}});
+        let pod: Pod = serde_json::from_value(injection::inject(&app, &sidecar).unwrap()).unwrap();
+        // Before the controller has recorded the sidecar, nothing is accepted.
+        assert!(injected_server_of("pod-1", &pod, &selecting).is_err());
+        selecting.status = Some(crate::crd::McpServerStatus {
+            sidecar: Some(sidecar.expected().unwrap()),
+            ..Default::default()
+        });
+        assert_eq!(
+            injected_server_of("pod-1", &pod, &selecting),
+            Ok("apps/tools".into())
+        );
+        assert!(injected_server_of("pod-2", &pod, &selecting).is_err());
+        let mut elsewhere = selecting.clone();
+        elsewhere.spec.selector =
+            serde_json::from_value(json!({"matchLabels": {"app": "web"}})).ok();
+        assert!(injected_server_of("pod-1", &pod, &elsewhere).is_err());
+        let mut template = selecting.clone();
+        template.spec.selector = None;
+        assert!(injected_server_of("pod-1", &pod, &template).is_err());
+    }
 }

@@ -201,7 +201,7 @@ fn confined_token(spec: &Value) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::crd::McpServer;
-    use crate::render::workload::{Settings, render};
+    use crate::render::workload::{render, test_settings as settings};
     use serde_json::json;
 
     fn selector(value: Value) -> LabelSelector {
@@ -251,20 +251,6 @@ mod tests {
             },
         }))
         .unwrap()
-    }
-
-    fn settings() -> Settings {
-        Settings {
-            envoy_image: "airlock.local/envoy:1.40.0".into(),
-            operator_image: "airlock.local/operator:0.1.0".into(),
-            image_pull_policy: "IfNotPresent".into(),
-            filter_path: "/usr/lib/airlock/airlock_filter.wasm".into(),
-            filter_sha256: "ab".repeat(32),
-            approvals_url: "https://airlock-gateways.airlock-system.svc:8443".into(),
-            approvals_ca: Some("CA PEM".into()),
-            jwks_urls: BTreeMap::new(),
-            operator_namespace: "airlock-system".into(),
-        }
     }
 
     fn app_pod() -> Value {

@@ -507,9 +507,26 @@ fn merge_object(target: &mut Value, extra: &Value) {
     }
 }
 
+/// Settings as a chart install in `airlock-system` would give them, for unit tests.
+#[cfg(test)]
+pub fn test_settings() -> Settings {
+    Settings {
+        envoy_image: "airlock.local/envoy:1.40.0".into(),
+        operator_image: "airlock.local/operator:0.1.0".into(),
+        image_pull_policy: "IfNotPresent".into(),
+        filter_path: "/usr/lib/airlock/airlock_filter.wasm".into(),
+        filter_sha256: "ab".repeat(32),
+        approvals_url: "https://airlock-gateways.airlock-system.svc:8443".into(),
+        approvals_ca: Some("CA PEM".into()),
+        jwks_urls: BTreeMap::new(),
+        operator_namespace: "airlock-system".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use test_settings as settings;
 
     fn server(extra: Value) -> McpServer {
         let mut value = json!({
@@ -524,20 +541,6 @@ mod tests {
         });
         merge_object(&mut value["spec"], &extra);
         serde_json::from_value(value).unwrap()
-    }
-
-    fn settings() -> Settings {
-        Settings {
-            envoy_image: "airlock.local/envoy:1.40.0".into(),
-            operator_image: "airlock.local/operator:0.1.0".into(),
-            image_pull_policy: "IfNotPresent".into(),
-            filter_path: "/usr/lib/airlock/airlock_filter.wasm".into(),
-            filter_sha256: "ab".repeat(32),
-            approvals_url: "https://airlock-gateways.airlock-system.svc:8443".into(),
-            approvals_ca: Some("CA PEM".into()),
-            jwks_urls: BTreeMap::new(),
-            operator_namespace: "airlock-system".into(),
-        }
     }
 
     fn as_json<T: serde::Serialize>(object: &T) -> Value {
