@@ -7,28 +7,11 @@
 use airlock_operator::render::envoy::{Cluster, FileCredential};
 use airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER;
 use airlock_tests::envoy::{Envoy, EnvoyOptions};
+use airlock_tests::projected::project;
 use airlock_tests::recorder::Recorder;
 use airlock_tests::wait_for;
 use std::path::Path;
 use std::time::Duration;
-
-/// Writes `token` as kubelet does: into a fresh timestamped directory, then
-/// one rename of the `..data` symlink, then the old directory removed.
-fn project(dir: &Path, generation: u32, token: &str) -> anyhow::Result<()> {
-    let fresh = format!("..2026_12_02_{generation:02}");
-    std::fs::create_dir(dir.join(&fresh))?;
-    std::fs::write(dir.join(&fresh).join("token"), token)?;
-    let previous = std::fs::read_link(dir.join("..data")).ok();
-    std::os::unix::fs::symlink(&fresh, dir.join("..data_tmp"))?;
-    std::fs::rename(dir.join("..data_tmp"), dir.join("..data"))?;
-    if !dir.join("token").exists() {
-        std::os::unix::fs::symlink("..data/token", dir.join("token"))?;
-    }
-    if let Some(previous) = previous {
-        std::fs::remove_dir_all(dir.join(previous))?;
-    }
-    Ok(())
-}
 
 async fn start(dir: &Path, upstream: &Recorder) -> anyhow::Result<Envoy> {
     let credential = FileCredential {
@@ -68,11 +51,11 @@ async fn envoy_attaches_the_projected_token_and_follows_its_renewal() -> anyhow:
     let upstream = Recorder::start().await?;
     // kubelet projects the token before any container starts.
     std::fs::create_dir_all(dir.path().join("token"))?;
-    project(&dir.path().join("token"), 1, "token-one")?;
+    project(&dir.path().join("token"), 1, &[("token", "token-one")])?;
     let envoy = start(dir.path(), &upstream).await?;
     assert_eq!(attached(&envoy, &upstream, "forged").await?, "token-one");
 
-    project(&dir.path().join("token"), 2, "token-two")?;
+    project(&dir.path().join("token"), 2, &[("token", "token-two")])?;
     wait_for(
         "Envoy to send the renewed token",
         Duration::from_secs(10),

@@ -29,6 +29,7 @@ pub mod paths;
 pub mod peers;
 pub mod people;
 pub mod process;
+pub mod projected;
 pub mod recorder;
 pub mod store_contract;
 

@@ -127,13 +127,14 @@ pub fn webhooks(
 
 /// Keeps the injector configuration's webhooks those of the cluster's
 /// selector-mode servers (run by the leader): rewritten on every change of
-/// a server, and every minute in case someone edited it.
+/// a server or of the operator's CA bundle, and every minute in case
+/// someone edited it.
 pub async fn keep_webhooks(
     client: kube::Client,
     settings: Settings,
     service: String,
     namespace: String,
-    ca_pem: String,
+    mut trusted: tokio::sync::watch::Receiver<String>,
 ) {
     let servers: Api<McpServer> = Api::all(client.clone());
     let configurations: Api<MutatingWebhookConfiguration> = Api::all(client);
@@ -147,7 +148,10 @@ pub async fn keep_webhooks(
         tokio::select! {
             _ = changes.next() => {}
             _ = resync.tick() => written = None,
+            // The CA rotates: the API server must trust the next one too.
+            changed = trusted.changed() => if changed.is_err() { return },
         }
+        let ca_pem = trusted.borrow_and_update().clone();
         let listed = match servers.list(&ListParams::default()).await {
             Ok(listed) => listed.items,
             Err(e) => {

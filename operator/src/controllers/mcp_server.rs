@@ -71,6 +71,14 @@ pub async fn run(context: Arc<Context>) {
                 in_namespace_of(&servers, &policy)
             }
         })
+        // A rotation of the operator's CA changes every server's ConfigMap.
+        .reconcile_all_on(futures::stream::unfold(
+            context.trusted.clone(),
+            |mut trusted| async move {
+                trusted.changed().await.ok()?;
+                Some(((), trusted))
+            },
+        ))
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|_| async {})
@@ -99,7 +107,7 @@ async fn apply(server: &McpServer, context: &Context) -> Result<Action, Error> {
     let previous = server.status.clone().unwrap_or_default();
     let generation = server.metadata.generation;
 
-    let rendered = workload::render(server, &context.settings)
+    let rendered = workload::render(server, &context.settings())
         .and_then(|rendered| Ok((rendered.sidecar.expected()?, rendered)));
     let (expected, rendered) = match rendered {
         Ok(rendered) => rendered,

@@ -31,7 +31,10 @@ pub enum Error {
 /// What every reconcile needs.
 pub struct Context {
     pub client: kube::Client,
+    /// The settings rendering starts from; see [`Context::settings`].
     pub settings: Settings,
+    /// The operator's CA bundle now, which changes while the CA rotates.
+    pub trusted: tokio::sync::watch::Receiver<String>,
     pub recorder: Recorder,
     pub metrics: ControllerMetrics,
     /// The servers and policies the catalog feeder keeps.
@@ -39,9 +42,19 @@ pub struct Context {
 }
 
 impl Context {
+    /// What to render with now: sidecars trust the CA bundle of this moment.
+    pub fn settings(&self) -> Settings {
+        let mut settings = self.settings.clone();
+        if settings.approvals_ca.is_some() {
+            settings.approvals_ca = Some(self.trusted.borrow().clone());
+        }
+        settings
+    }
+
     pub fn new(
         client: kube::Client,
         settings: Settings,
+        trusted: tokio::sync::watch::Receiver<String>,
         watched: catalog::Watched,
         instance: String,
         registry: &Registry,
@@ -54,6 +67,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             settings,
+            trusted,
             metrics: ControllerMetrics::new(registry)?,
             watched,
         }))

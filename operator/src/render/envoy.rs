@@ -18,9 +18,9 @@ pub struct Cluster {
     /// (not only its chain) against the system's CA bundle (Entra's JWKS
     /// endpoint) or [`Cluster::trusted_ca`].
     pub tls: bool,
-    /// The CA (PEM) to trust instead of the system's bundle: the operator's
-    /// own, for the approval service.
-    pub trusted_ca: Option<String>,
+    /// The CAs to trust instead of the system's bundle: the operator's own,
+    /// for the approval service.
+    pub trusted_ca: Option<WatchedTrust>,
     /// Also reachable as [`Cluster::retrying_name`]: an internal listener
     /// whose route retries, with backoff, a request that never reached a
     /// peer (connect failure, refused stream, reset before the request was
@@ -47,6 +47,33 @@ pub struct FileCredential {
     pub file: PathBuf,
     /// Where [`FileCredential::sds_document`] is placed for Envoy to read.
     pub sds_file: PathBuf,
+}
+
+/// CAs kept in a file that Envoy re-reads, through a file-based SDS
+/// validation context, whenever something in the file's directory is moved
+/// — a ConfigMap volume is updated by swapping a `..data` symlink — so a CA
+/// rotation reaches running sidecars without restarting them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchedTrust {
+    /// The CA bundle (PEM).
+    pub ca_file: PathBuf,
+    /// Where [`WatchedTrust::sds_document`] is placed for Envoy to read.
+    pub sds_file: PathBuf,
+}
+
+/// The SDS secret name of a cluster's trusted CAs.
+const TRUST_SECRET: &str = "trusted-ca";
+
+impl WatchedTrust {
+    /// The SDS document naming the bundle's file, to be written at
+    /// [`WatchedTrust::sds_file`].
+    pub fn sds_document(&self) -> Value {
+        json!({"resources": [{
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            "name": TRUST_SECRET,
+            "validation_context": {"trusted_ca": {"filename": self.ca_file}},
+        }]})
+    }
 }
 
 /// The SDS secret name of a cluster's credential.
@@ -153,10 +180,10 @@ impl Cluster {
         }
     }
 
-    /// This cluster, trusting only `ca` (PEM) for its server's certificate.
-    pub fn trusting(self, ca: &str) -> Cluster {
+    /// This cluster, trusting only the CAs in `trust` for its server's certificate.
+    pub fn trusting(self, trust: WatchedTrust) -> Cluster {
         Cluster {
-            trusted_ca: Some(ca.to_string()),
+            trusted_ca: Some(trust),
             ..self
         }
     }
@@ -315,19 +342,31 @@ fn direct_cluster(cluster: &Cluster) -> Value {
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
                 "sni": cluster.host,
-                "common_tls_context": {"validation_context": {
-                    "trusted_ca": match &cluster.trusted_ca {
-                        Some(pem) => json!({"inline_string": pem}),
-                        None => json!({"filename": CA_BUNDLE}),
-                    },
-                    // Any certificate the CA signed is not enough: it must be this host's.
-                    "match_typed_subject_alt_names": [
-                        {"san_type": "DNS", "matcher": {"exact": cluster.host}}],
-                }},
+                "common_tls_context": validation(cluster),
             },
         });
     }
     rendered
+}
+
+/// How a TLS cluster checks its server: this host's name (any certificate
+/// the CA signed is not enough), signed by the system's CAs or the watched ones.
+fn validation(cluster: &Cluster) -> Value {
+    let name = json!([{"san_type": "DNS", "matcher": {"exact": cluster.host}}]);
+    match &cluster.trusted_ca {
+        None => json!({"validation_context": {
+            "trusted_ca": {"filename": CA_BUNDLE},
+            "match_typed_subject_alt_names": name,
+        }}),
+        Some(trust) => {
+            let watched = trust.sds_file.parent().unwrap_or(Path::new("/"));
+            json!({"combined_validation_context": {
+                "default_validation_context": {"match_typed_subject_alt_names": name},
+                "validation_context_sds_secret_config": {"name": TRUST_SECRET, "sds_config": {
+                    "path_config_source": {"path": trust.sds_file, "watched_directory": {"path": watched}}}},
+            }})
+        }
+    }
 }
 
 impl Bootstrap {

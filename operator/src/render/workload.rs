@@ -9,7 +9,9 @@
 //! image through an init container that checks its sha256, so the pod runs
 //! exactly the module the operator was built with and needs no registry.
 
-use super::envoy::{Bootstrap, Cluster, FileCredential, FilterModule, InPod, READY_PATH, UrlError};
+use super::envoy::{
+    Bootstrap, Cluster, FileCredential, FilterModule, InPod, READY_PATH, UrlError, WatchedTrust,
+};
 use super::hardening::{self, Unsafe, gateway_security_context, installer_security_context};
 use crate::approvals::gateway_identity;
 use crate::crd::{McpServer, SidecarStatus};
@@ -44,6 +46,9 @@ const CONFIG_DIR: &str = "/etc/airlock";
 /// The volume with the sidecar's bootstrap (the server's ConfigMap).
 pub const CONFIG_VOLUME: &str = "airlock-gateway-config";
 const CONFIG_FILE: &str = "envoy.json";
+/// The operator's CA bundle, and the SDS document through which Envoy reads it.
+const TRUST_FILE: &str = "approvals-ca.crt";
+const TRUST_SDS_FILE: &str = "approvals-ca.json";
 /// The SDS document through which Envoy reads the gateway's token.
 const CREDENTIAL_SDS_FILE: &str = "gateway-token.json";
 /// The pod's ServiceAccount token for the `airlock` audience, projected
@@ -68,8 +73,9 @@ pub struct Settings {
     /// The gateways' API of the approval service, as sidecars reach it
     /// (`https://airlock-gateways.airlock-system.svc:8443`).
     pub approvals_url: String,
-    /// The CA (PEM) that signs the approval service's certificate, when
-    /// `approvals_url` is https: sidecars trust it alone.
+    /// The CAs (PEM) that sign the approval service's certificates, when
+    /// `approvals_url` is https: sidecars trust them alone. More than one
+    /// while the operator rotates its CA.
     pub approvals_ca: Option<String>,
     /// Where a tenant's signing keys are fetched, when not from Entra.
     pub jwks_urls: BTreeMap<String, String>,
@@ -260,10 +266,16 @@ pub fn render(server: &McpServer, settings: &Settings) -> Result<Workload, Rende
     let gateway_name = format!("{name}-airlock-gateway");
     let metadata = |object_name: &str| json!({"name": object_name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]});
 
+    let mut data = json!({CONFIG_FILE: bootstrap_text, CREDENTIAL_SDS_FILE: sds_text});
+    // Outside the digest: a CA rotation reaches running sidecars without rolling them.
+    if let Some(bundle) = &settings.approvals_ca {
+        data[TRUST_FILE] = json!(bundle);
+        data[TRUST_SDS_FILE] = json!(approvals_trust().sds_document().to_string());
+    }
     let config_map = json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": metadata(&gateway_name),
-        "data": {CONFIG_FILE: bootstrap_text, CREDENTIAL_SDS_FILE: sds_text},
+        "data": data,
     });
     let sidecar = Sidecar {
         server: name.clone(),
@@ -370,7 +382,7 @@ fn bootstrap(
     // costs a retry, not the call.
     let approvals = approvals.retried().with_credential(credential.clone());
     let approvals = match &settings.approvals_ca {
-        Some(ca) => approvals.trusting(ca),
+        Some(_) => approvals.trusting(approvals_trust()),
         None => approvals,
     };
     let mut clusters = vec![approvals.clone()];
@@ -414,6 +426,15 @@ fn bootstrap(
         clusters,
     };
     Ok(bootstrap.render())
+}
+
+/// Where the sidecar reads the CAs it trusts for the approval service: from
+/// the server's ConfigMap, re-read when the operator rotates its CA.
+fn approvals_trust() -> WatchedTrust {
+    WatchedTrust {
+        ca_file: format!("{CONFIG_DIR}/{TRUST_FILE}").into(),
+        sds_file: format!("{CONFIG_DIR}/{TRUST_SDS_FILE}").into(),
+    }
 }
 
 /// The pod's `airlock`-audience token, attached by Envoy to every request
@@ -675,11 +696,34 @@ mod tests {
             .find(|c| c["name"] == config["approvals"]["cluster"])
             .unwrap();
         // Over TLS to the service, trusting the operator's CA only, for the service's name.
-        let validation = &approvals["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"];
-        assert_eq!(validation["trusted_ca"]["inline_string"], "CA PEM");
+        let validation = &approvals["transport_socket"]["typed_config"]["common_tls_context"]["combined_validation_context"];
         assert_eq!(
-            validation["match_typed_subject_alt_names"][0]["matcher"]["exact"],
+            validation["default_validation_context"]["match_typed_subject_alt_names"][0]["matcher"]
+                ["exact"],
             "airlock-gateways.airlock-system.svc"
+        );
+        let trust =
+            &validation["validation_context_sds_secret_config"]["sds_config"]["path_config_source"];
+        assert_eq!(trust["path"], format!("{CONFIG_DIR}/{TRUST_SDS_FILE}"));
+        assert_eq!(trust["watched_directory"]["path"], CONFIG_DIR);
+        assert_eq!(data[TRUST_FILE], "CA PEM");
+        let trust_sds: Value = serde_json::from_str(&data[TRUST_SDS_FILE]).unwrap();
+        assert_eq!(
+            trust_sds["resources"][0]["validation_context"]["trusted_ca"]["filename"],
+            format!("{CONFIG_DIR}/{TRUST_FILE}")
+        );
+        // A rotated bundle changes the ConfigMap, not the pods.
+        let mut rotated = settings();
+        rotated.approvals_ca = Some("CA PEM\nNEXT CA PEM".into());
+        let after = render(&server(json!({})), &rotated).unwrap();
+        assert_eq!(
+            as_json(&after.deployment.unwrap()),
+            as_json(
+                &render(&server(json!({})), &settings())
+                    .unwrap()
+                    .deployment
+                    .unwrap()
+            )
         );
         let injector = &approvals["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
             ["http_filters"][0]["typed_config"];

@@ -19,7 +19,8 @@ use crate::audit::trail::{AuditLog, Sinks};
 use crate::controllers::{self, Context};
 use crate::crd::AuditCheckpoint;
 use crate::render::workload::Settings;
-use crate::tls::{Authority, TlsListener};
+use crate::tls::rotation;
+use crate::tls::{Authority, ServingCertificate, TlsListener};
 use airlock_policy::audit::Chain;
 use airlock_policy::entra::{OtherIssuer, TokenVersion, TrustConfig};
 use anyhow::Context as _;
@@ -112,6 +113,10 @@ pub struct RunArgs {
     /// Also append it to this file (on a volume), continued across restarts.
     #[arg(long)]
     pub audit_file: Option<PathBuf>,
+    /// How long each step of a rotation of the operator's CA waits for the
+    /// last to reach every sidecar and the API server (`10m`; see `tls::rotation`).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub ca_rotation_overlap: Duration,
     /// How often this replica's chain head is checkpointed in the API server.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub audit_checkpoint_interval: Duration,
@@ -249,21 +254,49 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let authority = Authority::load_or_create(client.clone(), &args.namespace)
         .await
         .context("the operator's CA")?;
-    let gateways_tls = match &gateways_host {
-        Some(host) => {
-            let config = authority
-                .serving_config(std::slice::from_ref(host))
-                .context("the gateways' API certificate")?;
-            Some((authority.ca_pem.clone(), config))
-        }
+    // Served from the CA's signing certificate, renewed in place by
+    // `rotation::follow` when it ages or the CA rotates.
+    let gateways_certificate = match &gateways_host {
+        Some(host) => Some(
+            ServingCertificate::issue(&authority, std::slice::from_ref(host))
+                .context("the gateways' API certificate")?,
+        ),
         None => None,
     };
-    let webhook_tls = authority
-        .serving_config(&[format!("{}.{}.svc", args.webhook_service, args.namespace)])
-        .context("the webhook's certificate")?;
-    crate::admission::publish_ca_bundle(client.clone(), &authority.ca_pem)
+    let webhook_certificate = ServingCertificate::issue(
+        &authority,
+        &[format!("{}.{}.svc", args.webhook_service, args.namespace)],
+    )
+    .context("the webhook's certificate")?;
+    crate::admission::publish_ca_bundle(client.clone(), &authority.trust_pem)
         .await
         .context("writing the CA into the webhook configuration")?;
+    let (trust, trusted) = tokio::sync::watch::channel(authority.trust_pem.clone());
+    let follow_ca = rotation::follow(
+        client.clone(),
+        args.namespace.clone(),
+        gateways_certificate
+            .iter()
+            .chain([&webhook_certificate])
+            .cloned()
+            .collect(),
+        trust,
+    );
+    let publish_bundle = {
+        let client = client.clone();
+        let mut trusted = trusted.clone();
+        async move {
+            while trusted.changed().await.is_ok() {
+                let bundle = trusted.borrow_and_update().clone();
+                if let Err(e) = crate::admission::publish_ca_bundle(client.clone(), &bundle).await {
+                    crate::log::error(
+                        "tls",
+                        &format!("writing the CA bundle into the webhook configuration: {e}"),
+                    );
+                }
+            }
+        }
+    };
     let settings = Settings {
         envoy_image: args.envoy_image.clone(),
         operator_image: args.operator_image.clone(),
@@ -271,7 +304,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         filter_path: args.filter.display().to_string(),
         filter_sha256,
         approvals_url: args.approvals_url.clone(),
-        approvals_ca: gateways_tls.as_ref().map(|(ca, _)| ca.clone()),
+        approvals_ca: gateways_certificate
+            .as_ref()
+            .map(|_| authority.trust_pem.clone()),
         jwks_urls,
         operator_namespace: args.namespace.clone(),
     };
@@ -288,6 +323,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let context = Context::new(
         controllers_client,
         settings,
+        trusted.clone(),
         watched,
         args.pod_name.clone(),
         service.metrics_registry(),
@@ -299,8 +335,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut listeners = vec![
         (
             Api::Gateways,
-            match gateways_tls {
-                Some((_, config)) => Listener::Tls(TlsListener::new(gateways, config)?),
+            match &gateways_certificate {
+                Some(certificate) => {
+                    Listener::Tls(TlsListener::new(gateways, certificate.config()?)?)
+                }
                 None => gateways.into(),
             },
         ),
@@ -313,7 +351,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ];
     let webhook_listener = TlsListener::new(
         tokio::net::TcpListener::bind(args.webhook_listen).await?,
-        webhook_tls,
+        webhook_certificate.config()?,
     )?;
     let admission = crate::admission::router(Arc::new(Injector {
         client: client.clone(),
@@ -350,13 +388,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 context.settings.clone(),
                 args.webhook_service.clone(),
                 args.namespace.clone(),
-                authority.ca_pem.clone(),
+                trusted.clone(),
             ) => Ok(()),
+            () = rotation::drive(context.client.clone(), args.namespace.clone(), args.ca_rotation_overlap) => Ok(()),
         }
     };
     tokio::select! {
         served = service.serve(listeners) => served.context("serving the approval APIs"),
         served = axum::serve(webhook_listener, admission).into_future() => served.context("serving the admission webhooks"),
+        () = follow_ca => anyhow::bail!("following the CA ended"),
+        () = publish_bundle => anyhow::bail!("publishing the CA bundle ended"),
         () = feed => anyhow::bail!("the watch of servers and policies ended"),
         () = deliver_notifications => anyhow::bail!("notification delivery ended"),
         () = checkpoints::keep(checkpoint_api.clone(), heads.clone(), args.audit_checkpoint_interval, &checkpoint_metrics) => Ok(()),
