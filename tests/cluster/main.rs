@@ -14,6 +14,7 @@ mod monitoring;
 mod neighbours;
 mod operator;
 mod release;
+mod rotation;
 mod selector;
 mod smoke;
 mod trail;
@@ -75,6 +76,8 @@ fn exclusive_tests() -> Vec<(&'static str, Test)> {
         monitoring::the_dashboard_and_alerts_read_a_real_flow,
         ha::killing_the_leader_and_the_polled_replica_loses_nothing,
         ha::a_frozen_leader_writes_nothing_when_it_resumes,
+        // Rotates the CA every other test's sidecars trust.
+        rotation::the_operators_ca_rotates_with_no_pod_restarted,
         release::an_upgrade_keeps_held_calls_and_approvals,
         release::uninstalling_leaves_only_what_is_kept,
     ]

@@ -278,6 +278,15 @@ impl Node {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// Where kubelet keeps the ConfigMap volume `volume` of the pod `uid`.
+    pub fn config_map_volume(&self, uid: &str, volume: &str) -> PathBuf {
+        self.state
+            .join("kubelet/root/pods")
+            .join(uid)
+            .join("volumes/kubernetes.io~configmap")
+            .join(volume)
+    }
+
     /// A directory on the host that pods of `namespace` can mount as a
     /// `hostPath` (it goes with the node).
     pub fn host_volume(&self, namespace: &str) -> anyhow::Result<PathBuf> {
@@ -439,6 +448,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "imageGCLowThresholdPercent": 99,
             "evictionHard": {"memory.available": "100Mi", "nodefs.available": "2%", "imagefs.available": "2%"},
             "maxPods": 60,
+            // ConfigMap volumes follow their objects on each pod sync: every
+            // 10 s instead of every minute, so a CA rotation's overlap in
+            // the tests can be short.
+            "syncFrequency": "10s",
             "serializeImagePulls": false,
         });
         std::fs::write(
