@@ -15,4 +15,5 @@ mod hold;
 mod local;
 mod policy_sync;
 mod policy_test;
+mod readme;
 mod stores;

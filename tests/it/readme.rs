@@ -1,0 +1,148 @@
+//! The README's walkthrough of `make demo`, run as written: its shell
+//! blocks are read from README.md and run, in one bash, in a directory laid
+//! out like the repository's root, against `airlock up --demo --policy
+//! examples/policy.yaml` — only the gateway's port (an ephemeral one, not
+//! 8421) and the held request's id (`ar-…`) filled in.
+
+use airlock_operator::local::up::{Running, UpArgs};
+use airlock_tests::paths::{built_binary, filter_wasm, repo_root, tool};
+use airlock_tests::wait_for;
+use std::process::Command;
+use std::time::Duration;
+
+const SECTION: &str = "## Five minutes with `make demo`";
+
+/// The `sh` blocks of the README section `heading`, in order.
+fn shell_blocks(readme: &str, heading: &str) -> anyhow::Result<Vec<String>> {
+    let start = readme
+        .find(heading)
+        .ok_or_else(|| anyhow::anyhow!("README.md has no {heading:?}"))?;
+    let section = &readme[start + heading.len()..];
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    let mut blocks = Vec::new();
+    let mut rest = section;
+    while let Some(open) = rest.find("```sh\n") {
+        let body = &rest[open + 6..];
+        let close = body
+            .find("```")
+            .ok_or_else(|| anyhow::anyhow!("an unclosed block"))?;
+        blocks.push(body[..close].to_string());
+        rest = &body[close + 3..];
+    }
+    Ok(blocks)
+}
+
+#[tokio::test]
+async fn the_walkthrough_of_make_demo_runs_as_written() -> anyhow::Result<()> {
+    let root = repo_root();
+    let readme = std::fs::read_to_string(root.join("README.md"))?;
+    let blocks = shell_blocks(&readme, SECTION)?;
+    anyhow::ensure!(blocks.len() == 3, "expected three blocks: {blocks:?}");
+
+    // The repository's root, as the walkthrough sees it, with a state of its own.
+    let dir = tempfile::Builder::new()
+        .prefix("airlock-readme-")
+        .tempdir()?;
+    let airlock = built_binary("airlock")?;
+    let target = airlock
+        .parent()
+        .and_then(|debug| debug.parent())
+        .ok_or_else(|| anyhow::anyhow!("{} is in no target directory", airlock.display()))?;
+    std::os::unix::fs::symlink(target, dir.path().join("target"))?;
+    for linked in [".tools", "tests", "examples"] {
+        std::os::unix::fs::symlink(root.join(linked), dir.path().join(linked))?;
+    }
+    let running = Running::start(&UpArgs {
+        demo: true,
+        upstream: None,
+        policies: vec![root.join("examples/policy.yaml")],
+        name: "local".into(),
+        namespace: "default".into(),
+        labels: vec![],
+        port: 0,
+        approvals_port: 0,
+        tenant: None,
+        audience: None,
+        jwks_url: None,
+        issuer: None,
+        envoy: Some(tool("envoy")?),
+        filter: Some(filter_wasm()?),
+        state_dir: dir.path().join(".airlock"),
+        max_hold_seconds: 50,
+    })
+    .await?;
+    let gateway = running.endpoints.gateway.clone();
+    let port = reqwest::Url::parse(&gateway)?
+        .port()
+        .ok_or_else(|| anyhow::anyhow!("{gateway} has no port"))?;
+    let address = format!("127.0.0.1:{port}");
+
+    // What a reader does between the blocks: finds the request's id in the
+    // list, and waits for the held call.
+    let find_request = r#"for i in $(seq 150); do AR=$(AIRLOCK_TOKEN=$LEA airlock approvals list 2>/dev/null | grep -o 'ar-[0-9a-f]*' | head -1); [ -n "$AR" ] && break; sleep 0.2; done"#;
+    let script = format!(
+        "shopt -s expand_aliases\n{}\n{find_request}\n{}\nwait\n{}",
+        blocks[0].replace("127.0.0.1:8421", &address),
+        blocks[1].replace("ar-…", "$AR"),
+        blocks[2],
+    );
+    // The gateway loads keys and policy just after Envoy starts.
+    let probe = Command::new(&airlock)
+        .args(["token", "--user", "probe"])
+        .current_dir(dir.path())
+        .output()?;
+    let probe = String::from_utf8(probe.stdout)?.trim().to_string();
+    wait_for(
+        "the gateway to load keys and policy",
+        Duration::from_secs(30),
+        || {
+            let request = reqwest::Client::new()
+                .get(gateway.clone())
+                .bearer_auth(&probe)
+                .send();
+            async move { Ok(request.await.ok().filter(|r| r.status() != 503).map(|_| ())) }
+        },
+    )
+    .await?;
+    let output = tokio::task::spawn_blocking({
+        let dir = dir.path().to_path_buf();
+        move || {
+            Command::new("bash")
+                .arg("-c")
+                .arg(script)
+                .current_dir(dir)
+                .output()
+        }
+    })
+    .await??;
+    drop(running);
+    let transcript = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for (what, expected) in [
+        ("get_status allowed", "serving in prod"),
+        (
+            "read_secret denied with its rule",
+            "default/model-ops/no-secrets does not allow it",
+        ),
+        ("ada refused as an approver", "not an approver"),
+        ("the held deploy completed", "deployed fraud:v7 to prod"),
+        ("the trail verified", "chain intact"),
+    ] {
+        anyhow::ensure!(
+            transcript.contains(expected),
+            "{what}: no {expected:?} in\n{transcript}"
+        );
+    }
+    let tools_line = transcript
+        .lines()
+        .find(|l| l.contains("get_status") && l.contains("deploy_model"))
+        .unwrap_or_default();
+    anyhow::ensure!(
+        !tools_line.contains("read_secret"),
+        "read_secret listed for ada: {transcript}"
+    );
+    Ok(())
+}
