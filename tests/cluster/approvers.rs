@@ -30,12 +30,12 @@ const ADA_AS_GUEST: &str = "ada_contoso.com#EXT#@fabrikam.onmicrosoft.com";
 
 /// A person: their MCP token's identity and their kubectl token's are the
 /// same tenant, object ID and groups.
-struct Person {
+pub(crate) struct Person {
     kubeconfig: PathBuf,
 }
 
 impl Person {
-    fn new(node: &Node, name: &str, groups: &[&str]) -> anyhow::Result<Person> {
+    pub(crate) fn new(node: &Node, name: &str, groups: &[&str]) -> anyhow::Result<Person> {
         Person::signing_in_as(node, name, &format!("{name}@contoso.com"), groups)
     }
 
@@ -69,7 +69,11 @@ impl Person {
     }
 
     /// `kubectl airlock ARGS -n NAMESPACE`: what it printed, or why it failed.
-    fn airlock(&self, namespace: &str, args: &[&str]) -> anyhow::Result<Result<String, String>> {
+    pub(crate) fn airlock(
+        &self,
+        namespace: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Result<String, String>> {
         let mut all = vec!["airlock"];
         all.extend_from_slice(args);
         all.extend_from_slice(&["-n", namespace]);

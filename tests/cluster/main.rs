@@ -10,6 +10,7 @@
 mod approvers;
 mod gitops;
 mod ha;
+mod install_guide;
 mod monitoring;
 mod neighbours;
 mod operator;
@@ -80,6 +81,8 @@ fn exclusive_tests() -> Vec<(&'static str, Test)> {
         rotation::the_operators_ca_rotates_with_no_pod_restarted,
         release::an_upgrade_keeps_held_calls_and_approvals,
         release::uninstalling_leaves_only_what_is_kept,
+        // A fresh install, after the uninstall, from the guide's commands.
+        install_guide::the_install_guide_installs_the_chart_and_a_held_call_is_approved,
     ]
 }
 

@@ -189,7 +189,19 @@ pub(crate) async fn call(
     tool: &str,
     arguments: Value,
 ) -> anyhow::Result<Value> {
-    let url = format!("http://{SERVER}.{namespace}.svc.cluster.local/mcp");
+    call_server(node, namespace, SERVER, token, tool, arguments).await
+}
+
+/// [`call`] to the server `server` of `namespace`.
+pub(crate) async fn call_server(
+    node: &Node,
+    namespace: &str,
+    server: &str,
+    token: &str,
+    tool: &str,
+    arguments: Value,
+) -> anyhow::Result<Value> {
+    let url = format!("http://{server}.{namespace}.svc.cluster.local/mcp");
     let arguments = arguments.to_string();
     let out = node
         .exec(

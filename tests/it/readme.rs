@@ -5,6 +5,7 @@
 //! 8421) and the held request's id (`ar-…`) filled in.
 
 use airlock_operator::local::up::{Running, UpArgs};
+use airlock_tests::docs::fenced_blocks;
 use airlock_tests::paths::{built_binary, filter_wasm, repo_root, tool};
 use airlock_tests::wait_for;
 use std::process::Command;
@@ -12,31 +13,11 @@ use std::time::Duration;
 
 const SECTION: &str = "## Five minutes with `make demo`";
 
-/// The `sh` blocks of the README section `heading`, in order.
-fn shell_blocks(readme: &str, heading: &str) -> anyhow::Result<Vec<String>> {
-    let start = readme
-        .find(heading)
-        .ok_or_else(|| anyhow::anyhow!("README.md has no {heading:?}"))?;
-    let section = &readme[start + heading.len()..];
-    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
-    let mut blocks = Vec::new();
-    let mut rest = section;
-    while let Some(open) = rest.find("```sh\n") {
-        let body = &rest[open + 6..];
-        let close = body
-            .find("```")
-            .ok_or_else(|| anyhow::anyhow!("an unclosed block"))?;
-        blocks.push(body[..close].to_string());
-        rest = &body[close + 3..];
-    }
-    Ok(blocks)
-}
-
 #[tokio::test]
 async fn the_walkthrough_of_make_demo_runs_as_written() -> anyhow::Result<()> {
     let root = repo_root();
     let readme = std::fs::read_to_string(root.join("README.md"))?;
-    let blocks = shell_blocks(&readme, SECTION)?;
+    let blocks = fenced_blocks(&readme, SECTION, "sh")?;
     anyhow::ensure!(blocks.len() == 3, "expected three blocks: {blocks:?}");
 
     // The repository's root, as the walkthrough sees it, with a state of its own.

@@ -20,6 +20,7 @@ pub mod approvals;
 pub mod argocd;
 pub mod chart;
 pub mod cluster;
+pub mod docs;
 pub mod envoy;
 pub mod gateway;
 pub mod guard;
