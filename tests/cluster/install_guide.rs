@@ -185,12 +185,13 @@ pub async fn the_install_guide_installs_the_chart_and_a_held_call_is_approved(
     // A production deploy, held until two ml-leads approve with kubectl airlock.
     node.apply(&client_pod(NAMESPACE))?;
     node.ready_pod(NAMESPACE, "client").await?;
-    let ada = token(&installed.issuer, "ada", &[ENGINEERS])?;
+    // Not ada: the approvers tests revoke her, cluster-wide.
+    let ivy = token(&installed.issuer, "ivy", &[ENGINEERS])?;
     let held = call_server(
         node,
         NAMESPACE,
         SERVER,
-        &ada,
+        &ivy,
         "deploy_model",
         json!({"model": "fraud:v31", "environment": "prod"}),
     );
@@ -205,8 +206,8 @@ pub async fn the_install_guide_installs_the_chart_and_a_held_call_is_approved(
             Ok(listed
                 .into_iter()
                 .find(|r| {
-                    // Ada's, not one another test seeded here.
-                    r.spec.requester.oid == "oid-ada"
+                    // Ivy's, not one another test seeded here.
+                    r.spec.requester.oid == "oid-ivy"
                         && r.spec.call.target.as_deref() == Some("deploy_model")
                         && r.status.as_ref().is_some_and(|s| s.phase == Phase::Pending)
                 })
@@ -223,7 +224,9 @@ pub async fn the_install_guide_installs_the_chart_and_a_held_call_is_approved(
         anyhow::Ok(())
     };
     let (answer, approved) = tokio::join!(held, approve);
-    approved?;
+    if let Err(e) = approved {
+        anyhow::bail!("{e}; the call answered {answer:?}");
+    }
     let answer = answer?;
     anyhow::ensure!(answer["isError"] == false, "{answer}");
     Ok(())
