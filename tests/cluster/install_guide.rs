@@ -182,6 +182,22 @@ pub async fn the_install_guide_installs_the_chart_and_a_held_call_is_approved(
         "the guide's server kept its placeholder tenant"
     );
 
+    // The pod of the server's earlier spec (another test's) gone for good.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(node.client(ADMIN).await?, NAMESPACE);
+    wait_for(
+        "one pod of the server, of its spec",
+        chart::STARTUP,
+        || async {
+            let listed = pods
+                .list(&ListParams::default().labels(&format!("mcp.airlock.dev/server={SERVER}")))
+                .await?
+                .items;
+            Ok((listed.len() == 1).then_some(()))
+        },
+    )
+    .await?;
+
     // A production deploy, held until two ml-leads approve with kubectl airlock.
     node.apply(&client_pod(NAMESPACE))?;
     node.ready_pod(NAMESPACE, "client").await?;

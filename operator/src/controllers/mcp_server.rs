@@ -421,7 +421,19 @@ fn deployment_availability(deployment: &Deployment, wanted: i32) -> (bool, &'sta
     if wanted == 0 {
         return (true, "ScaledToZero", "no replicas wanted".into());
     }
-    if available >= wanted && status.updated_replicas.unwrap_or(0) >= wanted {
+    let updated = status.updated_replicas.unwrap_or(0);
+    // A pod of an older spec still counts as available while the new one
+    // starts: the server is ready once none is left, as `kubectl rollout
+    // status` waits.
+    let older = status.replicas.unwrap_or(0) - updated;
+    if older > 0 {
+        return (
+            false,
+            "Progressing",
+            format!("{older} pods of the previous spec still run"),
+        );
+    }
+    if available >= wanted && updated >= wanted {
         (
             true,
             "Available",
@@ -505,7 +517,8 @@ mod tests {
     fn deployment(generation: i64, observed: i64, available: i32, updated: i32) -> Deployment {
         serde_json::from_value(json!({
             "metadata": {"name": "models", "generation": generation},
-            "status": {"observedGeneration": observed, "availableReplicas": available, "updatedReplicas": updated},
+            "status": {"observedGeneration": observed, "availableReplicas": available,
+                       "updatedReplicas": updated, "replicas": updated},
         }))
         .unwrap()
     }
@@ -519,6 +532,12 @@ mod tests {
         );
         // Replicas of the previous spec do not count.
         assert!(!availability(&deployment(2, 2, 2, 1), 2).ready);
+        // The old pod is available, the new one is not yet: not ready.
+        let mut rolling = deployment(2, 2, 1, 1);
+        if let Some(status) = rolling.status.as_mut() {
+            status.replicas = Some(2);
+        }
+        assert_eq!(availability(&rolling, 1).reason, "Progressing");
         // The Deployment controller has not seen the edit yet.
         assert_eq!(
             availability(&deployment(3, 2, 2, 2), 2).reason,
