@@ -162,6 +162,42 @@ spec:
     Ok(())
 }
 
+/// ada's production deploy to `namespace`'s server, held and approved by
+/// lea through the people's API: the sidecar asks and long-polls the service.
+pub(crate) async fn held_call_approved(
+    node: &Node,
+    namespace: &str,
+    model: &str,
+) -> anyhow::Result<()> {
+    let installed = operator(node).await?;
+    let ada = token(&installed.issuer, "ada", &["engineers"])?;
+    let lea = people_token(&installed.issuer, "lea", &["leads"])?;
+    let held = call(
+        node,
+        namespace,
+        &ada,
+        "deploy_model",
+        json!({"model": model, "environment": "prod"}),
+    );
+    let decide = async {
+        let id = installed
+            .people
+            .pending(&lea, &format!("{namespace}/{SERVER}"), "deploy_model")
+            .await?;
+        let decided = installed.people.decide(&lea, &id, "approve", "ok").await?;
+        anyhow::ensure!(decided.status().is_success(), "{}", decided.text().await?);
+        Ok(())
+    };
+    let (answer, decided) = tokio::join!(held, decide);
+    decided?;
+    let answer = answer?;
+    anyhow::ensure!(
+        answer["text"] == format!("deployed {model} to prod"),
+        "{answer}"
+    );
+    Ok(())
+}
+
 /// The `client` pod [`call`] runs the Python SDK client in.
 pub(crate) fn client_pod(namespace: &str) -> String {
     format!(

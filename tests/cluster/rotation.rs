@@ -6,7 +6,7 @@
 //! selected pod is injected, dry-run) and the old CA is forgotten — with
 //! no pod restarted.
 
-use crate::operator::{SERVER, call, gated_server, operator, people_token, token};
+use crate::operator::{SERVER, gated_server, held_call_approved, operator};
 use airlock_operator::tls::CA_SECRET;
 use airlock_operator::tls::rotation::ROTATE;
 use airlock_tests::chart::{self, SYSTEM_NAMESPACE};
@@ -61,38 +61,6 @@ async fn sidecar_trust(node: &Node) -> anyhow::Result<String> {
         .config_map_volume(&uid, "airlock-gateway-config")
         .join("approvals-ca.crt");
     std::fs::read_to_string(&file).with_context(|| file.display().to_string())
-}
-
-/// A held call, approved through the people's API: the sidecar asks and
-/// long-polls the service over TLS.
-async fn held_call_approved(node: &Node, model: &str) -> anyhow::Result<()> {
-    let installed = operator(node).await?;
-    let ada = token(&installed.issuer, "ada", &["engineers"])?;
-    let lea = people_token(&installed.issuer, "lea", &["leads"])?;
-    let held = call(
-        node,
-        NAMESPACE,
-        &ada,
-        "deploy_model",
-        json!({"model": model, "environment": "prod"}),
-    );
-    let decide = async {
-        let id = installed
-            .people
-            .pending(&lea, &format!("{NAMESPACE}/{SERVER}"), "deploy_model")
-            .await?;
-        let decided = installed.people.decide(&lea, &id, "approve", "ok").await?;
-        anyhow::ensure!(decided.status().is_success(), "{}", decided.text().await?);
-        Ok(())
-    };
-    let (answer, decided) = tokio::join!(held, decide);
-    decided?;
-    let answer = answer?;
-    anyhow::ensure!(
-        answer["text"] == format!("deployed {model} to prod"),
-        "{answer}"
-    );
-    Ok(())
 }
 
 /// The API server calls the injection webhook: a selected pod, created
@@ -208,7 +176,7 @@ spec:
     eprintln!("rotation: promoted after {:.1?}", started.elapsed());
     // Every replica serves from it within its 5 s look at the Secret.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    held_call_approved(node, "fraud:v21").await?;
+    held_call_approved(node, NAMESPACE, "fraud:v21").await?;
     injected_dry_run(node)?;
 
     // Forget: the old CA leaves the sidecar's bundle; calls still work.
@@ -229,7 +197,7 @@ spec:
         Ok(())
     })?;
     eprintln!("rotation: done after {:.1?}", started.elapsed());
-    held_call_approved(node, "fraud:v22").await?;
+    held_call_approved(node, NAMESPACE, "fraud:v22").await?;
     injected_dry_run(node)?;
     for configuration in [
         "validatingwebhookconfiguration/airlock-approval-decisions",

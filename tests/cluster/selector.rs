@@ -5,7 +5,7 @@
 //! call through them is approved. A later webhook that strips the sidecar,
 //! and a pod that claims injection without it, are refused.
 
-use crate::operator::{SERVER, call, client_pod, operator, people_token, policy, token};
+use crate::operator::{SERVER, call, client_pod, held_call_approved, operator, policy, token};
 use airlock_operator::crd::McpServer;
 use airlock_operator::tls::{Authority, TlsListener};
 use airlock_tests::chart;
@@ -216,32 +216,9 @@ pub async fn a_selected_workload_is_gated_once_its_pods_are_recreated(
 
     // A held call through the injected gateway, approved by a lead.
     let ada = token(&installed.issuer, "ada", &["engineers"])?;
-    let lea = people_token(&installed.issuer, "lea", &["leads"])?;
     let allowed = call(node, NAMESPACE, &ada, "get_status", json!({})).await?;
     assert_eq!(allowed["isError"], false, "{allowed}");
-    let held = call(
-        node,
-        NAMESPACE,
-        &ada,
-        "deploy_model",
-        json!({"model": "fraud:v7", "environment": "prod"}),
-    );
-    let decide = async {
-        let id = installed
-            .people
-            .pending(&lea, &format!("{NAMESPACE}/{SERVER}"), "deploy_model")
-            .await?;
-        let decided = installed
-            .people
-            .decide(&lea, &id, "approve", "checked")
-            .await?;
-        anyhow::ensure!(decided.status().is_success(), "{}", decided.text().await?);
-        Ok(())
-    };
-    let (answer, decided) = tokio::join!(held, decide);
-    decided?;
-    let answer = answer?;
-    assert_eq!(answer["text"], "deployed fraud:v7 to prod", "{answer}");
+    held_call_approved(node, NAMESPACE, "fraud:v7").await?;
 
     // A pod that claims injection without the sidecar.
     let claimed = refusal(

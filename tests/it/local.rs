@@ -13,6 +13,33 @@ use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `airlock up --demo --policy POLICY --port 0` with its state in `state_dir`,
+/// on the pinned Envoy and the built filter.
+pub(crate) fn demo_args(
+    policy: PathBuf,
+    state_dir: PathBuf,
+    max_hold_seconds: u64,
+) -> anyhow::Result<UpArgs> {
+    Ok(UpArgs {
+        demo: true,
+        upstream: None,
+        policies: vec![policy],
+        name: "local".into(),
+        namespace: "default".into(),
+        labels: vec![],
+        port: 0,
+        approvals_port: 0,
+        tenant: None,
+        audience: None,
+        jwks_url: None,
+        issuer: None,
+        envoy: Some(tool("envoy")?),
+        filter: Some(filter_wasm()?),
+        state_dir,
+        max_hold_seconds,
+    })
+}
+
 struct Local {
     running: Running,
     dir: tempfile::TempDir,
@@ -41,24 +68,7 @@ impl Local {
         let dir = tempfile::Builder::new().prefix("airlock-up-").tempdir()?;
         let policy_file = dir.path().join("policy.yaml");
         std::fs::write(&policy_file, policy)?;
-        let mut args = UpArgs {
-            demo: true,
-            upstream: None,
-            policies: vec![policy_file],
-            name: "local".into(),
-            namespace: "default".into(),
-            labels: vec![],
-            port: 0,
-            approvals_port: 0,
-            tenant: None,
-            audience: None,
-            jwks_url: None,
-            issuer: None,
-            envoy: Some(tool("envoy")?),
-            filter: Some(filter_wasm()?),
-            state_dir: dir.path().join("state"),
-            max_hold_seconds,
-        };
+        let mut args = demo_args(policy_file, dir.path().join("state"), max_hold_seconds)?;
         options(&mut args);
         let running = Running::start(&args).await?;
         let local = Local { running, dir };

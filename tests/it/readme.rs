@@ -4,9 +4,10 @@
 //! examples/policy.yaml` — only the gateway's port (an ephemeral one, not
 //! 8421) and the held request's id (`ar-…`) filled in.
 
-use airlock_operator::local::up::{Running, UpArgs};
+use crate::local::demo_args;
+use airlock_operator::local::up::Running;
 use airlock_tests::docs::fenced_blocks;
-use airlock_tests::paths::{built_binary, filter_wasm, repo_root, tool};
+use airlock_tests::paths::{built_binary, repo_root};
 use airlock_tests::wait_for;
 use std::process::Command;
 use std::time::Duration;
@@ -33,24 +34,11 @@ async fn the_walkthrough_of_make_demo_runs_as_written() -> anyhow::Result<()> {
     for linked in [".tools", "tests", "examples"] {
         std::os::unix::fs::symlink(root.join(linked), dir.path().join(linked))?;
     }
-    let running = Running::start(&UpArgs {
-        demo: true,
-        upstream: None,
-        policies: vec![root.join("examples/policy.yaml")],
-        name: "local".into(),
-        namespace: "default".into(),
-        labels: vec![],
-        port: 0,
-        approvals_port: 0,
-        tenant: None,
-        audience: None,
-        jwks_url: None,
-        issuer: None,
-        envoy: Some(tool("envoy")?),
-        filter: Some(filter_wasm()?),
-        state_dir: dir.path().join(".airlock"),
-        max_hold_seconds: 50,
-    })
+    let running = Running::start(&demo_args(
+        root.join("examples/policy.yaml"),
+        dir.path().join(".airlock"),
+        50,
+    )?)
     .await?;
     let gateway = running.endpoints.gateway.clone();
     let port = reqwest::Url::parse(&gateway)?
