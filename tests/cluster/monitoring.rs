@@ -1,17 +1,21 @@
 //! The dashboard and the alerts against a real Prometheus (Debian's, run on
-//! the host) scraping the operator's replicas and a gateway sidecar on the
-//! node during a flow: every panel's query answers, and its answer moves
-//! with the flow; no alert is active at baseline, and a held call makes
-//! `AirlockApprovalsWaiting` pending. (Each alert's firing over its full
-//! `for` is `tests/prometheus/alerts_test.yaml`'s, under promtool.)
+//! the host) scraping the operator's replicas, a gateway sidecar on the node
+//! and the API server during a flow: every panel's query answers, and its
+//! answer moves with the flow; no alert is active at baseline; a held call
+//! makes `AirlockApprovalsWaiting` pending, and with every operator replica
+//! stopped each other alert is raised by what it watches. (Each alert's
+//! firing over its full `for` is `tests/prometheus/alerts_test.yaml`'s,
+//! under promtool.)
 
-use crate::operator::{SERVER, call, gated_server, operator, people_token, token};
+use crate::approvers::Person;
+use crate::operator::{Installed, SERVER, call, gated_server, operator, people_token, token};
 use airlock_tests::chart;
 use airlock_tests::cluster::ADMIN;
 use airlock_tests::node::Node;
 use airlock_tests::paths::{repo_root, tool};
 use airlock_tests::process::Process;
 use airlock_tests::{free_port, wait_for};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
@@ -19,6 +23,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 const NS: &str = "monitoring";
+const OPERATOR_PODS: &str = "app.kubernetes.io/name=airlock-operator";
 
 /// Prometheus on 127.0.0.1, scraping every second, evaluating the chart's
 /// alert rules every second.
@@ -29,9 +34,18 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(operators: &[String], gateway: (&str, &str)) -> anyhow::Result<Prometheus> {
+    fn start(
+        node: &Node,
+        operators: &[String],
+        gateway: (&str, &str),
+    ) -> anyhow::Result<Prometheus> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
+        let cluster = node.cluster();
+        let apiserver = cluster
+            .url
+            .strip_prefix("https://")
+            .ok_or_else(|| anyhow::anyhow!("the API server's URL: {}", cluster.url))?;
         let targets = |ips: Vec<String>| json!([{"targets": ips}]);
         let config = json!({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -42,6 +56,10 @@ impl Prometheus {
                 {"job_name": "airlock-gateways", "metrics_path": "/stats/prometheus",
                  "static_configs": [{"targets": [format!("{}:90", gateway.1)],
                                      "labels": {"namespace": NS, "pod": gateway.0}}]},
+                {"job_name": "apiserver", "scheme": "https",
+                 "tls_config": {"ca_file": cluster.ca_file()},
+                 "authorization": {"credentials": cluster.bearer_token(ADMIN)},
+                 "static_configs": targets(vec![apiserver.to_string()])},
             ],
         });
         // JSON is YAML.
@@ -122,9 +140,19 @@ async fn pods(node: &Node, namespace: &str, labels: &str) -> anyhow::Result<Vec<
 
 /// A JSON-RPC `tools/call` straight to the gateway pod, from the host.
 async fn post(gateway_ip: &str, bearer: Option<&str>, tool: &str) -> anyhow::Result<u16> {
+    post_with(&reqwest::Client::new(), gateway_ip, bearer, tool).await
+}
+
+/// [`post`] on `client`'s connections.
+async fn post_with(
+    client: &reqwest::Client,
+    gateway_ip: &str,
+    bearer: Option<&str>,
+    tool: &str,
+) -> anyhow::Result<u16> {
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": tool, "arguments": {}}});
-    let mut request = reqwest::Client::new()
+    let mut request = client
         .post(format!("http://{gateway_ip}/mcp"))
         .header("accept", "application/json, text/event-stream")
         .header("content-type", "application/json")
@@ -138,22 +166,18 @@ async fn post(gateway_ip: &str, bearer: Option<&str>, tool: &str) -> anyhow::Res
 pub async fn the_dashboard_and_alerts_read_a_real_flow(node: &Node) -> anyhow::Result<()> {
     let installed = operator(node).await?;
     gated_server(node, NS, 40).await?;
-    let operators: Vec<String> = pods(
-        node,
-        chart::SYSTEM_NAMESPACE,
-        "app.kubernetes.io/name=airlock-operator",
-    )
-    .await?
-    .into_iter()
-    .map(|(_, ip)| ip)
-    .collect();
+    let operators: Vec<String> = pods(node, chart::SYSTEM_NAMESPACE, OPERATOR_PODS)
+        .await?
+        .into_iter()
+        .map(|(_, ip)| ip)
+        .collect();
     let gateway = pods(node, NS, "mcp.airlock.dev/server")
         .await?
         .into_iter()
         .next()
         .ok_or_else(|| anyhow::anyhow!("no gateway pod in {NS}"))?;
-    let prometheus = Prometheus::start(&operators, (&gateway.0, &gateway.1))?;
-    let wanted = operators.len() + 1;
+    let prometheus = Prometheus::start(node, &operators, (&gateway.0, &gateway.1))?;
+    let wanted = operators.len() + 2;
     wait_for(
         "Prometheus to scrape every target",
         Duration::from_secs(60),
@@ -287,5 +311,174 @@ pub async fn the_dashboard_and_alerts_read_a_real_flow(node: &Node) -> anyhow::R
         .await?;
         eprintln!("monitoring: {title}: {before:?} -> {now:?}");
     }
+    with_no_operator_each_alert_is_raised(node, &prometheus, installed, &gateway).await
+}
+
+/// Every operator replica stopped, as after a bad upgrade: the gateway's
+/// polls fail to connect, a lead's decision through the API server finds no
+/// webhook to ask, and a stream of refused calls fills the gateway's audit
+/// queue. Each alert watching one of those is raised; the replicas come
+/// back after.
+async fn with_no_operator_each_alert_is_raised(
+    node: &Node,
+    prometheus: &Prometheus,
+    installed: &Installed,
+    gateway: &(String, String),
+) -> anyhow::Result<()> {
+    // The webhook alert counts a failure series born within the last
+    // minute only once Prometheus has watched the API server that long.
+    wait_for(
+        "Prometheus to have watched the API server for a minute",
+        Duration::from_secs(90),
+        || async {
+            let watched = prometheus
+                .query("count(apiserver_request_total offset 1m)")
+                .await?;
+            Ok((!watched.is_empty()).then_some(()))
+        },
+    )
+    .await?;
+    node.apply(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: approvers, namespace: {NS}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: airlock-approver}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: lea@contoso.com}}]
+"#
+    ))?;
+    let ada = token(&installed.issuer, "ada", &["engineers"])?;
+    let lea_people = people_token(&installed.issuer, "lea", &["leads"])?;
+    let lea = Person::new(node, "lea", &["leads"])?;
+    let deployments: Api<Deployment> =
+        Api::namespaced(node.client(ADMIN).await?, chart::SYSTEM_NAMESPACE);
+    let replicas = deployments
+        .get("airlock-operator")
+        .await?
+        .spec
+        .replicas
+        .unwrap_or(1);
+    let scale = |replicas: i32| {
+        node.kubectl(
+            ADMIN,
+            &[
+                "scale",
+                "deployment/airlock-operator",
+                "-n",
+                chart::SYSTEM_NAMESPACE,
+                "--replicas",
+                &replicas.to_string(),
+            ],
+        )
+    };
+
+    // A production deploy, held; its request stays pending while no
+    // replica runs to expire it.
+    let held = call(
+        node,
+        NS,
+        &ada,
+        "deploy_model",
+        json!({"model": "fraud:v13", "environment": "prod"}),
+    );
+    let outage = async {
+        let id = installed
+            .people
+            .pending(&lea_people, &format!("{NS}/{SERVER}"), "deploy_model")
+            .await?;
+        scale(0)?;
+        wait_for(
+            "every operator replica to be gone",
+            Duration::from_secs(60),
+            || async {
+                let left = pods(node, chart::SYSTEM_NAMESPACE, OPERATOR_PODS).await;
+                Ok(left.is_ok_and(|left| left.is_empty()).then_some(()))
+            },
+        )
+        .await?;
+        let decided = lea.airlock(NS, &["approve", &id, "--reason", "while it is down"])?;
+        anyhow::ensure!(
+            decided
+                .as_ref()
+                .is_err_and(|why| why.contains("failed calling webhook")),
+            "a decision with no webhook to ask: {decided:?}"
+        );
+        let dropped = fill_the_audit_queue(prometheus, &gateway.1).await?;
+        eprintln!("monitoring: with no operator, dropped audit events: {dropped:?}");
+        for (alert, state, labels) in [
+            ("AirlockAuditEventsDropped", "firing", String::new()),
+            (
+                "AirlockAdmissionWebhookFailing",
+                "firing",
+                r#"name="approval-decisions.mcp.airlock.dev""#.to_string(),
+            ),
+            // Firing after its `for`, two minutes.
+            (
+                "AirlockGatewayCannotReachApprovalService",
+                "pending",
+                format!(r#"namespace="{NS}", pod="{}""#, gateway.0),
+            ),
+        ] {
+            let expr = format!(r#"ALERTS{{alertname="{alert}", alertstate="{state}", {labels}}}"#);
+            let raised = wait_for(
+                &format!("{alert} to be {state}"),
+                Duration::from_secs(60),
+                || async {
+                    let raised = prometheus.query(&expr).await?;
+                    Ok((!raised.is_empty()).then_some(raised))
+                },
+            )
+            .await?;
+            eprintln!("monitoring: with no operator, {raised:?}");
+        }
+        Ok(())
+    };
+    let (answer, outage) = tokio::join!(held, outage);
+    let restored = scale(replicas).map(drop);
+    outage?;
+    restored?;
+    chart::operator_ready(node, Some(replicas)).await?;
+    // The gateway fails closed: the held call is refused, and says why.
+    let answer = answer?;
+    anyhow::ensure!(
+        answer["isError"] == true,
+        "a held call with no service: {answer}"
+    );
+    eprintln!("monitoring: the held call with no service: {answer}");
     Ok(())
+}
+
+/// Refused calls (no token) until the gateway's audit queues — one per
+/// worker, with the service down — overflow; the drops Prometheus saw.
+async fn fill_the_audit_queue(
+    prometheus: &Prometheus,
+    gateway_ip: &str,
+) -> anyhow::Result<BTreeMap<String, f64>> {
+    use futures::StreamExt;
+    // Far more than two workers' queues of 10,000 events each.
+    const MOST: usize = 100_000;
+    const ROUND: usize = 5_000;
+    let client = reqwest::Client::new();
+    let mut sent = 0;
+    while sent < MOST {
+        let refused = futures::stream::iter(0..ROUND)
+            .map(|_| post_with(&client, gateway_ip, None, "get_status"))
+            .buffer_unordered(16)
+            .filter(|status| std::future::ready(status.as_ref().is_ok_and(|s| *s == 401)))
+            .count()
+            .await;
+        anyhow::ensure!(
+            refused == ROUND,
+            "{} of {ROUND} calls without a token were not refused",
+            ROUND - refused
+        );
+        sent += ROUND;
+        // Counted by the gateway, then scraped.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let dropped = prometheus.query("sum(airlock_audit_dropped) > 0").await?;
+        if !dropped.is_empty() {
+            return Ok(dropped);
+        }
+    }
+    anyhow::bail!("{sent} refused calls with the service down dropped no audit event")
 }

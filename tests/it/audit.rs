@@ -104,6 +104,13 @@ async fn every_message_is_audited_with_its_identity_and_the_chain_verifies() -> 
 
     let text = std::fs::read_to_string(&gateway.approvals.audit_log)?;
     assert_eq!(verify(&text)?, text.lines().count() as u64);
+    // Defined at zero before any drop, so that Prometheus sees a first drop
+    // as an increase.
+    let dropped = gateway
+        .envoy
+        .defined_stat("wasmcustom.airlock.audit.dropped")
+        .await?;
+    assert_eq!(dropped, Some(0));
     Ok(())
 }
 

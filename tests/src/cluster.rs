@@ -380,6 +380,11 @@ impl Cluster {
         )
     }
 
+    /// The bearer token `user` presents (from the API server's token file).
+    pub fn bearer_token(&self, user: User) -> String {
+        token_of(user)
+    }
+
     pub fn kubeconfig(&self, user: User) -> PathBuf {
         self.dir.path().join(kubeconfig_name(user))
     }

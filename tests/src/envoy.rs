@@ -127,6 +127,11 @@ impl Envoy {
     /// The value of one stat (counter or gauge) from the admin interface;
     /// filter metrics are named `wasmcustom.<name>`. Zero until first set.
     pub async fn stat(&self, name: &str) -> anyhow::Result<i64> {
+        Ok(self.defined_stat(name).await?.unwrap_or(0))
+    }
+
+    /// The stat `name`, or None while it is not defined.
+    pub async fn defined_stat(&self, name: &str) -> anyhow::Result<Option<i64>> {
         let text = reqwest::get(format!("{}/stats?filter=^{name}$", self.admin_url))
             .await?
             .error_for_status()?
@@ -136,8 +141,7 @@ impl Envoy {
             .lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(": "))
             .map(|value| value.trim().parse())
-            .transpose()?
-            .unwrap_or(0))
+            .transpose()?)
     }
 
     pub fn pid(&self) -> u32 {

@@ -4,7 +4,7 @@
 //! service is slow or down and the queue is full, new events are dropped,
 //! counted (`airlock.audit.dropped`) and logged — never lost silently.
 
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::service;
 use airlock_policy::audit::AuditEvent;
 use airlock_policy::gateway::config::FilterConfig;
@@ -49,7 +49,7 @@ impl AuditQueue {
     }
 
     fn drop_events(&mut self, count: u64, why: &str, metrics: &Metrics) {
-        metrics.add_counter("airlock.audit.dropped", count);
+        metrics.add_counter(metrics::AUDIT_DROPPED, count);
         // Log the first drop of a run of them, then every thousandth.
         if self.dropped.is_multiple_of(1000) {
             log::error!(

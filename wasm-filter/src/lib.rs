@@ -97,13 +97,15 @@ impl RootContext for AirlockRoot {
                 return false;
             }
         };
+        let metrics = metrics::Metrics::default();
+        metrics.define_alerted();
         self.gateway = Some(Rc::new(Gateway {
             tokens: RefCell::new(TokenCache::new(config.token_cache_entries)),
             keys: RefCell::new(keys::KeyState::new(&config)),
             policy: RefCell::new(policy_sync::PolicyState::new()),
             audit: RefCell::new(audit::AuditQueue::new(config.audit_queue_events)),
             config,
-            metrics: metrics::Metrics::default(),
+            metrics,
         }));
         self.set_tick_period(Duration::from_millis(500));
         true

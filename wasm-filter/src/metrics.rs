@@ -6,6 +6,9 @@ use proxy_wasm::types::MetricType;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+/// Audit events dropped: the queue was full, or the service refused them.
+pub const AUDIT_DROPPED: &str = "airlock.audit.dropped";
+
 #[derive(Default)]
 pub struct Metrics {
     ids: RefCell<HashMap<String, u32>>,
@@ -28,6 +31,14 @@ impl Metrics {
             }
         };
         let _ = hostcalls::increment_metric(id, delta);
+    }
+
+    /// Defines, at zero, the counters an alert watches for an increase.
+    /// Prometheus sees a counter's first increase only from a sample before
+    /// it: one first defined at its first count would be born at that count,
+    /// and a single burst of drops would never raise the alert.
+    pub fn define_alerted(&self) {
+        self.add_counter(AUDIT_DROPPED, 0);
     }
 
     pub fn add_counter(&self, name: &str, count: u64) {
