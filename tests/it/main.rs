@@ -16,4 +16,5 @@ mod local;
 mod policy_sync;
 mod policy_test;
 mod readme;
+mod releases;
 mod stores;

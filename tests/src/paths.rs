@@ -49,6 +49,37 @@ pub fn filter_wasm() -> anyhow::Result<PathBuf> {
     built_module("wasm", "make wasm")
 }
 
+/// The newest release's filter module kept in `tests/releases/` (see its
+/// README), once its sha256 is the one recorded beside it; with its version.
+pub fn previous_release_module() -> anyhow::Result<(String, PathBuf)> {
+    let releases = repo_root().join("tests/releases");
+    let mut versions = Vec::new();
+    for entry in std::fs::read_dir(&releases)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let parsed: Option<Vec<u64>> = name.split('.').map(|part| part.parse().ok()).collect();
+        if let Some(parsed) = parsed {
+            versions.push((parsed, name));
+        }
+    }
+    let (_, version) = versions
+        .into_iter()
+        .max()
+        .with_context(|| format!("no release in {}", releases.display()))?;
+    let dir = releases.join(&version);
+    let module = dir.join("airlock_filter.wasm");
+    let recorded = std::fs::read_to_string(dir.join("SHA256SUMS"))?;
+    let actual = airlock_policy::canonical::sha256_hex(&std::fs::read(&module)?);
+    anyhow::ensure!(
+        recorded
+            .split_whitespace()
+            .next()
+            .is_some_and(|sum| actual.strip_prefix("sha256:") == Some(sum)),
+        "{} is not the module release {version} shipped (sha256 {actual}, recorded {recorded})",
+        module.display()
+    );
+    Ok((version, module))
+}
+
 /// The filter built with its test-only crash hook (`make wasm-crash-hook`).
 pub fn crash_hook_wasm() -> anyhow::Result<PathBuf> {
     built_module("debug", "make wasm-crash-hook")
