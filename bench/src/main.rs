@@ -18,6 +18,7 @@ mod approvals;
 mod cpu;
 mod load;
 mod operator_scale;
+mod policy_scale;
 mod report;
 mod request_path;
 mod upstream;
@@ -48,6 +49,8 @@ enum Command {
     RequestPath(request_path::RequestPathArgs),
     /// Only the operator scale run.
     Scale,
+    /// Only judging one call against 1, 100 and 1,000 rules.
+    Policy,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -90,6 +93,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::RequestPath(args)) = &cli.command {
         return request_path::run(args);
+    }
+    if let Some(Command::Policy) = &cli.command {
+        println!("{}", policy_scale::markdown(&policy_scale::run()?));
+        return Ok(());
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     ensure!(
@@ -261,6 +268,8 @@ async fn run(args: &RunArgs, scale: Option<operator_scale::ScaleReport>) -> anyh
 
     eprintln!("bench: approving {} held calls", args.approvals);
     report.approvals = approvals::approve_to_response(&gateway, args.approvals).await?;
+    eprintln!("bench: judging one call against many rules");
+    report.policy = policy_scale::run()?;
     eprintln!("bench: audit intake");
     let event = approvals::last_event(&gateway.approvals.audit_log)?;
     report.intake = Some(

@@ -49,6 +49,7 @@ pub struct Report {
     pub approvals: Vec<Duration>,
     pub intake: Option<Intake>,
     pub scale: Option<crate::operator_scale::ScaleReport>,
+    pub policy: Vec<crate::policy_scale::PolicyScale>,
 }
 
 fn micros(d: Duration) -> f64 {
@@ -66,6 +67,7 @@ impl Report {
             approvals: Vec::new(),
             intake: None,
             scale: None,
+            policy: Vec::new(),
         }
     }
 
@@ -182,6 +184,9 @@ impl Report {
                 intake.events,
                 intake.elapsed.as_secs_f64(),
             );
+        }
+        if !self.policy.is_empty() {
+            out.push_str(&crate::policy_scale::markdown(&self.policy));
         }
         if let Some(scale) = &self.scale {
             out.push_str(&scale.markdown());

@@ -8,7 +8,8 @@
 use crate::entra::Principal;
 use crate::mcp::Target;
 use crate::model::{
-    Action, ArgumentTest, CompiledMatcher, CompiledPolicy, Enforcement, Principals, Rule,
+    Action, ArgumentTest, CompiledMatcher, CompiledPolicy, CompiledRule, Enforcement, Principals,
+    Rule,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -99,12 +100,20 @@ pub fn evaluate(policies: &[CompiledPolicy], principal: &Principal, call: &Call<
     }
 }
 
+/// The rules of `policy` that may match `call` by what it addresses, with
+/// their compiled parts, in the policy's order.
+fn candidates<'p>(
+    policy: &'p CompiledPolicy,
+    call: &Call<'_>,
+) -> impl Iterator<Item = (&'p Rule, &'p CompiledRule)> {
+    policy
+        .index
+        .candidates(call.method, call.target)
+        .filter_map(|i| Some((policy.spec.rules.get(i)?, policy.rules.get(i)?)))
+}
+
 fn policy_verdict(policy: &CompiledPolicy, principal: &Principal, call: &Call<'_>) -> Verdict {
-    let applicable: Vec<&Rule> = policy
-        .spec
-        .rules
-        .iter()
-        .zip(&policy.rules)
+    let applicable: Vec<&Rule> = candidates(policy, call)
         .filter(|(rule, compiled)| {
             rule_matches(rule, call)
                 && compiled
@@ -162,7 +171,7 @@ pub fn argument_outcomes(policies: &[CompiledPolicy], call: &Call<'_>) -> BTreeM
         .collect();
     let mut outcomes = BTreeMap::new();
     for policy in policies {
-        for (rule, compiled) in policy.spec.rules.iter().zip(&policy.rules) {
+        for (rule, compiled) in candidates(policy, call) {
             if compiled.arguments.is_empty() || !rule_matches(rule, call) {
                 continue;
             }
@@ -647,15 +656,19 @@ mod tests {
         #[test]
         fn order_never_matters(specs in arbitrary_policies(), seed in any::<u64>(), tool_name in prop::sample::select(vec!["get_status", "deploy_model", "read_secret"]), env in prop::sample::select(vec!["prod", "dev"]), group in prop::sample::select(vec!["g1", "g2"])) {
             let compiled: Vec<CompiledPolicy> = specs.iter().enumerate().map(|(i, s)| compile(s, &format!("p{i}"))).collect();
-            let mut shuffled: Vec<CompiledPolicy> = compiled.iter().rev().cloned().collect();
-            for p in &mut shuffled {
-                let n = p.spec.rules.len();
-                if n > 1 {
-                    let k = (seed as usize) % n;
-                    p.spec.rules.rotate_left(k);
-                    p.rules.rotate_left(k);
-                }
-            }
+            let shuffled: Vec<CompiledPolicy> = specs
+                .iter()
+                .enumerate()
+                .rev()
+                .map(|(i, spec)| {
+                    let mut spec = spec.clone();
+                    let n = spec.rules.len();
+                    if n > 1 {
+                        spec.rules.rotate_left((seed as usize) % n);
+                    }
+                    compile(&spec, &format!("p{i}"))
+                })
+                .collect();
             let target = Target::Tool(tool_name.into());
             let args = json!({"env": env});
             let who = person(&[group]);

@@ -14,3 +14,4 @@ pub mod jwt;
 pub mod mcp;
 pub mod model;
 pub mod replay;
+mod rule_index;

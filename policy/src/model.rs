@@ -9,6 +9,8 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::rule_index::RuleIndex;
+
 #[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
@@ -510,6 +512,8 @@ pub struct CompiledPolicy {
     pub version: String,
     pub spec: ApprovalPolicySpec,
     pub(crate) rules: Vec<CompiledRule>,
+    /// The rules by what they name, so that a call tries only those that can match.
+    pub(crate) index: RuleIndex,
     /// Every group, role and scope its rules' principals name.
     pub named: Claims,
 }
@@ -718,6 +722,7 @@ impl ApprovalPolicySpec {
                 version: version.to_string(),
                 spec: self.clone(),
                 rules,
+                index: RuleIndex::new(&self.rules),
                 named,
             })
         } else {
