@@ -197,6 +197,14 @@ fn an_invalid_value_fails_a_dry_run_install_naming_it() -> anyhow::Result<()> {
             json!({"audit": {"stdout": false}}),
             "the audit trail would go nowhere",
         ),
+        (
+            json!({"tls": {"certManager": {"enabled": true}}}),
+            "tls.certManager.issuerRef.name",
+        ),
+        (
+            json!({"tls": {"certManager": {"duration": "30d"}}}),
+            "/tls/certManager/duration",
+        ),
     ];
     for (override_, named) in cases {
         let values = merged(&minimal()?, &override_);

@@ -19,8 +19,7 @@ use crate::audit::trail::{AuditLog, Sinks};
 use crate::controllers::{self, Context};
 use crate::crd::AuditCheckpoint;
 use crate::render::workload::Settings;
-use crate::tls::rotation;
-use crate::tls::{Authority, ServingCertificate, TlsListener};
+use crate::tls::{self, TlsListener};
 use airlock_policy::audit::Chain;
 use airlock_policy::entra::{OtherIssuer, TokenVersion, TrustConfig};
 use anyhow::Context as _;
@@ -113,8 +112,16 @@ pub struct RunArgs {
     /// Also append it to this file (on a volume), continued across restarts.
     #[arg(long)]
     pub audit_file: Option<PathBuf>,
-    /// How long each step of a rotation of the operator's CA waits for the
-    /// last to reach every sidecar and the API server (`10m`; see `tls::rotation`).
+    /// Serve the gateways' API and the webhook with the certificate this
+    /// `kubernetes.io/tls` Secret holds (`tls.crt`, `tls.key`, `ca.crt`),
+    /// which another issuer such as cert-manager keeps, instead of the
+    /// operator's own CA. It must name the webhook's and the gateways'
+    /// hosts; see `tls::issued`.
+    #[arg(long)]
+    pub serving_secret: Option<String>,
+    /// How long each step of a rotation of the operator's CA (or of the
+    /// serving Secret's CA) waits for the last to reach every sidecar and
+    /// the API server (`10m`; see `tls::rotation`).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub ca_rotation_overlap: Duration,
     /// How often this replica's chain head is checkpointed in the API server.
@@ -251,37 +258,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .ok()
         .filter(|url| url.scheme() == "https")
         .and_then(|url| url.host_str().map(str::to_string));
-    let authority = Authority::load_or_create(client.clone(), &args.namespace)
-        .await
-        .context("the operator's CA")?;
-    // Served from the CA's signing certificate, renewed in place by
-    // `rotation::follow` when it ages or the CA rotates.
-    let gateways_certificate = match &gateways_host {
-        Some(host) => Some(
-            ServingCertificate::issue(&authority, std::slice::from_ref(host))
-                .context("the gateways' API certificate")?,
-        ),
-        None => None,
+    let tls_source = match &args.serving_secret {
+        Some(name) => tls::Source::Issued(name.clone()),
+        None => tls::Source::OwnCa,
     };
-    let webhook_certificate = ServingCertificate::issue(
-        &authority,
-        &[format!("{}.{}.svc", args.webhook_service, args.namespace)],
+    // Renewed in place by `follow_ca` when they age, the CA rotates or
+    // their issuer replaces them.
+    let (serving, follow_ca) = tls::Serving::start(
+        client.clone(),
+        &args.namespace,
+        &tls_source,
+        gateways_host.as_deref(),
+        &format!("{}.{}.svc", args.webhook_service, args.namespace),
+        args.ca_rotation_overlap,
     )
-    .context("the webhook's certificate")?;
-    crate::admission::publish_ca_bundle(client.clone(), &authority.trust_pem)
+    .await
+    .context("the serving certificates")?;
+    let tls::Serving {
+        gateways: gateways_certificate,
+        webhook: webhook_certificate,
+        trusted,
+    } = serving;
+    let initial_trust = trusted.borrow().clone();
+    crate::admission::publish_ca_bundle(client.clone(), &initial_trust)
         .await
         .context("writing the CA into the webhook configuration")?;
-    let (trust, trusted) = tokio::sync::watch::channel(authority.trust_pem.clone());
-    let follow_ca = rotation::follow(
-        client.clone(),
-        args.namespace.clone(),
-        gateways_certificate
-            .iter()
-            .chain([&webhook_certificate])
-            .cloned()
-            .collect(),
-        trust,
-    );
     let publish_bundle = {
         let client = client.clone();
         let mut trusted = trusted.clone();
@@ -306,7 +307,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         approvals_url: args.approvals_url.clone(),
         approvals_ca: gateways_certificate
             .as_ref()
-            .map(|_| authority.trust_pem.clone()),
+            .map(|_| initial_trust.clone()),
         jwks_urls,
         operator_namespace: args.namespace.clone(),
     };
@@ -390,7 +391,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 args.namespace.clone(),
                 trusted.clone(),
             ) => Ok(()),
-            () = rotation::drive(context.client.clone(), args.namespace.clone(), args.ca_rotation_overlap) => Ok(()),
+            () = tls::lead(context.client.clone(), args.namespace.clone(), tls_source.clone(), args.ca_rotation_overlap) => Ok(()),
         }
     };
     tokio::select! {

@@ -7,6 +7,7 @@
 //! rotation ([`rotation`]) the next or the previous one — checking the
 //! service's name.
 
+pub mod issued;
 pub mod rotation;
 
 use k8s_openapi::ByteString;
@@ -184,13 +185,30 @@ impl ServingCertificate {
         }))
     }
 
+    /// Serves what another issuer issued (see [`issued`]).
+    pub fn from_issued(issue: &issued::Issued) -> Result<Arc<ServingCertificate>, Error> {
+        Ok(Arc::new(ServingCertificate {
+            names: Vec::new(),
+            current: RwLock::new((issue.certified_key()?, Instant::now())),
+        }))
+    }
+
     /// A new certificate from `authority`.
     pub fn renew(&self, authority: &Authority) -> Result<(), Error> {
-        let issued = authority.issue(&self.names)?;
-        if let Ok(mut current) = self.current.write() {
-            *current = (issued, Instant::now());
-        }
+        self.set(authority.issue(&self.names)?);
         Ok(())
+    }
+
+    /// Serves `issue` from now on.
+    pub fn replace(&self, issue: &issued::Issued) -> Result<(), Error> {
+        self.set(issue.certified_key()?);
+        Ok(())
+    }
+
+    fn set(&self, certified: Arc<CertifiedKey>) {
+        if let Ok(mut current) = self.current.write() {
+            *current = (certified, Instant::now());
+        }
     }
 
     /// Whether half of the certificate's life is gone.
@@ -216,6 +234,95 @@ impl ServingCertificate {
 impl ResolvesServerCert for ServingCertificate {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.current.read().ok().map(|current| current.0.clone())
+    }
+}
+
+/// Where a replica's serving certificates come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The operator's own CA, in the Secret [`CA_SECRET`], rotated by the leader.
+    OwnCa,
+    /// A `kubernetes.io/tls` Secret of this name that another issuer
+    /// (cert-manager) keeps: see [`issued`].
+    Issued(String),
+}
+
+/// What a replica serves its TLS APIs with and what clients are to trust.
+pub struct Serving {
+    /// The gateways' API's certificate, when it is served over TLS.
+    pub gateways: Option<Arc<ServingCertificate>>,
+    pub webhook: Arc<ServingCertificate>,
+    /// The bundle sidecars and the API server trust, as it changes.
+    pub trusted: tokio::sync::watch::Receiver<String>,
+}
+
+/// The keeping of [`Serving`] current, every replica's: run it for as long as it serves.
+pub type Keeping = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl Serving {
+    /// Certificates for `gateways_host` (when the gateways' API is served
+    /// over TLS) and `webhook_host`, from `source`.
+    pub async fn start(
+        client: kube::Client,
+        namespace: &str,
+        source: &Source,
+        gateways_host: Option<&str>,
+        webhook_host: &str,
+        overlap: Duration,
+    ) -> Result<(Serving, Keeping), Error> {
+        match source {
+            Source::OwnCa => {
+                let authority = Authority::load_or_create(client.clone(), namespace).await?;
+                let gateways = gateways_host
+                    .map(|host| ServingCertificate::issue(&authority, &[host.to_string()]))
+                    .transpose()?;
+                let webhook = ServingCertificate::issue(&authority, &[webhook_host.to_string()])?;
+                let (trust, trusted) = tokio::sync::watch::channel(authority.trust_pem.clone());
+                let keeping = rotation::follow(
+                    client,
+                    namespace.to_string(),
+                    gateways.iter().chain([&webhook]).cloned().collect(),
+                    trust,
+                );
+                let serving = Serving {
+                    gateways,
+                    webhook,
+                    trusted,
+                };
+                Ok((serving, Box::pin(keeping)))
+            }
+            Source::Issued(name) => {
+                // One certificate names both: the chart's Certificate lists them.
+                let secrets: Api<Secret> = Api::namespaced(client, namespace);
+                let first = issued::first_issue(&secrets, name).await;
+                let certificate = ServingCertificate::from_issued(&first)?;
+                let following = issued::Following::new(first);
+                let (trust, trusted) = tokio::sync::watch::channel(following.trust_pem());
+                let keeping = issued::follow(
+                    secrets,
+                    name.clone(),
+                    following,
+                    vec![certificate.clone()],
+                    trust,
+                    overlap,
+                );
+                let serving = Serving {
+                    gateways: gateways_host.map(|_| certificate.clone()),
+                    webhook: certificate,
+                    trusted,
+                };
+                Ok((serving, Box::pin(keeping)))
+            }
+        }
+    }
+}
+
+/// The leader's part of keeping certificates: rotating the operator's own
+/// CA; nothing while another issuer keeps them.
+pub async fn lead(client: kube::Client, namespace: String, source: Source, overlap: Duration) {
+    match source {
+        Source::OwnCa => rotation::drive(client, namespace, overlap).await,
+        Source::Issued(_) => std::future::pending().await,
     }
 }
 
