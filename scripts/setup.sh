@@ -120,7 +120,8 @@ link "$prometheus_dir/root/usr/bin/promtool" "$tools/bin/promtool"
 # by tests/tools/NAME/go.mod.
 go_tools() {
   local name="$1" dir="$root/tests/tools/$1" module="$2" ldflags="-s -w $3"; shift 3
-  local out="$cache/$name-$(echo "$ldflags" | key_of "$dir/go.mod" "$dir/go.sum" -)"
+  # A program of the project's own (tests/tools/NAME/*.go) is in the key too.
+  local out="$cache/$name-$(echo "$ldflags" | key_of "$dir/go.mod" "$dir/go.sum" $(ls "$dir"/*.go 2>/dev/null) -)"
   if [ ! -f "$out/.complete" ]; then
     say "building $name from $module@$(awk -v m="$module" '$1 == m {print $2}' "$dir/go.mod"); a cold build takes minutes"
     rm -rf "$out"
@@ -150,5 +151,10 @@ go_tools etcd go.etcd.io/etcd/server/v3 "" etcd=go.etcd.io/etcd/server/v3
 go_tools coredns github.com/coredns/coredns "" coredns=github.com/coredns/coredns
 go_tools kube-router github.com/cloudnativelabs/kube-router/v2 "" kube-router=github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
 go_tools helm helm.sh/helm/v4 "" helm=helm.sh/helm/v4/cmd/helm
+# cert-manager's controllers (tests/tools/cert-manager/main.go) and the CRDs of the same version.
+go_tools cert-manager github.com/cert-manager/cert-manager "" cert-manager-controller=.
+cert_manager_crds="$(cd "$root/tests/tools/cert-manager" && GOFLAGS=-mod=readonly go list -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)/deploy/crds"
+mkdir -p "$tools/cert-manager-crds"
+cp "$cert_manager_crds"/cert-manager.io_*.yaml "$tools/cert-manager-crds/"
 
 say "ready: $(ls "$tools/bin" | tr '\n' ' ')"

@@ -198,9 +198,19 @@ pub async fn the_install_guide_installs_the_chart_and_a_held_call_is_approved(
     )
     .await?;
 
-    // A production deploy, held until two ml-leads approve with kubectl airlock.
     node.apply(&client_pod(NAMESPACE))?;
     node.ready_pod(NAMESPACE, "client").await?;
+    held_deploy_approved_by_ml_leads(node, "fraud:v31").await
+}
+
+/// ivy's production deploy of `model` to the guide's server, held until two
+/// ml-leads approve with `kubectl airlock`: the sidecar asks the service
+/// and long-polls it, and the API server asks the operator's webhook.
+pub(crate) async fn held_deploy_approved_by_ml_leads(
+    node: &Node,
+    model: &str,
+) -> anyhow::Result<()> {
+    let installed = operator(node).await?;
     // Not ada: the approvers tests revoke her, cluster-wide.
     let ivy = token(&installed.issuer, "ivy", &[ENGINEERS])?;
     let held = call_server(
@@ -209,7 +219,7 @@ pub async fn the_install_guide_installs_the_chart_and_a_held_call_is_approved(
         SERVER,
         &ivy,
         "deploy_model",
-        json!({"model": "fraud:v31", "environment": "prod"}),
+        json!({"model": model, "environment": "prod"}),
     );
     let approve = async {
         let leads = [

@@ -8,6 +8,7 @@
 //! with the reason; none is skipped.
 
 mod approvers;
+mod cert_manager;
 mod gitops;
 mod ha;
 mod install_guide;
@@ -83,6 +84,8 @@ fn exclusive_tests() -> Vec<(&'static str, Test)> {
         release::uninstalling_leaves_only_what_is_kept,
         // A fresh install, after the uninstall, from the guide's commands.
         install_guide::the_install_guide_installs_the_chart_and_a_held_call_is_approved,
+        // Turns the guide's install over to cert-manager.
+        cert_manager::cert_manager_issues_the_operators_certificate,
     ]
 }
 

@@ -71,18 +71,27 @@ pub const RELEASE: &str = "airlock";
 /// [`SYSTEM_NAMESPACE`] of `node`'s cluster with `values`, as a platform
 /// team installs it.
 pub fn helm_install(node: &Node, values: &serde_json::Value) -> anyhow::Result<()> {
+    upgrade(node, &["--install"], values)
+}
+
+/// `helm upgrade --reuse-values` of [`RELEASE`]: `values` laid over the
+/// release's own.
+pub fn helm_upgrade_reusing_values(node: &Node, values: &serde_json::Value) -> anyhow::Result<()> {
+    upgrade(node, &["--reuse-values"], values)
+}
+
+fn upgrade(node: &Node, flags: &[&str], values: &serde_json::Value) -> anyhow::Result<()> {
     let kubeconfig = node.kubeconfig(ADMIN);
     let kubeconfig = kubeconfig
         .to_str()
         .context("a kubeconfig path that is not UTF-8")?;
-    let out = helm(
-        &["upgrade", "--install", RELEASE, "--kubeconfig", kubeconfig],
-        SYSTEM_NAMESPACE,
-        values,
-    )?;
+    let mut command = vec!["upgrade", RELEASE, "--kubeconfig", kubeconfig];
+    command.extend_from_slice(flags);
+    let out = helm(&command, SYSTEM_NAMESPACE, values)?;
     if !out.status.success() {
         bail!(
-            "helm upgrade --install: {}",
+            "helm upgrade {}: {}",
+            flags.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }

@@ -58,8 +58,8 @@ pub struct RunArgs {
     pub webhook_service: String,
     /// The gateways' API as sidecars reach it. With `https`, it is served
     /// with a certificate for the URL's host from the operator's CA (the
-    /// Secret `airlock-ca`, made by the first replica), and sidecars trust
-    /// that CA only, checking the name.
+    /// Secret `airlock-ca`, made by the first replica) or from
+    /// `--serving-secret`, and sidecars trust that CA only, checking the name.
     #[arg(long)]
     pub approvals_url: String,
     /// The sidecar's image.
@@ -305,9 +305,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         filter_path: args.filter.display().to_string(),
         filter_sha256,
         approvals_url: args.approvals_url.clone(),
-        approvals_ca: gateways_certificate
-            .as_ref()
-            .map(|_| initial_trust.clone()),
+        approvals_ca: gateways_certificate.as_ref().map(|_| initial_trust.clone()),
         jwks_urls,
         operator_namespace: args.namespace.clone(),
     };

@@ -11,7 +11,7 @@
 //! operator's own CA takes ([`super::rotation`]), paced by each replica from
 //! when it first saw the new CA.
 
-use super::{Error, ServingCertificate, bundle, secret_field};
+use super::{Error, ServingCertificate, bundle, publish, secret_field};
 use k8s_openapi::api::core::v1::Secret;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -186,14 +186,7 @@ pub async fn follow(
                 Err(e) => crate::log::error("tls", &format!("serving {name}: {e}")),
             }
         }
-        let bundle = following.trust_pem();
-        trust.send_if_modified(|current| {
-            let modified = *current != bundle;
-            if modified {
-                current.clone_from(&bundle);
-            }
-            modified
-        });
+        publish(&trust, &following.trust_pem());
     }
 }
 

@@ -64,6 +64,17 @@ pub fn bundle(pems: &[&str]) -> String {
         .collect()
 }
 
+/// Tells the bundle's watchers of `bundle` when it differs from what they have.
+fn publish(trust: &tokio::sync::watch::Sender<String>, bundle: &str) {
+    trust.send_if_modified(|current| {
+        let modified = current != bundle;
+        if modified {
+            *current = bundle.to_string();
+        }
+        modified
+    });
+}
+
 /// A field of the CA Secret, as text.
 fn secret_field(secret: &Secret, key: &str) -> Option<String> {
     secret

@@ -14,7 +14,7 @@
 //! leak, say). The steps are recorded in the Secret's annotations, so a new
 //! leader carries on where the last one stopped.
 
-use super::{Authority, CA_SECRET, Error, ServingCertificate, new_ca, secret_field};
+use super::{Authority, CA_SECRET, Error, ServingCertificate, new_ca, publish, secret_field};
 use airlock_policy::audit::{parse_rfc3339, rfc3339};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -182,13 +182,7 @@ pub async fn follow(
                         Err(e) => crate::log::error("tls", &format!("issuing certificates: {e}")),
                     }
                 }
-                trust.send_if_modified(|current| {
-                    let modified = *current != authority.trust_pem;
-                    if modified {
-                        current.clone_from(&authority.trust_pem);
-                    }
-                    modified
-                });
+                publish(&trust, &authority.trust_pem);
             }
             Err(e) => crate::log::error("tls", &format!("reading {CA_SECRET}: {e}")),
         }

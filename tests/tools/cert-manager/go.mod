@@ -4,7 +4,9 @@ module airlock.dev/tests/tools/cert-manager
 
 go 1.26.0
 
-require github.com/cert-manager/cert-manager v1.21.2
+require (
+	github.com/cert-manager/cert-manager v1.21.2
+)
 
 require (
 	cel.dev/expr v0.25.2 // indirect

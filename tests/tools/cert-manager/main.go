@@ -26,6 +26,9 @@ import (
 	"github.com/cert-manager/cert-manager/pkg/controller/certificates/revisionmanager"
 	"github.com/cert-manager/cert-manager/pkg/controller/certificates/trigger"
 	"github.com/cert-manager/cert-manager/pkg/controller/issuers"
+	// The CA issuer type, which the issuers controller checks and the CA
+	// request controller signs with.
+	_ "github.com/cert-manager/cert-manager/pkg/issuer/ca"
 )
 
 // The controllers run, by the names their packages register.
