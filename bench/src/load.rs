@@ -23,7 +23,9 @@ pub enum Tokens {
 pub struct Target {
     pub port: u16,
     pub path: String,
-    pub body: Bytes,
+    /// Request bodies, sent in turn: calls whose arguments differ from one
+    /// request to the next, so no cache of whole decisions can flatter a figure.
+    pub bodies: Vec<Bytes>,
     pub tokens: Tokens,
     /// A response counts as served only if its body contains this.
     pub expect: &'static str,
@@ -31,17 +33,19 @@ pub struct Target {
 
 impl Target {
     fn request(&self, sent: &AtomicUsize) -> Option<Request<Full<Bytes>>> {
+        let n = sent.fetch_add(1, Ordering::Relaxed);
         let token = match &self.tokens {
             Tokens::Same(token) => token,
-            Tokens::EachOnce(tokens) => tokens.get(sent.fetch_add(1, Ordering::Relaxed))?,
+            Tokens::EachOnce(tokens) => tokens.get(n)?,
         };
+        let body = self.bodies.get(n % self.bodies.len().max(1))?.clone();
         Request::post(self.path.as_str())
             .header("host", format!("127.0.0.1:{}", self.port))
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
             .header("mcp-protocol-version", "2025-06-18")
             .header("authorization", format!("Bearer {token}"))
-            .body(Full::new(self.body.clone()))
+            .body(Full::new(body))
             .ok()
     }
 }
@@ -155,4 +159,66 @@ async fn connection(
         }
     }
     Ok((latencies, completed, ended))
+}
+
+/// What each request of a run asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// `tools/call` of `get_status`, allowed.
+    Call,
+    /// `tools/call` of `read_secret`, which policy denies (the filter answers).
+    Denied,
+    /// `tools/list`, the answer filtered to what the caller may call.
+    ToolsList,
+    /// `tools/call` of `echo`, answered as an SSE stream.
+    Streamed,
+}
+
+/// Distinct request bodies each run cycles through.
+const VARIANTS: usize = 64;
+
+impl Workload {
+    pub fn label(self) -> &'static str {
+        match self {
+            Workload::Call => "tools/call",
+            Workload::Denied => "tools/call, denied",
+            Workload::ToolsList => "tools/list",
+            Workload::Streamed => "tools/call, SSE answer",
+        }
+    }
+
+    /// The request bodies: ids and arguments differ from one to the next.
+    pub fn bodies(self) -> Vec<Bytes> {
+        (0..VARIANTS)
+            .map(|n| {
+                let (method, params) = match self {
+                    Workload::Call => (
+                        "tools/call",
+                        serde_json::json!({"name": "get_status", "arguments": {"service": format!("api-{n}")}}),
+                    ),
+                    Workload::Denied => (
+                        "tools/call",
+                        serde_json::json!({"name": "read_secret", "arguments": {"key": format!("key-{n}")}}),
+                    ),
+                    Workload::ToolsList => ("tools/list", serde_json::json!({})),
+                    Workload::Streamed => (
+                        "tools/call",
+                        serde_json::json!({"name": "echo", "arguments": {"text": format!("hello {n}")}}),
+                    ),
+                };
+                let body = serde_json::json!({"jsonrpc": "2.0", "id": n + 1, "method": method, "params": params});
+                Bytes::from(body.to_string())
+            })
+            .collect()
+    }
+
+    /// What an answer of this workload contains, and a refusal (or, for
+    /// `Denied`, a pass) does not.
+    pub fn expect(self) -> &'static str {
+        match self {
+            Workload::Call | Workload::Streamed => r#""isError":false"#,
+            Workload::Denied => r#""isError":true"#,
+            Workload::ToolsList => r#""tools":["#,
+        }
+    }
 }

@@ -28,7 +28,7 @@ use airlock_tests::gateway::{ENGINEERS, Gateway, Sidecar, filter_config, policie
 use airlock_tests::issuer::TENANT;
 use anyhow::{Context, ensure};
 use clap::Parser;
-use load::{Load, Target, Tokens};
+use load::{Load, Target, Tokens, Workload};
 use report::{Path, Report};
 use serde_json::json;
 use std::sync::Arc;
@@ -60,9 +60,9 @@ struct RunArgs {
     seconds: u64,
     #[arg(long, default_value_t = 2)]
     warmup_seconds: u64,
-    /// Connections of the loaded runs (the latency runs use one).
-    #[arg(long, default_value_t = 32)]
-    connections: usize,
+    /// Connection counts of the runs of allowed calls (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    connections: Vec<usize>,
     /// Calls of the cold-token run, each with a token never seen before.
     #[arg(long, default_value_t = 1000)]
     cold_calls: usize,
@@ -129,23 +129,23 @@ fn main() -> anyhow::Result<()> {
     runtime()?.block_on(run(&cli.run, scale))
 }
 
-const BODY: &str = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"get_status","arguments":{"service":"api"}}}"#;
-/// What an answered call's body contains, and a refusal's does not.
-const SERVED: &str = r#""isError":false"#;
+/// Every path's runs, at each connection count: allowed `tools/call`s; then,
+/// where a path can serve them, the other workloads at [`OTHER_WORKLOADS_AT`].
+const OTHER_WORKLOADS_AT: usize = 16;
 
 async fn run(args: &RunArgs, scale: Option<operator_scale::ScaleReport>) -> anyhow::Result<()> {
     let upstream = upstream::Upstream::start()?;
-    let mut report = Report::new(args.connections);
+    let mut connection_counts = args.connections.clone();
+    connection_counts.sort_unstable();
+    connection_counts.dedup();
+    let mut report = Report::new(connection_counts.clone());
     report.scale = scale;
-    let latency = Load {
-        connections: 1,
+    let load = |connections: usize| Load {
+        connections,
         warmup: Duration::from_secs(args.warmup_seconds),
         measure: Duration::from_secs(args.seconds),
     };
-    let loaded = Load {
-        connections: args.connections,
-        ..latency
-    };
+    let latency = load(1);
 
     // The gateway first: its issuer mints the token every path carries, so
     // each path sees the same request bytes.
@@ -156,21 +156,24 @@ async fn run(args: &RunArgs, scale: Option<operator_scale::ScaleReport>) -> anyh
     let gateway = Gateway::launch_on(sidecar, upstream.port, Some(policies()), json!({})).await?;
     gateway.wait_until_ready().await?;
     let token = gateway.token(&[ENGINEERS])?;
-    let target = |port: u16, tokens: Tokens| {
-        Arc::new(Target {
+    let measure = |path: Path,
+                   workload: Workload,
+                   port: u16,
+                   pid: Option<u32>,
+                   load: Load,
+                   tokens: Tokens| {
+        let target = Arc::new(Target {
             port,
             path: "/mcp".into(),
-            body: BODY.into(),
+            bodies: workload.bodies(),
             tokens,
-            expect: SERVED,
-        })
-    };
-    let measure = |path: Path, port: u16, pid: Option<u32>, load: Load, tokens: Tokens| {
-        let target = target(port, tokens);
+            expect: workload.expect(),
+        });
         async move {
             eprintln!(
-                "bench: {} with {} connection(s)",
+                "bench: {}, {}, {} connection(s)",
                 path.label(),
+                workload.label(),
                 load.connections
             );
             let before = pid.map(cpu::process_time).transpose()?;
@@ -179,48 +182,63 @@ async fn run(args: &RunArgs, scale: Option<operator_scale::ScaleReport>) -> anyh
                 (Some(pid), Some(before)) => Some(cpu::process_time(pid)? - before),
                 _ => None,
             };
-            anyhow::Ok((path, load.connections, sample, cpu))
+            anyhow::Ok((path, workload, load.connections, sample, cpu))
         }
     };
+    // Each path's runs: every connection count for calls, then `others`.
+    let runs = |others: &'static [Workload]| {
+        connection_counts
+            .iter()
+            .map(|&connections| (Workload::Call, load(connections)))
+            .chain(others.iter().map(|&w| (w, load(OTHER_WORKLOADS_AT))))
+            .collect::<Vec<_>>()
+    };
 
-    for load in [latency, loaded] {
-        let row = measure(
-            Path::Direct,
-            upstream.port,
-            None,
-            load,
-            Tokens::Same(token.clone()),
-        )
-        .await?;
-        report.data_path(row);
+    for (workload, load) in runs(&[]) {
+        let tokens = Tokens::Same(token.clone());
+        report.data_path(measure(Path::Direct, workload, upstream.port, None, load, tokens).await?);
     }
-    // Plain Envoy, then Envoy hosting a filter that does nothing (the V8 floor).
+    // Plain Envoy; Envoy hosting a filter that does nothing (the V8 floor);
+    // and what a platform team would assemble without Airlock, on the same keys.
     let noop = noop_filter()?;
-    for (path, filter) in [(Path::Envoy, None), (Path::NoopFilter, Some(noop))] {
-        let mut options = match filter {
-            Some(module) => EnvoyOptions::with_filter(upstream.port, module, json!({})),
-            None => EnvoyOptions::plain(upstream.port),
-        };
+    let peers = [
+        (Path::Envoy, &[Workload::ToolsList, Workload::Streamed][..]),
+        (Path::NoopFilter, &[][..]),
+        (Path::NativePeer, &[Workload::Streamed][..]),
+    ];
+    for (path, others) in peers {
+        let mut options = EnvoyOptions::plain(upstream.port);
+        match path {
+            Path::NoopFilter => {
+                options = EnvoyOptions::with_filter(upstream.port, noop.clone(), json!({}));
+            }
+            Path::NativePeer => {
+                options.native_filters = native_peer_filters(&gateway.issuer.jwks_path);
+                options.clusters.push(("jwks".into(), gateway.issuer.port));
+            }
+            _ => {}
+        }
         options.concurrency = 1;
         let envoy = Envoy::start(options).await?;
         cpu::pin_process(envoy.pid(), 1)?;
-        let port = envoy.port;
-        for load in [latency, loaded] {
+        for (workload, load) in runs(others) {
             let tokens = Tokens::Same(token.clone());
-            let row = measure(path, port, Some(envoy.pid()), load, tokens).await?;
+            let row = measure(path, workload, envoy.port, Some(envoy.pid()), load, tokens).await?;
             report.data_path(row);
         }
     }
     let envoy = &gateway.envoy;
     cpu::pin_process(envoy.pid(), 1)?;
     let port = envoy.port;
-    for load in [latency, loaded] {
+    for (workload, load) in runs(&[Workload::Denied, Workload::ToolsList, Workload::Streamed]) {
+        let tokens = Tokens::Same(token.clone());
         let row = measure(
             Path::Filter,
+            workload,
             port,
             Some(envoy.pid()),
             load,
-            Tokens::Same(token.clone()),
+            tokens,
         )
         .await?;
         report.data_path(row);
@@ -240,6 +258,7 @@ async fn run(args: &RunArgs, scale: Option<operator_scale::ScaleReport>) -> anyh
     };
     let row = measure(
         Path::FilterCold,
+        Workload::Call,
         port,
         Some(envoy.pid()),
         cold_load,
@@ -285,6 +304,50 @@ async fn run(args: &RunArgs, scale: Option<operator_scale::ScaleReport>) -> anyh
     drop(upstream);
     println!("{}", report.render());
     Ok(())
+}
+
+/// Envoy's native filters checking what a token-and-group gate checks:
+/// `jwt_authn` verifying the RS256 signature against the issuer's key set
+/// (fetched and cached by Envoy, verified tokens cached), the v2 issuer and
+/// the audience, with the token read from the `Authorization` header only
+/// and left in place; then `rbac` allowing the engineers group from the
+/// verified payload. No MCP awareness: every method and tool passes.
+fn native_peer_filters(jwks_path: &str) -> Vec<serde_json::Value> {
+    vec![
+        json!({
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": {"entra": {
+                    "issuer": airlock_policy::entra::v2_issuer(TENANT),
+                    "audiences": [airlock_tests::issuer::AUDIENCE],
+                    "remote_jwks": {
+                        "http_uri": {"uri": format!("http://issuer{jwks_path}"), "cluster": "jwks", "timeout": "5s"},
+                        "cache_duration": "300s",
+                    },
+                    "from_headers": [{"name": "Authorization", "value_prefix": "Bearer "}],
+                    "forward": true,
+                    "payload_in_metadata": "entra",
+                    "jwt_cache_config": {"jwt_cache_size": 1024},
+                }},
+                "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "entra"}}],
+            },
+        }),
+        json!({
+            "name": "envoy.filters.http.rbac",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                "rules": {"action": "ALLOW", "policies": {"engineers": {
+                    "permissions": [{"any": true}],
+                    "principals": [{"metadata": {
+                        "filter": "envoy.filters.http.jwt_authn",
+                        "path": [{"key": "entra"}, {"key": "groups"}],
+                        "value": {"list_match": {"one_of": {"string_match": {"exact": ENGINEERS}}}},
+                    }}],
+                }}},
+            },
+        }),
+    ]
 }
 
 /// The do-nothing module `make bench` builds beside the filter.

@@ -1,7 +1,7 @@
 //! The Markdown report `make bench` prints, figures side by side with ratios.
 
 use crate::approvals::Intake;
-use crate::load::{Sample, quantile_micros as quantile};
+use crate::load::{Sample, Workload, quantile_micros as quantile};
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ pub enum Path {
     Direct,
     Envoy,
     NoopFilter,
+    NativePeer,
     Filter,
     FilterCold,
 }
@@ -20,6 +21,9 @@ impl Path {
             Path::Direct => "direct to the MCP server",
             Path::Envoy => "Envoy, no filter",
             Path::NoopFilter => "Envoy + a do-nothing wasm filter (V8 floor)",
+            Path::NativePeer => {
+                "Envoy + native jwt_authn + rbac (RS256, JWT cache; tokens and groups only)"
+            }
             Path::Filter => "Envoy + Airlock filter (warm token cache)",
             Path::FilterCold => "Envoy + Airlock filter, new token every call (cold RS256)",
         }
@@ -28,6 +32,7 @@ impl Path {
 
 pub struct Row {
     path: Path,
+    workload: Workload,
     connections: usize,
     sample: Sample,
     /// Envoy's CPU time over the run, warm-up included.
@@ -40,7 +45,8 @@ pub struct Callgrind {
 }
 
 pub struct Report {
-    connections: usize,
+    /// The connection counts of the loaded runs, ascending.
+    connections: Vec<usize>,
     rows: Vec<Row>,
     pub audit_dropped: i64,
     pub callgrind: Option<Callgrind>,
@@ -57,7 +63,7 @@ fn micros(d: Duration) -> f64 {
 }
 
 impl Report {
-    pub fn new(connections: usize) -> Report {
+    pub fn new(connections: Vec<usize>) -> Report {
         Report {
             connections,
             rows: Vec::new(),
@@ -73,10 +79,17 @@ impl Report {
 
     pub fn data_path(
         &mut self,
-        (path, connections, sample, envoy_cpu): (Path, usize, Sample, Option<Duration>),
+        (path, workload, connections, sample, envoy_cpu): (
+            Path,
+            Workload,
+            usize,
+            Sample,
+            Option<Duration>,
+        ),
     ) {
         self.rows.push(Row {
             path,
+            workload,
             connections,
             sample,
             envoy_cpu,
@@ -84,9 +97,9 @@ impl Report {
     }
 
     fn row(&self, path: Path, connections: usize) -> Option<&Row> {
-        self.rows
-            .iter()
-            .find(|r| r.path == path && r.connections == connections)
+        self.rows.iter().find(|r| {
+            r.path == path && r.workload == Workload::Call && r.connections == connections
+        })
     }
 
     pub fn render(&self) -> String {
@@ -94,7 +107,7 @@ impl Report {
         let _ = writeln!(out, "### tools/call through each path\n");
         let _ = writeln!(
             out,
-            "| path | connections | calls/s | p50 µs | p99 µs | Envoy CPU µs/call |\n|---|---:|---:|---:|---:|---:|"
+            "| path | call | connections | calls/s | p50 µs | p99 µs | Envoy CPU µs/call |\n|---|---|---:|---:|---:|---:|---:|"
         );
         for row in &self.rows {
             let cpu = row
@@ -103,8 +116,9 @@ impl Report {
                 .unwrap_or_else(|| "–".into());
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.0} | {:.0} | {cpu} |",
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {cpu} |",
                 row.path.label(),
+                row.workload.label(),
                 row.connections,
                 row.sample.per_second(),
                 row.sample.quantile_micros(0.5),
@@ -112,7 +126,7 @@ impl Report {
             );
         }
         let _ = writeln!(out, "\n### Ratios\n");
-        for connections in [1, self.connections] {
+        for &connections in &self.connections {
             let (Some(direct), Some(envoy), Some(noop), Some(filter)) = (
                 self.row(Path::Direct, connections),
                 self.row(Path::Envoy, connections),
@@ -133,6 +147,36 @@ impl Report {
                 100.0 * throughput(noop) / throughput(envoy),
                 p50(noop) - p50(envoy),
                 p50(envoy) - p50(direct),
+            );
+        }
+        let cpu_per_call = |row: &Row| {
+            row.envoy_cpu
+                .map(|cpu| micros(cpu) / row.sample.completed.max(1) as f64)
+        };
+        for &connections in &self.connections {
+            let (Some(peer), Some(filter), Some(envoy)) = (
+                self.row(Path::NativePeer, connections),
+                self.row(Path::Filter, connections),
+                self.row(Path::Envoy, connections),
+            ) else {
+                continue;
+            };
+            let (Some(peer_cpu), Some(filter_cpu), Some(envoy_cpu)) = (
+                cpu_per_call(peer),
+                cpu_per_call(filter),
+                cpu_per_call(envoy),
+            ) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "- {connections} connection(s), against Envoy's native jwt_authn + rbac: the peer adds **{:+.1} µs** of Envoy CPU per call over plain Envoy and {:+.0} µs at p50; the Airlock filter **{:+.1} µs** ({:.1}× the peer's) and {:+.0} µs at p50, keeping {:.0}% of the peer's throughput.",
+                peer_cpu - envoy_cpu,
+                peer.sample.quantile_micros(0.5) - envoy.sample.quantile_micros(0.5),
+                filter_cpu - envoy_cpu,
+                (filter_cpu - envoy_cpu) / (peer_cpu - envoy_cpu).max(f64::EPSILON),
+                filter.sample.quantile_micros(0.5) - envoy.sample.quantile_micros(0.5),
+                100.0 * filter.sample.per_second() / peer.sample.per_second(),
             );
         }
         if let (Some(warm), Some(cold)) = (self.row(Path::Filter, 1), self.row(Path::FilterCold, 1))

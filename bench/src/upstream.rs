@@ -1,5 +1,5 @@
 //! The MCP server behind every benchmarked path: a minimal Streamable HTTP
-//! server (JSON responses, no sessions) on hyper, on its own thread and
+//! server (JSON responses, and an SSE stream for `echo`; no sessions) on hyper, on its own thread and
 //! single-threaded runtime, so the figures measure the proxy and not the
 //! server.
 
@@ -82,17 +82,33 @@ async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
             ),
         ),
     };
-    let mut response = Response::new(Full::new(
-        reply
-            .map(|r| Bytes::from(r.to_string()))
-            .unwrap_or_default(),
-    ));
+    // `echo` answers as a stream: a progress notification, then the result.
+    let streamed = reply
+        .as_ref()
+        .is_some_and(|_| body_names_tool(&body, "echo"));
+    let (content_type, text) = match (&reply, streamed) {
+        (Some(reply), true) => (
+            "text/event-stream",
+            format!(
+                "event: message\ndata: {}\n\nevent: message\ndata: {reply}\n\n",
+                json!({"jsonrpc": "2.0", "method": "notifications/message",
+                       "params": {"level": "info", "data": "echoing"}})
+            ),
+        ),
+        (Some(reply), false) => ("application/json", reply.to_string()),
+        (None, _) => ("application/json", String::new()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(text)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
+        hyper::header::HeaderValue::from_static(content_type),
     );
     Ok(response)
+}
+
+fn body_names_tool(body: &[u8], tool: &str) -> bool {
+    serde_json::from_slice::<Value>(body).is_ok_and(|m| m["params"]["name"] == tool)
 }
 
 fn result(id: &Value, message: &Value) -> Value {
@@ -104,7 +120,9 @@ fn result(id: &Value, message: &Value) -> Value {
         }),
         Some("tools/list") => json!({"tools": [
             {"name": "get_status", "inputSchema": {"type": "object"}},
+            {"name": "echo", "inputSchema": {"type": "object"}},
             {"name": "deploy_model", "inputSchema": {"type": "object"}},
+            {"name": "read_secret", "inputSchema": {"type": "object"}},
         ]}),
         Some("tools/call") => {
             json!({"content": [{"type": "text", "text": "ok"}], "isError": false})

@@ -28,6 +28,8 @@ pub struct EnvoyOptions {
     /// The upstream as a cluster of its own (TLS, a credential Envoy
     /// attaches) instead of plain HTTP to `upstream_port` on 127.0.0.1.
     pub upstream: Option<Cluster>,
+    /// Envoy's own HTTP filters, run first (the bench's peer without Airlock).
+    pub native_filters: Vec<Value>,
 }
 
 impl EnvoyOptions {
@@ -40,6 +42,7 @@ impl EnvoyOptions {
             clusters: Vec::new(),
             add_request_headers: Vec::new(),
             upstream: None,
+            native_filters: Vec::new(),
         }
     }
 
@@ -97,6 +100,12 @@ impl Envoy {
                 .iter()
                 .map(|(key, value)| json!({"header": {"key": key, "value": value}}))
                 .collect();
+        }
+        if let Some(filters) = rendered["static_resources"]["listeners"][0]["filter_chains"][0]
+            ["filters"][0]["typed_config"]["http_filters"]
+            .as_array_mut()
+        {
+            filters.splice(0..0, options.native_filters.iter().cloned());
         }
         std::fs::write(&config_path, rendered.to_string())?;
         let admin_path = dir.path().join("admin-address");
