@@ -39,6 +39,14 @@ pub struct Row {
     envoy_cpu: Option<Duration>,
 }
 
+impl Row {
+    /// Envoy's CPU time per completed call, in microseconds.
+    fn cpu_per_call(&self) -> Option<f64> {
+        self.envoy_cpu
+            .map(|cpu| micros(cpu) / self.sample.completed.max(1) as f64)
+    }
+}
+
 pub struct Callgrind {
     pub warm: u64,
     pub cold: u64,
@@ -111,8 +119,8 @@ impl Report {
         );
         for row in &self.rows {
             let cpu = row
-                .envoy_cpu
-                .map(|cpu| format!("{:.1}", micros(cpu) / row.sample.completed.max(1) as f64))
+                .cpu_per_call()
+                .map(|cpu| format!("{cpu:.1}"))
                 .unwrap_or_else(|| "–".into());
             let _ = writeln!(
                 out,
@@ -149,10 +157,6 @@ impl Report {
                 p50(envoy) - p50(direct),
             );
         }
-        let cpu_per_call = |row: &Row| {
-            row.envoy_cpu
-                .map(|cpu| micros(cpu) / row.sample.completed.max(1) as f64)
-        };
         for &connections in &self.connections {
             let (Some(peer), Some(filter), Some(envoy)) = (
                 self.row(Path::NativePeer, connections),
@@ -162,9 +166,9 @@ impl Report {
                 continue;
             };
             let (Some(peer_cpu), Some(filter_cpu), Some(envoy_cpu)) = (
-                cpu_per_call(peer),
-                cpu_per_call(filter),
-                cpu_per_call(envoy),
+                peer.cpu_per_call(),
+                filter.cpu_per_call(),
+                envoy.cpu_per_call(),
             ) else {
                 continue;
             };

@@ -70,22 +70,24 @@ async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let (status, reply) = match serde_json::from_slice::<Value>(&body) {
+    // `echo` answers as a stream: a progress notification, then the result.
+    let (status, reply, streamed) = match serde_json::from_slice::<Value>(&body) {
         Ok(message) => match message.get("id") {
-            Some(id) => (StatusCode::OK, Some(result(id, &message))),
-            None => (StatusCode::ACCEPTED, None),
+            Some(id) => (
+                StatusCode::OK,
+                Some(result(id, &message)),
+                message["params"]["name"] == "echo",
+            ),
+            None => (StatusCode::ACCEPTED, None, false),
         },
         Err(e) => (
             StatusCode::BAD_REQUEST,
             Some(
                 json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": e.to_string()}}),
             ),
+            false,
         ),
     };
-    // `echo` answers as a stream: a progress notification, then the result.
-    let streamed = reply
-        .as_ref()
-        .is_some_and(|_| body_names_tool(&body, "echo"));
     let (content_type, text) = match (&reply, streamed) {
         (Some(reply), true) => (
             "text/event-stream",
@@ -105,10 +107,6 @@ async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
         hyper::header::HeaderValue::from_static(content_type),
     );
     Ok(response)
-}
-
-fn body_names_tool(body: &[u8], tool: &str) -> bool {
-    serde_json::from_slice::<Value>(body).is_ok_and(|m| m["params"]["name"] == tool)
 }
 
 fn result(id: &Value, message: &Value) -> Value {

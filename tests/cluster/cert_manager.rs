@@ -29,8 +29,8 @@ const SERVING_SECRET: &str = "airlock-serving-tls";
 const OVERLAP: &str = "30s";
 const STEP: Duration = Duration::from_secs(120);
 
-/// A new CA as cert-manager's CA issuer reads it: a `kubernetes.io/tls` Secret.
-fn ca_secret() -> anyhow::Result<(String, String)> {
+/// A new CA: its certificate and key (PEM).
+fn new_ca() -> anyhow::Result<(String, String)> {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     // Each CA a name of its own, as two are trusted at once.
@@ -45,6 +45,8 @@ fn ca_secret() -> anyhow::Result<(String, String)> {
     Ok((certificate.pem(), key.serialize_pem()))
 }
 
+/// `ca` as cert-manager's CA issuer reads it: a `kubernetes.io/tls` Secret,
+/// and the Issuer naming it.
 fn apply_ca(node: &Node, ca: &(String, String)) -> anyhow::Result<()> {
     use base64::Engine;
     let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
@@ -73,36 +75,42 @@ fn certificates(pem: &str) -> Vec<String> {
         .collect()
 }
 
+/// What `kubectl get OBJECT -o jsonpath=PATH` prints.
+fn jsonpath(node: &Node, object: &[&str], path: &str) -> anyhow::Result<String> {
+    let mut args = vec!["get"];
+    args.extend_from_slice(object);
+    let path = format!("jsonpath={path}");
+    args.extend_from_slice(&["-o", &path]);
+    let out = node.kubectl(ADMIN, &args)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kubectl get {}: {}",
+        object.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The CAs the API server trusts for the approval decisions' webhook.
 fn webhook_trust(node: &Node) -> anyhow::Result<Vec<String>> {
     use base64::Engine;
-    let out = node.kubectl(
-        ADMIN,
-        &[
-            "get",
-            "validatingwebhookconfiguration/airlock-approval-decisions",
-            "-o",
-            "jsonpath={.webhooks[0].clientConfig.caBundle}",
-        ],
+    let bundle = jsonpath(
+        node,
+        &["validatingwebhookconfiguration/airlock-approval-decisions"],
+        "{.webhooks[0].clientConfig.caBundle}",
     )?;
-    let pem = base64::engine::general_purpose::STANDARD.decode(out.stdout.trim_ascii())?;
+    let pem = base64::engine::general_purpose::STANDARD.decode(bundle.trim())?;
     Ok(certificates(&String::from_utf8_lossy(&pem)))
 }
 
 /// The CAs the gateways' ConfigMaps give their sidecars (the guide's server's).
 fn sidecar_trust(node: &Node) -> anyhow::Result<Vec<String>> {
-    let out = node.kubectl(
-        ADMIN,
-        &[
-            "get",
-            "configmap/model-ops-airlock-gateway",
-            "-n",
-            "ml",
-            "-o",
-            "jsonpath={.data.approvals-ca\\.crt}",
-        ],
+    let bundle = jsonpath(
+        node,
+        &["configmap/model-ops-airlock-gateway", "-n", "ml"],
+        "{.data.approvals-ca\\.crt}",
     )?;
-    Ok(certificates(&String::from_utf8_lossy(&out.stdout)))
+    Ok(certificates(&bundle))
 }
 
 /// Waits until the webhook and the sidecars trust exactly `cas`.
@@ -151,7 +159,7 @@ pub async fn cert_manager_issues_the_operators_certificate(node: &Node) -> anyho
     command.arg("--kubeconfig").arg(node.kubeconfig(ADMIN));
     let controller = Process::spawn("cert-manager", command, logs.path())?;
 
-    let first = ca_secret()?;
+    let first = new_ca()?;
     apply_ca(node, &first)?;
     chart::helm_upgrade_reusing_values(
         node,
@@ -171,7 +179,7 @@ pub async fn cert_manager_issues_the_operators_certificate(node: &Node) -> anyho
     held_deploy_approved_by_ml_leads(node, "fraud:v41").await?;
 
     // A new CA behind the issuer, and the certificate issued again.
-    let second = ca_secret()?;
+    let second = new_ca()?;
     apply_ca(node, &second)?;
     let started = Instant::now();
     Api::<Secret>::namespaced(node.client(ADMIN).await?, SYSTEM_NAMESPACE)

@@ -26,20 +26,7 @@ pub async fn killing_the_leader_and_the_polled_replica_loses_nothing(
     let ns = "gate-ha";
     gated_server(node, ns, 50).await?;
     let admin = node.client(ADMIN).await?;
-    let scale = |replicas: &str| {
-        node.kubectl(
-            ADMIN,
-            &[
-                "scale",
-                "deployment/airlock-operator",
-                "-n",
-                chart::SYSTEM_NAMESPACE,
-                "--replicas",
-                replicas,
-            ],
-        )
-    };
-    scale("3")?;
+    chart::scale_operator(node, 3)?;
     chart::operator_ready(node, Some(3)).await?;
 
     let ada = token(&installed.issuer, "ada", &["engineers"])?;
@@ -160,7 +147,7 @@ pub async fn killing_the_leader_and_the_polled_replica_loses_nothing(
         );
     }
     assert_eq!(answer["text"], "deployed fraud:v10 to prod");
-    scale("2")?;
+    chart::scale_operator(node, 2)?;
     chart::operator_ready(node, Some(2)).await?;
     Ok(())
 }

@@ -358,19 +358,6 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: lea@contoso.
         .spec
         .replicas
         .unwrap_or(1);
-    let scale = |replicas: i32| {
-        node.kubectl(
-            ADMIN,
-            &[
-                "scale",
-                "deployment/airlock-operator",
-                "-n",
-                chart::SYSTEM_NAMESPACE,
-                "--replicas",
-                &replicas.to_string(),
-            ],
-        )
-    };
 
     // A production deploy, held; its request stays pending while no
     // replica runs to expire it.
@@ -386,7 +373,7 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: lea@contoso.
             .people
             .pending(&lea_people, &format!("{NS}/{SERVER}"), "deploy_model")
             .await?;
-        scale(0)?;
+        chart::scale_operator(node, 0)?;
         wait_for(
             "every operator replica to be gone",
             Duration::from_secs(60),
@@ -434,7 +421,7 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: lea@contoso.
         Ok(())
     };
     let (answer, outage) = tokio::join!(held, outage);
-    let restored = scale(replicas).map(drop);
+    let restored = chart::scale_operator(node, replicas);
     outage?;
     restored?;
     chart::operator_ready(node, Some(replicas)).await?;

@@ -205,6 +205,28 @@ pub async fn operator_ready(node: &Node, replicas: Option<i32>) -> anyhow::Resul
     ready.map_err(|e| e.context(diagnostics(node, SYSTEM_NAMESPACE)))
 }
 
+/// `kubectl scale` of the operator's Deployment to `replicas` (not waiting).
+pub fn scale_operator(node: &Node, replicas: i32) -> anyhow::Result<()> {
+    let out = node.kubectl(
+        ADMIN,
+        &[
+            "scale",
+            "deployment/airlock-operator",
+            "-n",
+            SYSTEM_NAMESPACE,
+            "--replicas",
+            &replicas.to_string(),
+        ],
+    )?;
+    if !out.status.success() {
+        bail!(
+            "kubectl scale to {replicas}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// The arguments of the operator container as the Deployment now has them.
 pub async fn operator_args(node: &Node) -> anyhow::Result<Vec<String>> {
     let deployment = Api::<Deployment>::namespaced(node.client(ADMIN).await?, SYSTEM_NAMESPACE)
