@@ -232,6 +232,8 @@ pub struct ApprovalService<S: Store> {
     /// False while the catalog is still being read (an operator starting):
     /// `/readyz` fails, so no gateway is sent here to be refused.
     catalog_ready: std::sync::atomic::AtomicBool,
+    /// True once the process is stopping: `/readyz` fails while it drains.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// A refusal with its HTTP status and a sentence saying why.
@@ -456,6 +458,7 @@ impl<S: Store> ApprovalService<S> {
                 .map_err(|e| e.to_string())?,
             config,
             catalog_ready: std::sync::atomic::AtomicBool::new(true),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -698,6 +701,12 @@ impl<S: Store> ApprovalService<S> {
     pub fn await_catalog(&self) {
         self.catalog_ready
             .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The process is stopping: go on serving what arrives, but say unready.
+    pub fn stop_serving_soon(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Where the process's other metrics register.
@@ -1415,19 +1424,17 @@ async fn config<S: Store>(
     }
 }
 
-/// Ready once the catalog is read: a gateway asking sooner would be refused.
+/// Ready once the catalog is read (a gateway asking sooner would be
+/// refused) and until the process is stopping.
 async fn readyz<S: Store>(AppState(service): AppState<Arc<ApprovalService<S>>>) -> Response {
-    if service
-        .catalog_ready
-        .load(std::sync::atomic::Ordering::Acquire)
-    {
-        (StatusCode::OK, "ok").into_response()
+    use std::sync::atomic::Ordering::Acquire;
+    let unready = |why| (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    if service.stopping.load(Acquire) {
+        unready("stopping")
+    } else if !service.catalog_ready.load(Acquire) {
+        unready("reading servers and policies")
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "reading servers and policies",
-        )
-            .into_response()
+        (StatusCode::OK, "ok").into_response()
     }
 }
 

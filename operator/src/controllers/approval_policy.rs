@@ -47,7 +47,6 @@ pub async fn run(context: Arc<Context>) {
             }
             concerned
         })
-        .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|_| async {})
         .await;

@@ -79,7 +79,6 @@ pub async fn run(context: Arc<Context>) {
                 Some(((), trusted))
             },
         ))
-        .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|_| async {})
         .await;

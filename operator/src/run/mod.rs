@@ -127,6 +127,13 @@ pub struct RunArgs {
     /// How often this replica's chain head is checkpointed in the API server.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub audit_checkpoint_interval: Duration,
+    /// How long a stopping replica goes on serving, unready, after it has
+    /// given up the Lease: Services forget a terminating pod a moment after
+    /// the kubelet signals it, and until every node has, new connections
+    /// (gateways' asks, decisions, the API server's webhook calls) still
+    /// arrive here. Keep it under the pod's termination grace period.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_drain: Duration,
 }
 
 fn parse_pair(text: &str) -> Result<(String, String), String> {
@@ -393,22 +400,36 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        served = service.serve(listeners) => served.context("serving the approval APIs"),
+        served = service.clone().serve(listeners) => served.context("serving the approval APIs"),
         served = axum::serve(webhook_listener, admission).into_future() => served.context("serving the admission webhooks"),
         () = follow_ca => anyhow::bail!("following the CA ended"),
         () = publish_bundle => anyhow::bail!("publishing the CA bundle ended"),
         () = feed => anyhow::bail!("the watch of servers and policies ended"),
         () = deliver_notifications => anyhow::bail!("notification delivery ended"),
         () = checkpoints::keep(checkpoint_api.clone(), heads.clone(), args.audit_checkpoint_interval, &checkpoint_metrics) => Ok(()),
-        led = lead => led,
-        requested = crate::shutdown::requested() => {
-            crate::log::info("operator", "stopping");
+        stopped = async {
+            // The controllers do not watch for the signal themselves: the
+            // stopping leader leaves them here, mid-reconcile if need be
+            // (the next leader reconciles everything again), and drains.
+            tokio::select! {
+                led = lead => return led,
+                requested = crate::shutdown::requested() => requested?,
+            }
+            crate::log::info(
+                "operator",
+                &format!("stopping: serving {:?} more, unready, while Services forget this replica", args.shutdown_drain),
+            );
+            service.stop_serving_soon();
+            if let Err(e) = elector.release().await {
+                crate::log::error("leader", &format!("releasing the lease: {e}"));
+            }
+            tokio::time::sleep(args.shutdown_drain).await;
             // The last records of this chain get their checkpoint too.
             let head = heads.borrow().clone();
             if let Some(head) = head {
                 let _ = checkpoints::write(&checkpoint_api, &head, &checkpoint_metrics).await;
             }
-            Ok(requested?)
-        }
+            Ok(())
+        } => stopped,
     }
 }
