@@ -23,6 +23,7 @@ mod report;
 mod request_path;
 mod upstream;
 
+use airlock_operator::dev_issuer::DevIssuer;
 use airlock_tests::envoy::{Envoy, EnvoyOptions};
 use airlock_tests::gateway::{ENGINEERS, Gateway, Sidecar, filter_config, policies};
 use airlock_tests::issuer::TENANT;
@@ -51,6 +52,9 @@ enum Command {
     Scale,
     /// Only judging one call against 1, 100 and 1,000 rules.
     Policy,
+    /// Only the callgrind counts of the request path (no Envoy, seconds):
+    /// for the before and after of a change to the filter's core.
+    Callgrind,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -96,6 +100,15 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(Command::Policy) = &cli.command {
         println!("{}", policy_scale::markdown(&policy_scale::run()?));
+        return Ok(());
+    }
+    if let Some(Command::Callgrind) = &cli.command {
+        let issuer = DevIssuer::new(TENANT)?;
+        let warm = issuer.mint(&airlock_tests::gateway::caller(&[ENGINEERS]))?;
+        let cold = cold_tokens(&issuer, CALLGRIND_COLD)?;
+        let inputs = callgrind_inputs(&issuer, warm, cold)?;
+        let counts = callgrind(&inputs, cli.run.callgrind_dir.as_deref())?;
+        println!("{}", counts.markdown());
         return Ok(());
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -244,13 +257,7 @@ async fn run(args: &RunArgs, scale: Option<operator_scale::ScaleReport>) -> anyh
         report.data_path(row);
     }
     eprintln!("bench: minting {} tokens for the cold run", args.cold_calls);
-    let cold: Vec<String> = (0..args.cold_calls)
-        .map(|i| {
-            let mut request = gateway.request(&[ENGINEERS]);
-            request.oid = format!("oid-cold-{i}");
-            gateway.issuer.issuer.mint(&request)
-        })
-        .collect::<Result<_, _>>()?;
+    let cold = cold_tokens(&gateway.issuer.issuer, args.cold_calls)?;
     let cold_load = Load {
         warmup: Duration::ZERO,
         measure: Duration::from_secs(600),
@@ -271,14 +278,8 @@ async fn run(args: &RunArgs, scale: Option<operator_scale::ScaleReport>) -> anyh
     if args.no_callgrind {
         report.callgrind_skipped = Some("--no-callgrind".into());
     } else {
-        let inputs = request_path::Inputs {
-            config: filter_config(&gateway.issuer.jwks_path, json!({})),
-            policies: policies(),
-            jwks: gateway.issuer.issuer.jwks()?,
-            tenant: TENANT.into(),
-            warm: token.clone(),
-            cold: cold.into_iter().take(CALLGRIND_COLD).collect(),
-        };
+        let cold = cold.into_iter().take(CALLGRIND_COLD).collect();
+        let inputs = callgrind_inputs(&gateway.issuer.issuer, token.clone(), cold)?;
         match callgrind(&inputs, args.callgrind_dir.as_deref()) {
             Ok(counts) => report.callgrind = Some(counts),
             Err(e) => report.callgrind_skipped = Some(format!("{e:#}")),
@@ -360,6 +361,34 @@ fn noop_filter() -> anyhow::Result<std::path::PathBuf> {
         path.display()
     );
     Ok(path)
+}
+
+/// `count` tokens of callers the filter has not seen: each costs a full verification.
+fn cold_tokens(issuer: &DevIssuer, count: usize) -> anyhow::Result<Vec<String>> {
+    (0..count)
+        .map(|i| {
+            let mut request = airlock_tests::gateway::caller(&[ENGINEERS]);
+            request.oid = format!("oid-cold-{i}");
+            Ok(issuer.mint(&request)?)
+        })
+        .collect()
+}
+
+/// What the request path runs on: the bench gateway's configuration,
+/// policies and keys, a token for the cache and tokens for none.
+fn callgrind_inputs(
+    issuer: &DevIssuer,
+    warm: String,
+    cold: Vec<String>,
+) -> anyhow::Result<request_path::Inputs> {
+    Ok(request_path::Inputs {
+        config: filter_config(&airlock_tests::issuer::jwks_path(), json!({})),
+        policies: policies(),
+        jwks: issuer.jwks()?,
+        tenant: TENANT.into(),
+        warm,
+        cold,
+    })
 }
 
 const CALLGRIND_WARM: usize = 1000;

@@ -52,6 +52,15 @@ pub struct Callgrind {
     pub cold: u64,
 }
 
+impl Callgrind {
+    pub fn markdown(&self) -> String {
+        format!(
+            "| token | instructions/call |\n|---|---:|\n| cached (warm) | {} |\n| new, RS256 verified (cold) | {} |",
+            self.warm, self.cold
+        )
+    }
+}
+
 pub struct Report {
     /// The connection counts of the loaded runs, ascending.
     connections: Vec<usize>,
@@ -202,12 +211,8 @@ impl Report {
             "\n### Filter request path, instructions per call (callgrind, native x86-64)\n"
         );
         match (&self.callgrind, &self.callgrind_skipped) {
-            (Some(c), _) => {
-                let _ = writeln!(
-                    out,
-                    "| token | instructions/call |\n|---|---:|\n| cached (warm) | {} |\n| new, RS256 verified (cold) | {} |",
-                    c.warm, c.cold
-                );
+            (Some(counts), _) => {
+                let _ = writeln!(out, "{}", counts.markdown());
             }
             (None, why) => {
                 let _ = writeln!(out, "skipped: {}", why.as_deref().unwrap_or("not run"));

@@ -118,9 +118,7 @@ impl Gateway {
     }
 
     pub fn request(&self, groups: &[&str]) -> TokenRequest {
-        let mut request = TokenRequest::user("oid-ada", "ada@contoso.com", AUDIENCE);
-        request.groups = groups.iter().map(|g| g.to_string()).collect();
-        request
+        caller(groups)
     }
 
     pub fn token(&self, groups: &[&str]) -> anyhow::Result<String> {
@@ -191,6 +189,13 @@ impl Sidecar {
 /// The filter configuration of these gateways: the test tenant and audience,
 /// keys from the issuer at `jwks_path`, legacy SSE on, small limits; `extra`
 /// adds or replaces fields.
+/// Ada's token request for the gateway's audience, in `groups`.
+pub fn caller(groups: &[&str]) -> TokenRequest {
+    let mut request = TokenRequest::user("oid-ada", "ada@contoso.com", AUDIENCE);
+    request.groups = groups.iter().map(|g| g.to_string()).collect();
+    request
+}
+
 pub fn filter_config(jwks_path: &str, extra: Value) -> Value {
     let mut config = json!({
         "server": "test/mcp",

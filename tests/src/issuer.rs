@@ -40,7 +40,7 @@ impl Issuer {
     ) -> anyhow::Result<Issuer> {
         let listener = tokio::net::TcpListener::bind((address, 0)).await?;
         let (addr, task) = issuer.serve(listener)?;
-        let jwks_path = format!("/{TENANT}/discovery/v2.0/keys");
+        let jwks_path = jwks_path();
         Ok(Issuer {
             issuer,
             jwks_url: format!("http://{addr}{jwks_path}"),
@@ -49,6 +49,11 @@ impl Issuer {
             task,
         })
     }
+}
+
+/// Where Entra publishes the test tenant's key set, as a path.
+pub fn jwks_path() -> String {
+    format!("/{TENANT}/discovery/v2.0/keys")
 }
 
 impl Drop for Issuer {

@@ -28,6 +28,7 @@ use airlock_policy::model::{Action, CompiledPolicy};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action as Flow;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Longest unfinished event held back from a legacy stream before the gateway
@@ -66,7 +67,7 @@ pub struct AirlockStream {
     gateway: Option<Rc<Gateway>>,
     /// The policies in force when the stream began, used for all of it.
     policies: Rc<Vec<CompiledPolicy>>,
-    principal: Option<Principal>,
+    principal: Option<Arc<Principal>>,
     /// The caller's token, kept for asking the approval service in its name.
     token: Option<String>,
     held: Option<Held>,
@@ -218,7 +219,7 @@ impl AirlockStream {
         gateway: &Gateway,
         token: &str,
         metadata_url: &str,
-    ) -> Result<Principal, Reply> {
+    ) -> Result<Arc<Principal>, Reply> {
         let now = now_seconds(self);
         let attempt = || {
             authenticate(
@@ -558,7 +559,7 @@ impl AirlockStream {
             let seen = Seen {
                 time: rfc3339(seconds(started)),
                 server: &gateway.config.server,
-                principal: self.principal.as_ref(),
+                principal: self.principal.as_deref(),
                 session: record.session.clone(),
                 protocol_version: None,
             };

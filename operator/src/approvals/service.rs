@@ -637,7 +637,7 @@ impl<S: Store> ApprovalService<S> {
             let mut cache = tokens
                 .lock()
                 .map_err(|_| AuthError::KeysNotLoaded("poisoned".into()))?;
-            verify_token(trust, &keys, &mut cache, token, now_seconds())
+            verify_token(trust, &keys, &mut cache, token, now_seconds()).map(Arc::unwrap_or_clone)
         };
         let result = match attempt() {
             Err(AuthError::KeysNotLoaded(tenant) | AuthError::UnknownKey { tenant, .. }) => {

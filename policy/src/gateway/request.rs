@@ -32,6 +32,18 @@ const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 /// and dot segments are refused: two components must never disagree on
 /// which path a request names.
 pub fn normalize_path(path: &str) -> Result<String, &'static str> {
+    // What clients send: already normal, nothing to decode or rebuild.
+    let normal_segment = |s: &str| !s.is_empty() && s != "." && s != "..";
+    if let Some(rest) = path.strip_prefix('/')
+        && !path.bytes().any(|b| matches!(b, b'%' | b'\\' | 0))
+        && rest.split('/').all(normal_segment)
+    {
+        return Ok(path.to_string());
+    }
+    decode_and_rebuild(path)
+}
+
+fn decode_and_rebuild(path: &str) -> Result<String, &'static str> {
     let bytes = path.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -86,7 +98,9 @@ pub fn route(config: &FilterConfig, method: &str, path: &str) -> Result<Routed, 
     }
     let normalized =
         normalize_path(raw_path).map_err(|why| Reply::http_error(400, "invalid_path", why))?;
-    let same = |configured: &str| normalize_path(configured).is_ok_and(|c| c == normalized);
+    let same = |configured: &str| {
+        configured == normalized || normalize_path(configured).is_ok_and(|c| c == normalized)
+    };
     let (route, configured, methods): (Route, &str, &[&str]) = if same(&config.mcp_path) {
         (Route::Mcp, &config.mcp_path, &["POST", "GET", "DELETE"])
     } else if normalized == METADATA_PATH
@@ -161,6 +175,13 @@ mod tests {
         crate::gateway::config::test_config(
             serde_json::json!({"legacySse": {"stream": "/sse", "messages": "/messages/"}}),
         )
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_shortcut_agrees_with_decoding(path in "[/.a%2F5c\\\\]{0,12}") {
+            proptest::prop_assert_eq!(normalize_path(&path), decode_and_rebuild(&path));
+        }
     }
 
     #[test]
