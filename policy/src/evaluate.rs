@@ -50,16 +50,24 @@ impl Decision {
         if self.deciding.is_empty() {
             return "no-policy".into();
         }
-        let mut parts = Vec::new();
+        let mut reason = String::new();
+        let mut part = |policy: &str, rule: &str| {
+            if !reason.is_empty() {
+                reason.push(',');
+            }
+            reason.push_str(policy);
+            reason.push('/');
+            reason.push_str(rule);
+        };
         for verdict in &self.deciding {
             if verdict.rules.is_empty() {
-                parts.push(format!("{}/defaultAction", verdict.policy));
+                part(&verdict.policy, "defaultAction");
             }
             for rule in &verdict.rules {
-                parts.push(format!("{}/{}", verdict.policy, rule));
+                part(&verdict.policy, rule);
             }
         }
-        parts.join(",")
+        reason
     }
 
     /// The rules of `policies` that made this decision, e.g. to read their approval settings.

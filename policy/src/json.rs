@@ -65,6 +65,7 @@ pub fn parse(input: &[u8], limits: Limits) -> Result<Value, JsonError> {
         offset: e.valid_up_to(),
     })?;
     let mut parser = Parser {
+        text,
         bytes: text.as_bytes(),
         pos: 0,
         max_depth: limits.max_depth,
@@ -84,12 +85,14 @@ pub fn parse_default(input: &[u8]) -> Result<Value, JsonError> {
 }
 
 struct Parser<'a> {
+    /// The input, validated as UTF-8 once: strings are sliced from it.
+    text: &'a str,
     bytes: &'a [u8],
     pos: usize,
     max_depth: usize,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
     fn syntax(&self, what: &'static str) -> JsonError {
         JsonError::Syntax {
             offset: self.pos,
@@ -163,13 +166,17 @@ impl Parser<'_> {
             self.pos += 1;
             self.skip_whitespace();
             let value = self.value(depth)?;
-            if map.contains_key(&key) {
-                return Err(JsonError::DuplicateKey {
-                    key,
-                    offset: key_offset,
-                });
+            match map.entry(key) {
+                serde_json::map::Entry::Vacant(vacant) => {
+                    vacant.insert(value);
+                }
+                serde_json::map::Entry::Occupied(occupied) => {
+                    return Err(JsonError::DuplicateKey {
+                        key: occupied.key().clone(),
+                        offset: key_offset,
+                    });
+                }
             }
-            map.insert(key, value);
             self.skip_whitespace();
             match self.peek() {
                 Some(b',') => self.pos += 1,
@@ -225,22 +232,32 @@ impl Parser<'_> {
         Ok(value)
     }
 
+    /// Up to the next quote, backslash or control byte. The input is valid
+    /// UTF-8 and every stop is an ASCII byte, so the run is whole characters.
+    fn plain_run(&mut self) -> Result<&'a str, JsonError> {
+        let start = self.pos;
+        while let Some(b) = self.peek() {
+            if b == b'"' || b == b'\\' || b < 0x20 {
+                break;
+            }
+            self.pos += 1;
+        }
+        self.text
+            .get(start..self.pos)
+            .ok_or(JsonError::InvalidUtf8 { offset: start })
+    }
+
     fn string(&mut self) -> Result<String, JsonError> {
         self.pos += 1; // opening quote
-        let mut out = String::new();
+        // Most strings have no escape: one allocation of the right size.
+        let first = self.plain_run()?;
+        if self.peek() == Some(b'"') {
+            let out = first.to_string();
+            self.pos += 1;
+            return Ok(out);
+        }
+        let mut out = first.to_string();
         loop {
-            let start = self.pos;
-            while let Some(b) = self.peek() {
-                if b == b'"' || b == b'\\' || b < 0x20 {
-                    break;
-                }
-                self.pos += 1;
-            }
-            // The input was validated as UTF-8 and we only stop on ASCII bytes.
-            out.push_str(
-                std::str::from_utf8(&self.bytes[start..self.pos])
-                    .map_err(|_| JsonError::InvalidUtf8 { offset: start })?,
-            );
             match self.peek() {
                 None => return Err(self.syntax("unterminated string")),
                 Some(b'"') => {
@@ -265,6 +282,7 @@ impl Parser<'_> {
                         b'u' => out.push(self.unicode_escape()?),
                         _ => return Err(self.syntax("invalid escape")),
                     }
+                    out.push_str(self.plain_run()?);
                 }
                 Some(_) => return Err(self.syntax("unescaped control character in string")),
             }

@@ -23,12 +23,13 @@ pub struct Seen<'a> {
 }
 
 impl Seen<'_> {
-    fn event(&self) -> AuditEvent {
+    /// The shared fields, with `principal` as the event records it.
+    fn event(&self, principal: Option<AuditPrincipal>) -> AuditEvent {
         AuditEvent {
             time: self.time.clone(),
             kind: "message".into(),
             server: self.server.to_string(),
-            principal: self.principal.map(AuditPrincipal::from),
+            principal,
             session: self.session.clone(),
             protocol_version: self.protocol_version.map(str::to_string),
             ..AuditEvent::default()
@@ -54,8 +55,15 @@ pub fn judged_events(
     policies: &[CompiledPolicy],
 ) -> Kept {
     let mut kept = Kept::default();
-    let principal = seen.principal.map(|p| AuditPrincipal::judged(p, policies));
-    for (message, verdict) in envelope.messages.iter().zip(&judged.verdicts) {
+    let mut principal = seen.principal.map(|p| AuditPrincipal::judged(p, policies));
+    let last = envelope.messages.len().saturating_sub(1);
+    for (index, (message, verdict)) in envelope.messages.iter().zip(&judged.verdicts).enumerate() {
+        // One copy per event; the last event takes the original.
+        let principal = if index == last {
+            principal.take()
+        } else {
+            principal.clone()
+        };
         let decision = verdict.decision.as_ref();
         let keep = decision.map(|d| keep(policies, d)).unwrap_or_default();
         let session = keep.capture == Capture::Session;
@@ -85,8 +93,7 @@ pub fn judged_events(
                     .find(|v| v.action > d.action)
                     .map(|v| format!("{} {}", v.action, v.policy))
             }),
-            principal: principal.clone(),
-            ..seen.event()
+            ..seen.event(principal)
         });
         if session {
             kept.answer_redact
@@ -119,7 +126,7 @@ pub fn refused_event(seen: &Seen<'_>, reply: &Reply) -> AuditEvent {
     AuditEvent {
         decision: Some(refusal_kind(reply).into()),
         reason: refusal_reason(reply),
-        ..seen.event()
+        ..seen.event(seen.principal.map(AuditPrincipal::from))
     }
 }
 
