@@ -14,4 +14,5 @@ pub mod jwt;
 pub mod mcp;
 pub mod model;
 pub mod replay;
+pub mod rs256;
 mod rule_index;
