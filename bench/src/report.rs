@@ -181,13 +181,20 @@ impl Report {
             ) else {
                 continue;
             };
+            let (peer_added, filter_added) = (peer_cpu - envoy_cpu, filter_cpu - envoy_cpu);
+            // A noisy run can measure the peer at or below plain Envoy; a
+            // ratio against that would be meaningless.
+            let against_peer = if peer_added > 0.0 {
+                format!("{:.1}× the peer's", filter_added / peer_added)
+            } else {
+                "no ratio: the peer measured no cost over plain Envoy in this run".into()
+            };
             let _ = writeln!(
                 out,
-                "- {connections} connection(s), against Envoy's native jwt_authn + rbac: the peer adds **{:+.1} µs** of Envoy CPU per call over plain Envoy and {:+.0} µs at p50; the Airlock filter **{:+.1} µs** ({:.1}× the peer's) and {:+.0} µs at p50, keeping {:.0}% of the peer's throughput.",
-                peer_cpu - envoy_cpu,
+                "- {connections} connection(s), against Envoy's native jwt_authn + rbac: the peer adds **{:+.1} µs** of Envoy CPU per call over plain Envoy and {:+.0} µs at p50; the Airlock filter **{:+.1} µs** ({against_peer}) and {:+.0} µs at p50, keeping {:.0}% of the peer's throughput.",
+                peer_added,
                 peer.sample.quantile_micros(0.5) - envoy.sample.quantile_micros(0.5),
-                filter_cpu - envoy_cpu,
-                (filter_cpu - envoy_cpu) / (peer_cpu - envoy_cpu).max(f64::EPSILON),
+                filter_added,
                 filter.sample.quantile_micros(0.5) - envoy.sample.quantile_micros(0.5),
                 100.0 * filter.sample.per_second() / peer.sample.per_second(),
             );

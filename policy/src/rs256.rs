@@ -17,6 +17,7 @@
 use crypto_bigint::modular::runtime_mod::{DynResidue, DynResidueParams};
 use crypto_bigint::{Limb, U2048, U3072, U4096, Uint, Word};
 use sha2::{Digest, Sha256};
+use std::sync::OnceLock;
 use thiserror::Error;
 
 /// Shorter keys are refused.
@@ -43,7 +44,12 @@ pub enum KeyError {
 /// An RSA public key, ready to verify.
 #[derive(Clone)]
 pub struct PublicKey {
-    modulus: Modulus,
+    /// Big-endian, without leading zeros.
+    modulus: Box<[u8]>,
+    /// The modulus's Montgomery constants, computed on the first
+    /// verification: they cost a few milliseconds in wasm, and a key set
+    /// holds several keys of which tokens are signed with one.
+    montgomery: OnceLock<Option<Modulus>>,
     exponent: u32,
     /// The modulus's length in bytes: every signature has exactly this length.
     length: usize,
@@ -81,18 +87,11 @@ impl PublicKey {
         if exponent < 3 || exponent & 1 == 0 {
             return Err(KeyError::Exponent);
         }
-        let length = modulus.len();
-        let modulus = if length <= U2048::BYTES {
-            Modulus::Bits2048(residue_params(modulus).ok_or(KeyError::Size(bits))?)
-        } else if length <= U3072::BYTES {
-            Modulus::Bits3072(residue_params(modulus).ok_or(KeyError::Size(bits))?)
-        } else {
-            Modulus::Bits4096(residue_params(modulus).ok_or(KeyError::Size(bits))?)
-        };
         Ok(PublicKey {
-            modulus,
+            modulus: modulus.into(),
+            montgomery: OnceLock::new(),
             exponent,
-            length,
+            length: modulus.len(),
             bits,
         })
     }
@@ -107,12 +106,27 @@ impl PublicKey {
         if signature.len() != self.length {
             return false;
         }
-        let recovered = match &self.modulus {
-            Modulus::Bits2048(params) => power(params, signature, self.exponent, self.length),
-            Modulus::Bits3072(params) => power(params, signature, self.exponent, self.length),
-            Modulus::Bits4096(params) => power(params, signature, self.exponent, self.length),
+        let recovered = match self.montgomery.get_or_init(|| Modulus::new(&self.modulus)) {
+            Some(Modulus::Bits2048(params)) => power(params, signature, self.exponent, self.length),
+            Some(Modulus::Bits3072(params)) => power(params, signature, self.exponent, self.length),
+            Some(Modulus::Bits4096(params)) => power(params, signature, self.exponent, self.length),
+            None => None,
         };
         recovered.is_some_and(|encoded| encoded == expected_encoding(message, self.length))
+    }
+}
+
+impl Modulus {
+    /// `None` only for a modulus longer than 4096 bits, which
+    /// `PublicKey::from_components` refuses.
+    fn new(modulus: &[u8]) -> Option<Modulus> {
+        Some(if modulus.len() <= U2048::BYTES {
+            Modulus::Bits2048(residue_params(modulus)?)
+        } else if modulus.len() <= U3072::BYTES {
+            Modulus::Bits3072(residue_params(modulus)?)
+        } else {
+            Modulus::Bits4096(residue_params(modulus)?)
+        })
     }
 }
 
@@ -198,7 +212,6 @@ mod tests {
     use rsa::pkcs1::EncodeRsaPrivateKey;
     use rsa::traits::PublicKeyParts;
     use rsa::{BigUint, RsaPrivateKey};
-    use std::sync::OnceLock;
 
     /// Keys of each accepted size, generated once (RSA key generation is slow).
     fn private_key(bits: usize) -> &'static RsaPrivateKey {
@@ -293,9 +306,7 @@ mod tests {
         #[test]
         fn the_power_agrees_with_modpow(signature in proptest::collection::vec(any::<u8>(), 256), exponent in (1u32..u32::MAX / 2).prop_map(|e| 2 * e + 1)) {
             let key = private_key(2048);
-            let Modulus::Bits2048(params) =
-                PublicKey::from_components(&key.n().to_bytes_be(), &exponent.to_be_bytes()).unwrap().modulus
-            else {
+            let Some(Modulus::Bits2048(params)) = Modulus::new(&key.n().to_bytes_be()) else {
                 unreachable!()
             };
             let s = BigUint::from_bytes_be(&signature);
