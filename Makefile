@@ -55,7 +55,7 @@ demo-cluster: setup wasm bins
 ## bench: tools/call direct vs plain Envoy vs filter, cold RS256, callgrind, approvals, audit intake, operator at scale (docs/BENCHMARKS.md)
 bench: setup wasm
 	cargo build --release --locked -p airlock-bench -p airlock-operator --bin airlock-bench --bin airlock-operator
-	cargo build --locked -p airlock-noop-filter --target wasm32-wasip1 --profile wasm
+	cargo build --locked -p airlock-noop-filter -p airlock-request-path --target wasm32-wasip1 --profile wasm
 	target/release/airlock-bench $(BENCH_ARGS)
 
 ## fuzz: run each cargo-fuzz target for FUZZ_SECONDS (default 60)

@@ -20,7 +20,6 @@ mod load;
 mod operator_scale;
 mod policy_scale;
 mod report;
-mod request_path;
 mod upstream;
 
 use airlock_operator::dev_issuer::DevIssuer;
@@ -47,14 +46,27 @@ struct Cli {
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Runs the filter's request path natively (the target callgrind measures).
-    RequestPath(request_path::RequestPathArgs),
+    RequestPath(RequestPathArgs),
     /// Only the operator scale run.
     Scale,
     /// Only judging one call against 1, 100 and 1,000 rules.
     Policy,
-    /// Only the callgrind counts of the request path (no Envoy, seconds):
-    /// for the before and after of a change to the filter's core.
-    Callgrind,
+    /// Only the request path's cost without Envoy (seconds): callgrind
+    /// counts natively and time per call in V8, for the before and after of
+    /// a change to the filter's core.
+    RequestCost,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct RequestPathArgs {
+    /// Inputs written by the bench.
+    #[arg(long)]
+    inputs: std::path::PathBuf,
+    /// Verify a fresh token each time (cold) instead of hitting the cache.
+    #[arg(long)]
+    cold: bool,
+    #[arg(long, default_value_t = 1000)]
+    iterations: usize,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -96,19 +108,19 @@ struct RunArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::RequestPath(args)) = &cli.command {
-        return request_path::run(args);
+        let inputs = airlock_request_path::Inputs::read(&args.inputs)?;
+        return airlock_request_path::run(&inputs, args.cold, args.iterations);
     }
     if let Some(Command::Policy) = &cli.command {
         println!("{}", policy_scale::markdown(&policy_scale::run()?));
         return Ok(());
     }
-    if let Some(Command::Callgrind) = &cli.command {
+    if let Some(Command::RequestCost) = &cli.command {
         let issuer = DevIssuer::new(TENANT)?;
         let warm = issuer.mint(&airlock_tests::gateway::caller(&[ENGINEERS]))?;
-        let cold = cold_tokens(&issuer, CALLGRIND_COLD)?;
-        let inputs = callgrind_inputs(&issuer, warm, cold)?;
-        let counts = callgrind(&inputs, cli.run.callgrind_dir.as_deref())?;
-        println!("{}", counts.markdown());
+        let cold = cold_tokens(&issuer, V8_COLD)?;
+        let inputs = request_path_inputs(&issuer, warm, cold)?;
+        println!("{}", request_cost(&inputs, &cli.run).markdown());
         return Ok(());
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -275,16 +287,8 @@ async fn run(args: &RunArgs, scale: Option<operator_scale::ScaleReport>) -> anyh
     report.data_path(row);
     report.audit_dropped = envoy.stat("wasmcustom.airlock.audit.dropped").await?;
 
-    if args.no_callgrind {
-        report.callgrind_skipped = Some("--no-callgrind".into());
-    } else {
-        let cold = cold.into_iter().take(CALLGRIND_COLD).collect();
-        let inputs = callgrind_inputs(&gateway.issuer.issuer, token.clone(), cold)?;
-        match callgrind(&inputs, args.callgrind_dir.as_deref()) {
-            Ok(counts) => report.callgrind = Some(counts),
-            Err(e) => report.callgrind_skipped = Some(format!("{e:#}")),
-        }
-    }
+    let inputs = request_path_inputs(&gateway.issuer.issuer, token.clone(), cold)?;
+    report.request_cost = Some(request_cost(&inputs, args));
 
     eprintln!("bench: approving {} held calls", args.approvals);
     report.approvals = approvals::approve_to_response(&gateway, args.approvals).await?;
@@ -376,12 +380,12 @@ fn cold_tokens(issuer: &DevIssuer, count: usize) -> anyhow::Result<Vec<String>> 
 
 /// What the request path runs on: the bench gateway's configuration,
 /// policies and keys, a token for the cache and tokens for none.
-fn callgrind_inputs(
+fn request_path_inputs(
     issuer: &DevIssuer,
     warm: String,
     cold: Vec<String>,
-) -> anyhow::Result<request_path::Inputs> {
-    Ok(request_path::Inputs {
+) -> anyhow::Result<airlock_request_path::Inputs> {
+    Ok(airlock_request_path::Inputs {
         config: filter_config(&airlock_tests::issuer::jwks_path(), json!({})),
         policies: policies(),
         jwks: issuer.jwks()?,
@@ -393,11 +397,70 @@ fn callgrind_inputs(
 
 const CALLGRIND_WARM: usize = 1000;
 const CALLGRIND_COLD: usize = 20;
+/// Cold tokens the V8 timing spends (in batches of 20) when no Envoy run
+/// minted them.
+const V8_COLD: usize = 1000;
+
+/// Callgrind's counts (unless `--no-callgrind`) and the V8 timing, each
+/// with why it is missing if it could not be measured.
+fn request_cost(inputs: &airlock_request_path::Inputs, args: &RunArgs) -> report::RequestCost {
+    let callgrind = match args.no_callgrind {
+        true => Err("--no-callgrind".into()),
+        false => callgrind(inputs, args.callgrind_dir.as_deref()).map_err(|e| format!("{e:#}")),
+    };
+    report::RequestCost {
+        callgrind,
+        v8: v8_timing(inputs).map_err(|e| format!("{e:#}")),
+    }
+}
+
+/// The request path built for wasm32-wasip1 (`make bench` builds it with
+/// the filter's profile), timed under Node's V8.
+fn v8_timing(
+    inputs: &airlock_request_path::Inputs,
+) -> anyhow::Result<airlock_request_path::Timing> {
+    let root = airlock_tests::paths::repo_root();
+    let module = root.join("target/wasm32-wasip1/wasm/airlock-request-path.wasm");
+    ensure!(
+        module.is_file(),
+        "{} is missing: run `make bench`, which builds it",
+        module.display()
+    );
+    let dir = tempfile::tempdir()?;
+    inputs.write(&dir.path().join("inputs.json"))?;
+    eprintln!("bench: the request path in V8");
+    let output = std::process::Command::new("node")
+        .arg("--no-warnings")
+        .arg(root.join("bench/request-path/v8.mjs"))
+        .arg(&module)
+        .arg(dir.path())
+        .arg("inputs.json")
+        .output()
+        .context("running node (Node.js 20 or newer)")?;
+    ensure!(
+        output.status.success(),
+        "the request path in V8 failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let timing: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .context("the request path in V8 printed no timing")?;
+    let nanos = |field: &str| {
+        timing
+            .get(field)
+            .and_then(serde_json::Value::as_u64)
+            .map(Duration::from_nanos)
+            .with_context(|| format!("no {field} in {timing}"))
+    };
+    Ok(airlock_request_path::Timing {
+        warm: nanos("warm_ns")?,
+        cold: nanos("cold_ns")?,
+    })
+}
 
 /// Instructions per request of the request path, warm and cold: each count
 /// is (instructions over N requests − over none) / N, so setup cancels out.
 fn callgrind(
-    inputs: &request_path::Inputs,
+    inputs: &airlock_request_path::Inputs,
     keep: Option<&std::path::Path>,
 ) -> anyhow::Result<report::Callgrind> {
     let scratch = tempfile::tempdir()?;
@@ -420,7 +483,7 @@ fn callgrind(
         let output = std::process::Command::new("valgrind")
             .arg("--tool=callgrind")
             .arg("--collect-atstart=no")
-            .arg(format!("--toggle-collect={}", request_path::COLLECT))
+            .arg(format!("--toggle-collect={}", airlock_request_path::COLLECT))
             .arg(format!(
                 "--callgrind-out-file={}",
                 dir.join(format!("{name}.out")).display()

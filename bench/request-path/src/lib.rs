@@ -1,9 +1,13 @@
-//! The filter's request path in native code, for callgrind: the same policy
-//! core functions the filter calls for one allowed `tools/call`, in the same
-//! order (route, bearer token, verify or cache hit, classify, judge, audit
-//! event), without Envoy and V8 around them. Instruction counts here are
-//! repeatable whatever else the machine does; they count native x86
-//! instructions, not the module's under V8.
+//! The filter's request path without Envoy: the same policy core functions
+//! the filter calls for one allowed `tools/call`, in the same order (route,
+//! bearer token, verify or cache hit, classify, judge, audit event).
+//!
+//! `make bench` runs it two ways. Natively under callgrind, whose instruction
+//! counts are repeatable whatever else the machine does ([`run`]). And
+//! compiled to wasm under Node's V8 — the engine Envoy embeds — timed per
+//! call as the minimum over batches, which steal time and neighbours can
+//! only lengthen ([`time`], the `airlock-request-path` command): the cost of
+//! the module's own work in V8, apart from Envoy's host calls around it.
 
 use airlock_policy::audit::rfc3339;
 use airlock_policy::gateway::auth::{KeyRing, TokenCache, authenticate};
@@ -18,8 +22,8 @@ use airlock_policy::mcp::{ProtocolVersion, RequestContext, classify};
 use airlock_policy::model::CompiledPolicy;
 use anyhow::Context;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The callgrind pattern that collects only inside [`request_path`].
 pub const COLLECT: &str = "*request_path::request_path*";
@@ -44,7 +48,7 @@ impl Inputs {
         Ok(std::fs::write(path, document.to_string())?)
     }
 
-    fn read(path: &Path) -> anyhow::Result<Inputs> {
+    pub fn read(path: &Path) -> anyhow::Result<Inputs> {
         let mut document: Value = serde_json::from_slice(&std::fs::read(path)?)?;
         let mut take = |field: &str| document.get_mut(field).map(Value::take);
         Ok(Inputs {
@@ -56,18 +60,6 @@ impl Inputs {
             cold: serde_json::from_value(take("cold").context("cold")?)?,
         })
     }
-}
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct RequestPathArgs {
-    /// Inputs written by the bench.
-    #[arg(long)]
-    pub inputs: PathBuf,
-    /// Verify a fresh token each time (cold) instead of hitting the cache.
-    #[arg(long)]
-    pub cold: bool,
-    #[arg(long, default_value_t = 1000)]
-    pub iterations: usize,
 }
 
 struct Core {
@@ -114,35 +106,87 @@ fn request_path(core: &mut Core, authorization: &str, now: u64) -> anyhow::Resul
     Ok(queued)
 }
 
-pub fn run(args: &RequestPathArgs) -> anyhow::Result<()> {
-    let inputs = Inputs::read(&args.inputs)?;
-    let named: Vec<NamedPolicy> = serde_json::from_value(inputs.policies)?;
-    let mut keys = KeyRing::default();
-    keys.set(
-        &inputs.tenant,
-        JwkSet::from_json(inputs.jwks.to_string().as_bytes())?,
-    );
-    let mut core = Core {
-        config: FilterConfig::from_json(inputs.config.to_string().as_bytes())?,
-        policies: compile_all(&named)?,
-        keys,
-        tokens: TokenCache::new(1024),
-    };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let warm = format!("Bearer {}", inputs.warm);
-    // The first call fills the cache; the measured ones hit it (or, cold, miss it).
+impl Core {
+    fn new(inputs: &Inputs) -> anyhow::Result<Core> {
+        let named: Vec<NamedPolicy> = serde_json::from_value(inputs.policies.clone())?;
+        let mut keys = KeyRing::default();
+        keys.set(
+            &inputs.tenant,
+            JwkSet::from_json(inputs.jwks.to_string().as_bytes())?,
+        );
+        Ok(Core {
+            config: FilterConfig::from_json(inputs.config.to_string().as_bytes())?,
+            policies: compile_all(&named)?,
+            keys,
+            tokens: TokenCache::new(1024),
+        })
+    }
+}
+
+fn now() -> anyhow::Result<u64> {
+    Ok(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs())
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// `iterations` requests, each with the cached token or (cold) a token of
+/// its own; the first, uncounted, fills the cache. What callgrind measures.
+pub fn run(inputs: &Inputs, cold: bool, iterations: usize) -> anyhow::Result<()> {
+    let mut core = Core::new(inputs)?;
+    let now = now()?;
+    let warm = bearer(&inputs.warm);
     request_path(&mut core, &warm, now)?;
     let mut queued = 0;
-    for i in 0..args.iterations {
-        let authorization = match args.cold {
-            true => format!(
-                "Bearer {}",
-                inputs.cold.get(i).context("too few cold tokens")?
-            ),
+    for i in 0..iterations {
+        let authorization = match cold {
+            true => bearer(inputs.cold.get(i).context("too few cold tokens")?),
             false => warm.clone(),
         };
         queued += request_path(&mut core, &authorization, now)?;
     }
-    println!("{} requests, {queued} audit bytes", args.iterations);
+    println!("{iterations} requests, {queued} audit bytes");
     Ok(())
+}
+
+/// Time per request, warm and cold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    pub warm: Duration,
+    pub cold: Duration,
+}
+
+/// Requests per timed batch.
+const BATCH: usize = 20;
+
+/// The minimum over batches of the mean time per request: cached-token
+/// requests for `warm_batches` batches, then every cold token once.
+pub fn time(inputs: &Inputs, warm_batches: usize) -> anyhow::Result<Timing> {
+    let mut core = Core::new(inputs)?;
+    let now = now()?;
+    let warm = bearer(&inputs.warm);
+    let cold: Vec<String> = inputs.cold.iter().map(|t| bearer(t)).collect();
+    anyhow::ensure!(cold.len() >= BATCH, "at least {BATCH} cold tokens");
+    // The first request fills the cache and lets the engine compile the path.
+    request_path(&mut core, &warm, now)?;
+    let mut batch = |tokens: &mut dyn Iterator<Item = &String>| -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        for token in tokens {
+            std::hint::black_box(request_path(&mut core, token, now)?);
+        }
+        Ok(start.elapsed() / BATCH as u32)
+    };
+    let mut best_warm = Duration::MAX;
+    for _ in 0..warm_batches {
+        best_warm = best_warm.min(batch(&mut std::iter::repeat_n(&warm, BATCH))?);
+    }
+    let mut best_cold = Duration::MAX;
+    for tokens in cold.chunks_exact(BATCH) {
+        best_cold = best_cold.min(batch(&mut tokens.iter())?);
+    }
+    Ok(Timing {
+        warm: best_warm,
+        cold: best_cold,
+    })
 }
