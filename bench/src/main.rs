@@ -483,7 +483,10 @@ fn callgrind(
         let output = std::process::Command::new("valgrind")
             .arg("--tool=callgrind")
             .arg("--collect-atstart=no")
-            .arg(format!("--toggle-collect={}", airlock_request_path::COLLECT))
+            .arg(format!(
+                "--toggle-collect={}",
+                airlock_request_path::COLLECT
+            ))
             .arg(format!(
                 "--callgrind-out-file={}",
                 dir.join(format!("{name}.out")).display()

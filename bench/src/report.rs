@@ -238,10 +238,7 @@ impl Report {
             "- Audit events the filter dropped during these runs: {}.",
             self.audit_dropped
         );
-        let _ = writeln!(
-            out,
-            "\n### Filter request path without Envoy\n"
-        );
+        let _ = writeln!(out, "\n### Filter request path without Envoy\n");
         match &self.request_cost {
             Some(cost) => {
                 let _ = writeln!(out, "{}", cost.markdown());
