@@ -1,4 +1,4 @@
-//! Pinning processes to cores, and the CPU time a process has used.
+//! Pinning processes to cores, and what a process has used: CPU time, memory.
 
 use anyhow::Context;
 use std::time::Duration;
@@ -58,4 +58,17 @@ pub fn process_time(pid: u32) -> anyhow::Result<Duration> {
         .filter(|t| *t > 0)
         .unwrap_or(100);
     Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// `VmHWM` and `VmRSS` of `pid`, in KiB.
+pub fn memory(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((field("VmHWM:")?, field("VmRSS:")?))
 }

@@ -17,6 +17,8 @@ pub enum Tokens {
     Same(String),
     /// Each token once, then stop: every verification is cold.
     EachOnce(Vec<String>),
+    /// The same token on this many requests, then stop.
+    SameFor(String, usize),
 }
 
 /// What to send, and where.
@@ -37,6 +39,7 @@ impl Target {
         let token = match &self.tokens {
             Tokens::Same(token) => token,
             Tokens::EachOnce(tokens) => tokens.get(n)?,
+            Tokens::SameFor(token, count) => Some(token).filter(|_| n < *count)?,
         };
         let body = self.bodies.get(n % self.bodies.len().max(1))?.clone();
         Request::post(self.path.as_str())
@@ -172,6 +175,8 @@ pub enum Workload {
     ToolsList,
     /// `tools/call` of `echo`, answered as an SSE stream.
     Streamed,
+    /// `initialize`, each answered with a new session.
+    Initialize,
 }
 
 /// Distinct request bodies each run cycles through.
@@ -184,6 +189,7 @@ impl Workload {
             Workload::Denied => "tools/call, denied",
             Workload::ToolsList => "tools/list",
             Workload::Streamed => "tools/call, SSE answer",
+            Workload::Initialize => "initialize",
         }
     }
 
@@ -205,6 +211,11 @@ impl Workload {
                         "tools/call",
                         serde_json::json!({"name": "echo", "arguments": {"text": format!("hello {n}")}}),
                     ),
+                    Workload::Initialize => (
+                        "initialize",
+                        serde_json::json!({"protocolVersion": "2025-06-18", "capabilities": {},
+                                           "clientInfo": {"name": "airlock-bench", "version": format!("{n}")}}),
+                    ),
                 };
                 let body = serde_json::json!({"jsonrpc": "2.0", "id": n + 1, "method": method, "params": params});
                 Bytes::from(body.to_string())
@@ -219,6 +230,7 @@ impl Workload {
             Workload::Call | Workload::Streamed => r#""isError":false"#,
             Workload::Denied => r#""isError":true"#,
             Workload::ToolsList => r#""tools":["#,
+            Workload::Initialize => r#""serverInfo""#,
         }
     }
 }

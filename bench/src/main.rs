@@ -17,6 +17,7 @@
 mod approvals;
 mod cpu;
 mod load;
+mod memory;
 mod operator_scale;
 mod policy_scale;
 mod report;
@@ -55,6 +56,8 @@ enum Command {
     /// counts natively and time per call in V8, for the before and after of
     /// a change to the filter's core.
     RequestCost,
+    /// Only the filter's memory under many tokens and sessions (a minute).
+    Memory,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -134,6 +137,12 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()
     };
+    if let Some(Command::Memory) = &cli.command {
+        let upstream = upstream::Upstream::start()?;
+        let report = runtime()?.block_on(memory::run(upstream.port))?;
+        println!("{}", report.markdown());
+        return Ok(());
+    }
     let scale_only = matches!(cli.command, Some(Command::Scale));
     let scale = if cli.run.no_scale && !scale_only {
         None
@@ -289,6 +298,7 @@ async fn run(args: &RunArgs, scale: Option<operator_scale::ScaleReport>) -> anyh
 
     let inputs = request_path_inputs(&gateway.issuer.issuer, token.clone(), cold)?;
     report.request_cost = Some(request_cost(&inputs, args));
+    report.memory = Some(memory::run(upstream.port).await?);
 
     eprintln!("bench: approving {} held calls", args.approvals);
     report.approvals = approvals::approve_to_response(&gateway, args.approvals).await?;

@@ -128,19 +128,6 @@ async fn populate(cluster: &Cluster, scale: Scale) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `VmHWM` and `VmRSS` of `pid`, in KiB.
-fn memory(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .with_context(|| format!("no {name} in /proc/{pid}/status"))
-    };
-    Ok((field("VmHWM:")?, field("VmRSS:")?))
-}
-
 pub async fn run(scale: Scale) -> anyhow::Result<ScaleReport> {
     let cluster = Cluster::start().await?;
     cluster.install_crds().await?;
@@ -228,9 +215,9 @@ pub async fn run(scale: Scale) -> anyhow::Result<ScaleReport> {
     )
     .await?;
     let observed_after = started.elapsed();
-    let (peak_rss_kib, _) = memory(pid)?;
+    let (peak_rss_kib, _) = crate::cpu::memory(pid)?;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let (_, settled_rss_kib) = memory(pid)?;
+    let (_, settled_rss_kib) = crate::cpu::memory(pid)?;
     drop(process);
     Ok(ScaleReport {
         scale,

@@ -94,6 +94,7 @@ pub struct Report {
     rows: Vec<Row>,
     pub audit_dropped: i64,
     pub request_cost: Option<RequestCost>,
+    pub memory: Option<crate::memory::MemoryReport>,
     /// Sorted.
     pub approvals: Vec<Duration>,
     pub intake: Option<Intake>,
@@ -112,6 +113,7 @@ impl Report {
             rows: Vec::new(),
             audit_dropped: 0,
             request_cost: None,
+            memory: None,
             approvals: Vec::new(),
             intake: None,
             scale: None,
@@ -238,14 +240,15 @@ impl Report {
             "- Audit events the filter dropped during these runs: {}.",
             self.audit_dropped
         );
-        let _ = writeln!(out, "\n### Filter request path without Envoy\n");
-        match &self.request_cost {
-            Some(cost) => {
-                let _ = writeln!(out, "{}", cost.markdown());
-            }
-            None => {
-                let _ = writeln!(out, "skipped: --no-request-cost");
-            }
+        if let Some(cost) = &self.request_cost {
+            let _ = writeln!(
+                out,
+                "\n### Filter request path without Envoy\n\n{}",
+                cost.markdown()
+            );
+        }
+        if let Some(memory) = &self.memory {
+            out.push_str(&memory.markdown());
         }
         if !self.approvals.is_empty() {
             let _ = writeln!(

@@ -1,5 +1,6 @@
 //! The MCP server behind every benchmarked path: a minimal Streamable HTTP
-//! server (JSON responses, and an SSE stream for `echo`; no sessions) on hyper, on its own thread and
+//! server (JSON responses, and an SSE stream for `echo`; each `initialize`
+//! answered with a new session id, which it then ignores) on hyper, on its own thread and
 //! single-threaded runtime, so the figures measure the proxy and not the
 //! server.
 
@@ -10,6 +11,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub struct Upstream {
     pub port: u16,
@@ -71,7 +73,12 @@ async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
         Err(_) => Bytes::new(),
     };
     // `echo` answers as a stream: a progress notification, then the result.
-    let (status, reply, streamed) = match serde_json::from_slice::<Value>(&body) {
+    let message = serde_json::from_slice::<Value>(&body);
+    let session = match &message {
+        Ok(message) if message["method"] == "initialize" => Some(new_session_id()),
+        _ => None,
+    };
+    let (status, reply, streamed) = match message {
         Ok(message) => match message.get("id") {
             Some(id) => (
                 StatusCode::OK,
@@ -106,7 +113,15 @@ async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(content_type),
     );
+    if let Some(session) = session.and_then(|id| hyper::header::HeaderValue::from_str(&id).ok()) {
+        response.headers_mut().insert("mcp-session-id", session);
+    }
     Ok(response)
+}
+
+fn new_session_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("bench-session-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 fn result(id: &Value, message: &Value) -> Value {

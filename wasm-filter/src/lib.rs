@@ -84,6 +84,14 @@ impl Context for AirlockRoot {
     }
 }
 
+/// The module's linear memory, in bytes.
+fn vm_memory_bytes() -> usize {
+    #[cfg(target_arch = "wasm32")]
+    return core::arch::wasm32::memory_size(0) * 65536;
+    #[cfg(not(target_arch = "wasm32"))]
+    return 0;
+}
+
 impl RootContext for AirlockRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let Some(bytes) = self.get_plugin_configuration() else {
@@ -121,6 +129,9 @@ impl RootContext for AirlockRoot {
             gateway.keys.borrow_mut().sync();
             gateway.policy.borrow_mut().sync(&gateway.config);
             gateway.audit.borrow_mut().flush(&gateway.config, now);
+            gateway
+                .metrics
+                .memory(vm_memory_bytes(), gateway.tokens.borrow().len());
         }
     }
 

@@ -15,22 +15,39 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Adds `delta` to the metric `name`, defining it on first use.
-    fn add(&self, kind: MetricType, name: &str, delta: i64) {
-        let id = {
-            let mut ids = self.ids.borrow_mut();
-            match ids.get(name) {
-                Some(id) => *id,
-                None => match hostcalls::define_metric(kind, name) {
-                    Ok(id) => {
-                        ids.insert(name.to_string(), id);
-                        id
-                    }
-                    Err(_) => return,
-                },
+    /// The metric `name`, defined on first use.
+    fn id(&self, kind: MetricType, name: &str) -> Option<u32> {
+        let mut ids = self.ids.borrow_mut();
+        match ids.get(name) {
+            Some(id) => Some(*id),
+            None => {
+                let id = hostcalls::define_metric(kind, name).ok()?;
+                ids.insert(name.to_string(), id);
+                Some(id)
             }
-        };
-        let _ = hostcalls::increment_metric(id, delta);
+        }
+    }
+
+    /// Adds `delta` to the metric `name`.
+    fn add(&self, kind: MetricType, name: &str, delta: i64) {
+        if let Some(id) = self.id(kind, name) {
+            let _ = hostcalls::increment_metric(id, delta);
+        }
+    }
+
+    /// Sets the gauge `name` to `value`.
+    fn set(&self, name: &str, value: usize) {
+        if let Some(id) = self.id(MetricType::Gauge, name) {
+            let _ = hostcalls::record_metric(id, u64::try_from(value).unwrap_or(u64::MAX));
+        }
+    }
+
+    /// `airlock.vm_memory_bytes`: this worker's VM memory (wasm memory
+    /// only grows, so this is its high-water mark), and
+    /// `airlock.token_cache_entries`: verified tokens it holds.
+    pub fn memory(&self, vm_memory_bytes: usize, token_cache_entries: usize) {
+        self.set("airlock.vm_memory_bytes", vm_memory_bytes);
+        self.set("airlock.token_cache_entries", token_cache_entries);
     }
 
     /// Defines, at zero, the counters an alert watches for an increase.
