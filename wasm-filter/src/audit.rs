@@ -39,11 +39,13 @@ impl AuditQueue {
 
     pub fn push(&mut self, event: &AuditEvent, metrics: &Metrics) {
         let in_flight = self.in_flight.as_ref().map_or(0, |(_, batch)| batch.len());
+        // A full queue drops the event unserialized: under overload the
+        // drop is the cheap path.
+        if self.queued.len() + in_flight >= self.capacity {
+            return self.drop_events(1, "the queue is full", metrics);
+        }
         match serde_json::to_string(event) {
-            Ok(line) if self.queued.len() + in_flight < self.capacity => {
-                self.queued.push_back(line);
-            }
-            Ok(_) => self.drop_events(1, "the queue is full", metrics),
+            Ok(line) => self.queued.push_back(line),
             Err(e) => self.drop_events(1, &format!("it cannot be serialized: {e}"), metrics),
         }
     }
