@@ -44,7 +44,7 @@ impl AuditQueue {
         if self.queued.len() + in_flight >= self.capacity {
             return self.drop_events(1, "the queue is full", metrics);
         }
-        match serde_json::to_string(event) {
+        match event.to_line() {
             Ok(line) => self.queued.push_back(line),
             Err(e) => self.drop_events(1, &format!("it cannot be serialized: {e}"), metrics),
         }

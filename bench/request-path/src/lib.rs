@@ -101,7 +101,7 @@ fn request_path(core: &mut Core, authorization: &str, now: u64) -> anyhow::Resul
     };
     let mut queued = routed.forward_path.len() + headers.len();
     for event in judged_events(&seen, &envelope, &judged, &core.policies).events {
-        queued += serde_json::to_string(&event)?.len();
+        queued += event.to_line()?.len();
     }
     Ok(queued)
 }
