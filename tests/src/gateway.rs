@@ -186,9 +186,6 @@ impl Sidecar {
     }
 }
 
-/// The filter configuration of these gateways: the test tenant and audience,
-/// keys from the issuer at `jwks_path`, legacy SSE on, small limits; `extra`
-/// adds or replaces fields.
 /// Ada's token request for the gateway's audience, in `groups`.
 pub fn caller(groups: &[&str]) -> TokenRequest {
     let mut request = TokenRequest::user("oid-ada", "ada@contoso.com", AUDIENCE);
@@ -196,6 +193,9 @@ pub fn caller(groups: &[&str]) -> TokenRequest {
     request
 }
 
+/// The filter configuration of these gateways: the test tenant and audience,
+/// keys from the issuer at `jwks_path`, legacy SSE on, small limits; `extra`
+/// adds or replaces fields.
 pub fn filter_config(jwks_path: &str, extra: Value) -> Value {
     let mut config = json!({
         "server": "test/mcp",
