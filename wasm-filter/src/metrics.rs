@@ -3,7 +3,7 @@
 use airlock_policy::model::Action;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 /// Audit events dropped: the queue was full, or the service refused them.
@@ -12,6 +12,8 @@ pub const AUDIT_DROPPED: &str = "airlock.audit.dropped";
 #[derive(Default)]
 pub struct Metrics {
     ids: RefCell<HashMap<String, u32>>,
+    /// What [`Metrics::memory`] last added for this VM.
+    memory_reported: Cell<(usize, usize)>,
 }
 
 impl Metrics {
@@ -35,19 +37,28 @@ impl Metrics {
         }
     }
 
-    /// Sets the gauge `name` to `value`.
-    fn set(&self, name: &str, value: usize) {
-        if let Some(id) = self.id(MetricType::Gauge, name) {
-            let _ = hostcalls::record_metric(id, u64::try_from(value).unwrap_or(u64::MAX));
-        }
-    }
-
-    /// `airlock.vm_memory_bytes`: this worker's VM memory (wasm memory
-    /// only grows, so this is its high-water mark), and
-    /// `airlock.token_cache_entries`: verified tokens it holds.
+    /// `airlock.vm_memory_bytes`: the filter's VMs' memory (wasm memory
+    /// only grows, so this is their high-water mark), and
+    /// `airlock.token_cache_entries`: the verified tokens they hold. Stats
+    /// are Envoy's, shared by every VM (each worker's and the main
+    /// thread's), so each VM adds its change and the gauges are the sums.
     pub fn memory(&self, vm_memory_bytes: usize, token_cache_entries: usize) {
-        self.set("airlock.vm_memory_bytes", vm_memory_bytes);
-        self.set("airlock.token_cache_entries", token_cache_entries);
+        let (memory_before, entries_before) = self
+            .memory_reported
+            .replace((vm_memory_bytes, token_cache_entries));
+        let change = |now: usize, before: usize| {
+            i64::try_from(now).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX)
+        };
+        self.add(
+            MetricType::Gauge,
+            "airlock.vm_memory_bytes",
+            change(vm_memory_bytes, memory_before),
+        );
+        self.add(
+            MetricType::Gauge,
+            "airlock.token_cache_entries",
+            change(token_cache_entries, entries_before),
+        );
     }
 
     /// Defines, at zero, the counters an alert watches for an increase.
