@@ -121,6 +121,8 @@ pub struct DevIssuer {
     tenant: String,
     keys: RwLock<Vec<SigningKey>>,
     next_key: std::sync::atomic::AtomicU32,
+    /// Key sets served by [`DevIssuer::serve`]: how often gateways fetched.
+    served: std::sync::atomic::AtomicU64,
 }
 
 fn now() -> u64 {
@@ -137,6 +139,7 @@ impl DevIssuer {
             tenant: tenant.to_string(),
             keys: RwLock::new(Vec::new()),
             next_key: std::sync::atomic::AtomicU32::new(1),
+            served: std::sync::atomic::AtomicU64::new(0),
         };
         issuer.rotate()?;
         Ok(issuer)
@@ -181,6 +184,7 @@ impl DevIssuer {
             tenant: tenant.to_string(),
             keys: RwLock::new(vec![SigningKey::from_private(kid, &private)?]),
             next_key: std::sync::atomic::AtomicU32::new(1),
+            served: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -210,6 +214,11 @@ impl DevIssuer {
             .map_err(|_| IssuerError::Poisoned)?
             .retain(|k| k.kid != kid);
         Ok(())
+    }
+
+    /// How many key sets [`DevIssuer::serve`] has served.
+    pub fn key_sets_served(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The published key set.
@@ -315,6 +324,9 @@ impl DevIssuer {
         let jwks_path = format!("/{}/discovery/v2.0/keys", self.tenant);
         let keys = |issuer: Arc<DevIssuer>| {
             move || async move {
+                issuer
+                    .served
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 match issuer.jwks() {
                     Ok(jwks) => (axum::http::StatusCode::OK, axum::Json(jwks)),
                     Err(e) => (

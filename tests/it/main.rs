@@ -12,6 +12,7 @@ mod harness_envoy;
 mod harness_issuer;
 mod harness_node;
 mod hold;
+mod key_rotation;
 mod local;
 mod policy_sync;
 mod policy_test;

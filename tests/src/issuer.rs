@@ -51,6 +51,13 @@ impl Issuer {
     }
 }
 
+impl Issuer {
+    /// Stops serving the key set: the endpoint refuses connections.
+    pub fn stop_serving(&self) {
+        self.task.abort();
+    }
+}
+
 /// Where Entra publishes the test tenant's key set, as a path.
 pub fn jwks_path() -> String {
     format!("/{TENANT}/discovery/v2.0/keys")

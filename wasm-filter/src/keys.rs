@@ -3,50 +3,95 @@
 //! Envoy runs one VM per worker. Only the leader VM (see `leader`) fetches each tenant's JWKS,
 //! through the Envoy cluster the configuration names, and publishes the body
 //! in shared data. Every VM re-reads a key set when its shared-data version
-//! changes. An unknown `kid` asks the leader for a refresh, honoured at most
-//! every `jwksMinRefreshSeconds`; key sets are also refreshed hourly.
+//! changes. Key sets are refreshed hourly, and when a token names an unknown
+//! `kid`: the stream records a [`Refetch`] in shared data (at most one per
+//! `jwksMinRefreshSeconds`, see `airlock_policy::gateway::key_refetch`), the
+//! leader fetches and records it done, and the waiting streams look again.
 
 use crate::leader::Published;
 use airlock_policy::gateway::auth::KeyRing;
 use airlock_policy::gateway::config::{FilterConfig, JwksEndpoint};
+use airlock_policy::gateway::key_refetch::{Refetch, RefetchRules, UnknownKid, on_unknown_kid};
 use airlock_policy::jwt::JwkSet;
 use proxy_wasm::hostcalls;
 use std::collections::HashMap;
 use std::time::Duration;
 
-const HOURLY: u64 = 3600;
+const HOURLY_MS: u64 = 3_600_000;
 /// Pause between failed first fetches.
-const RETRY_SECONDS: u64 = 2;
+const RETRY_MS: u64 = 2_000;
 
 fn keys_key(tenant: &str) -> String {
     format!("airlock/jwks/{tenant}")
 }
 
-fn refresh_key(tenant: &str) -> String {
-    format!("airlock/jwks-refresh/{tenant}")
+fn refetch_key(tenant: &str) -> String {
+    format!("airlock/jwks-refetch/{tenant}")
 }
 
-fn shared_u64(key: &str) -> Option<u64> {
-    let (value, _) = hostcalls::get_shared_data(key).ok()?;
-    std::str::from_utf8(&value?).ok()?.parse().ok()
+/// `tenant`'s last refetch and the version to replace it at.
+fn read_refetch(tenant: &str) -> (Option<Refetch>, Option<u32>) {
+    match hostcalls::get_shared_data(&refetch_key(tenant)) {
+        Ok((value, cas)) => (
+            value
+                .as_deref()
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(Refetch::decode),
+            cas,
+        ),
+        Err(_) => (None, None),
+    }
 }
 
-/// Asks the leader to refetch `tenant`'s keys (a token named an unknown `kid`).
-pub fn request_refresh(tenant: &str, now: u64) {
-    let _ =
-        hostcalls::set_shared_data(&refresh_key(tenant), Some(now.to_string().as_bytes()), None);
+/// Replaces `tenant`'s refetch record if it is still at version `cas`.
+fn write_refetch(tenant: &str, refetch: Refetch, cas: Option<u32>) -> bool {
+    hostcalls::set_shared_data(&refetch_key(tenant), Some(refetch.encode().as_bytes()), cas).is_ok()
+}
+
+/// `tenant`'s last refetch asked for by an unknown `kid`.
+pub fn last_refetch(tenant: &str) -> Option<Refetch> {
+    read_refetch(tenant).0
+}
+
+/// A token names `kid`, unknown among `tenant`'s keys: asks for a refetch
+/// when one is allowed, and says whether the token waits for it.
+pub fn unknown_kid(rules: RefetchRules, tenant: &str, kid: &str, now_ms: u64) -> UnknownKid {
+    let (last, cas) = read_refetch(tenant);
+    match on_unknown_kid(rules, last, tenant, kid, now_ms) {
+        UnknownKid::Wait { ask: Some(ask) } if !write_refetch(tenant, ask, cas) => {
+            // Another worker wrote first: its record decides.
+            on_unknown_kid(rules, last_refetch(tenant), tenant, kid, now_ms)
+        }
+        decided => decided,
+    }
+}
+
+/// Records the refetch a fetch that began at `started_ms` answers as done.
+fn finish_refetch(tenant: &str, started_ms: u64, now_ms: u64, fetched: bool) {
+    if let (Some(asked), cas) = read_refetch(tenant)
+        && asked.answered_by(started_ms)
+    {
+        let done = Refetch::Done {
+            at_ms: now_ms,
+            fetched,
+        };
+        if !write_refetch(tenant, done, cas) {
+            log::warn!("airlock: the refetch record of tenant {tenant} changed under a fetch");
+        }
+    }
 }
 
 struct Tenant {
     endpoint: JwksEndpoint,
     keys: Published,
-    last_fetch: Option<u64>,
+    last_fetch_ms: Option<u64>,
 }
 
 pub struct KeyState {
     ring: KeyRing,
     tenants: Vec<Tenant>,
-    in_flight: HashMap<u32, usize>,
+    /// Fetches under way: the tenant's index and when the fetch began.
+    in_flight: HashMap<u32, (usize, u64)>,
 }
 
 impl KeyState {
@@ -59,7 +104,7 @@ impl KeyState {
                 .map(|endpoint| Tenant {
                     keys: Published::new(keys_key(&endpoint.tenant)),
                     endpoint: endpoint.clone(),
-                    last_fetch: None,
+                    last_fetch_ms: None,
                 })
                 .collect(),
             in_flight: HashMap::new(),
@@ -71,10 +116,10 @@ impl KeyState {
     }
 
     /// On the leader: fetches every key set that is due.
-    pub fn lead(&mut self, config: &FilterConfig, now: u64) {
+    pub fn lead(&mut self, now_ms: u64) {
         for index in 0..self.tenants.len() {
-            if self.due(index, config, now) {
-                self.fetch(index, now);
+            if self.due(index, now_ms) {
+                self.fetch(index, now_ms);
             }
         }
     }
@@ -96,25 +141,23 @@ impl KeyState {
         }
     }
 
-    fn due(&self, index: usize, config: &FilterConfig, now: u64) -> bool {
-        if self.in_flight.values().any(|i| *i == index) {
+    fn due(&self, index: usize, now_ms: u64) -> bool {
+        if self.in_flight.values().any(|(i, _)| *i == index) {
             return false;
         }
         let tenant = &self.tenants[index];
-        let published = tenant.keys.is_published();
-        let since = tenant.last_fetch.map(|at| now.saturating_sub(at));
-        if !published {
-            return since.is_none_or(|s| s >= RETRY_SECONDS);
+        let since = tenant.last_fetch_ms.map(|at| now_ms.saturating_sub(at));
+        if !tenant.keys.is_published() {
+            return since.is_none_or(|s| s >= RETRY_MS);
         }
-        let Some(since) = since else { return true };
-        let asked = shared_u64(&refresh_key(&tenant.endpoint.tenant))
-            .is_some_and(|at| tenant.last_fetch.is_none_or(|last| at >= last));
-        since >= HOURLY || (asked && since >= config.jwks_min_refresh_seconds)
+        // Streams ask for refetches no more often than the configuration allows.
+        since.is_none_or(|s| s >= HOURLY_MS)
+            || Refetch::pending(last_refetch(&tenant.endpoint.tenant))
     }
 
-    fn fetch(&mut self, index: usize, now: u64) {
+    fn fetch(&mut self, index: usize, now_ms: u64) {
         let tenant = &mut self.tenants[index];
-        tenant.last_fetch = Some(now);
+        tenant.last_fetch_ms = Some(now_ms);
         let endpoint = &tenant.endpoint;
         let headers = vec![
             (":method", "GET"),
@@ -130,38 +173,56 @@ impl KeyState {
             Duration::from_secs(5),
         ) {
             Ok(token) => {
-                self.in_flight.insert(token, index);
+                self.in_flight.insert(token, (index, now_ms));
             }
-            Err(status) => log::error!(
-                "airlock: cannot fetch keys of tenant {} through cluster {}: {status:?}",
-                endpoint.tenant,
-                endpoint.cluster
-            ),
+            Err(status) => {
+                log::error!(
+                    "airlock: cannot fetch keys of tenant {} through cluster {}: {status:?}",
+                    endpoint.tenant,
+                    endpoint.cluster
+                );
+                finish_refetch(&endpoint.tenant, now_ms, now_ms, false);
+            }
         }
     }
 
     /// A key-set fetch finished (a failed callout arrives with no status);
     /// false when `token` is not one of this state's.
-    pub fn on_fetched(&mut self, token: u32, status: Option<&str>, body: Option<&[u8]>) -> bool {
-        let Some(index) = self.in_flight.remove(&token) else {
+    pub fn on_fetched(
+        &mut self,
+        token: u32,
+        status: Option<&str>,
+        body: Option<&[u8]>,
+        now_ms: u64,
+    ) -> bool {
+        let Some((index, started_ms)) = self.in_flight.remove(&token) else {
             return false;
         };
         let Tenant { endpoint, keys, .. } = &self.tenants[index];
         let tenant = &endpoint.tenant;
-        match (status, body) {
+        let fetched = match (status, body) {
             (Some("200"), Some(body)) => match JwkSet::from_json(body) {
-                Ok(_) => {
-                    if let Err(e) = keys.publish(body) {
-                        log::error!("airlock: cannot publish keys of tenant {tenant}: {e:?}");
-                    }
+                Ok(_) => keys
+                    .publish(body)
+                    .map_err(|e| {
+                        log::error!("airlock: cannot publish keys of tenant {tenant}: {e:?}")
+                    })
+                    .is_ok(),
+                Err(e) => {
+                    log::error!("airlock: key set of tenant {tenant} refused: {e}");
+                    false
                 }
-                Err(e) => log::error!("airlock: key set of tenant {tenant} refused: {e}"),
             },
-            (status, _) => log::error!(
-                "airlock: fetching keys of tenant {tenant} failed (status {})",
-                status.unwrap_or("none: no answer")
-            ),
-        }
+            (status, _) => {
+                log::error!(
+                    "airlock: fetching keys of tenant {tenant} failed (status {})",
+                    status.unwrap_or("none: no answer")
+                );
+                false
+            }
+        };
+        // Published first: a stream that sees the refetch done finds its keys.
+        finish_refetch(tenant, started_ms, now_ms, fetched);
         true
     }
 }

@@ -39,13 +39,19 @@ pub(crate) struct Gateway {
     pub(crate) tokens: RefCell<TokenCache>,
     pub(crate) metrics: metrics::Metrics,
     pub(crate) audit: RefCell<audit::AuditQueue>,
+    /// Calls waiting for refetched signing keys on this worker.
+    pub(crate) key_waiters: std::cell::Cell<usize>,
 }
 
 pub(crate) fn now_seconds(context: &dyn Context) -> u64 {
+    now_millis(context) / 1000
+}
+
+pub(crate) fn now_millis(context: &dyn Context) -> u64 {
     context
         .get_current_time()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
@@ -67,9 +73,13 @@ impl Context for AirlockRoot {
             let status = self.get_http_call_response_header(":status");
             let body = self.get_http_call_response_body(0, body_size);
             let (status, body) = (status.as_deref(), body.as_deref());
-            let now = now_seconds(self);
+            let now_ms = now_millis(self);
+            let now = now_ms / 1000;
             // Each callout belongs to one of these; the others pass on it.
-            let _handled = gateway.keys.borrow_mut().on_fetched(token, status, body)
+            let _handled = gateway
+                .keys
+                .borrow_mut()
+                .on_fetched(token, status, body, now_ms)
                 || gateway
                     .policy
                     .borrow_mut()
@@ -112,6 +122,7 @@ impl RootContext for AirlockRoot {
             keys: RefCell::new(keys::KeyState::new(&config)),
             policy: RefCell::new(policy_sync::PolicyState::new()),
             audit: RefCell::new(audit::AuditQueue::new(config.audit_queue_events)),
+            key_waiters: std::cell::Cell::new(0),
             config,
             metrics,
         }));
@@ -121,9 +132,10 @@ impl RootContext for AirlockRoot {
 
     fn on_tick(&mut self) {
         if let Some(gateway) = self.gateway.clone() {
-            let now = now_seconds(self);
+            let now_ms = now_millis(self);
+            let now = now_ms / 1000;
             if self.leadership.hold_lease(now) {
-                gateway.keys.borrow_mut().lead(&gateway.config, now);
+                gateway.keys.borrow_mut().lead(now_ms);
                 gateway.policy.borrow_mut().lead(&gateway.config, now);
             }
             gateway.keys.borrow_mut().sync();

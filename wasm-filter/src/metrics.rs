@@ -97,6 +97,11 @@ impl Metrics {
         self.add_counter(&format!("airlock.token_failures.{reason}"), 1);
     }
 
+    /// `airlock.key_waiters`: calls waiting for refetched signing keys right now.
+    pub fn key_waiters(&self, delta: i64) {
+        self.add(MetricType::Gauge, "airlock.key_waiters", delta);
+    }
+
     /// `airlock.holds_in_progress`: calls held for approval right now.
     pub fn hold_started(&self) {
         self.add(MetricType::Gauge, "airlock.holds_in_progress", 1);

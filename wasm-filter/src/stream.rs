@@ -1,17 +1,19 @@
 //! One HTTP stream through the gateway.
 
-use crate::{FILTER_HEADER, Gateway, now_seconds, service, sessions};
+use crate::{FILTER_HEADER, Gateway, keys, now_millis, now_seconds, service, sessions};
 use airlock_policy::audit::{AuditEvent, rfc3339};
 use airlock_policy::entra::Principal;
 use airlock_policy::gateway::auth::{AuthError, authenticate};
 use airlock_policy::gateway::capture::ResponseCapture;
+use airlock_policy::gateway::config::CLOCK_CLUSTER;
 use airlock_policy::gateway::hold::{Next, Stage, on_answer};
 use airlock_policy::gateway::judge::{Answering, Outcome, judge, refuse};
+use airlock_policy::gateway::key_refetch::{KeyRefusal, UnknownKid, after_waiting};
 use airlock_policy::gateway::record::{Seen, judged_events, refusal_reason, refused_event};
 use airlock_policy::gateway::reply::{
     Reply, codes, credentials_required, error_object, error_response, unauthorized,
 };
-use airlock_policy::gateway::request::{Route, bearer_token, is_gateway_header, route};
+use airlock_policy::gateway::request::{Route, Routed, bearer_token, is_gateway_header, route};
 use airlock_policy::gateway::revocation::revoked;
 use airlock_policy::gateway::session::{Ownership, legacy_endpoint_session, legacy_query_session};
 use airlock_policy::gateway::sse::EventSplitter;
@@ -63,6 +65,58 @@ struct Held {
     call: Vec<u8>,
 }
 
+/// How long a call waiting for refetched keys sleeps between looks.
+const KEY_WAIT_POLL_MS: &str = "100";
+
+/// A call whose token names a `kid` its tenant has not published (yet),
+/// waiting for the refetched keys (`airlock_policy::gateway::key_refetch`).
+struct KeyWait {
+    token: String,
+    tenant: String,
+    kid: String,
+    since_ms: u64,
+    metadata_url: String,
+    routed: Routed,
+    end_of_stream: bool,
+    /// The request body's size, once all of it arrived during the wait.
+    body_complete: Option<usize>,
+    _slot: WaiterSlot,
+}
+
+/// One of a worker's places for calls waiting for keys, given back when the
+/// wait ends or the stream goes away.
+struct WaiterSlot(Rc<Gateway>);
+
+impl WaiterSlot {
+    fn take(gateway: &Rc<Gateway>) -> Option<WaiterSlot> {
+        let waiting = gateway.key_waiters.get();
+        if waiting >= gateway.config.unknown_key_waiters {
+            return None;
+        }
+        gateway.key_waiters.set(waiting + 1);
+        gateway.metrics.key_waiters(1);
+        Some(WaiterSlot(gateway.clone()))
+    }
+}
+
+impl Drop for WaiterSlot {
+    fn drop(&mut self) {
+        let waiting = &self.0.key_waiters;
+        waiting.set(waiting.get().saturating_sub(1));
+        self.0.metrics.key_waiters(-1);
+    }
+}
+
+/// What a request's token came to.
+enum Verified {
+    Caller(Arc<Principal>),
+    /// The token names an unknown `kid`, and waits for refetched keys.
+    AwaitingKeys {
+        tenant: String,
+        kid: String,
+    },
+}
+
 pub struct AirlockStream {
     gateway: Option<Rc<Gateway>>,
     /// The policies in force when the stream began, used for all of it.
@@ -71,6 +125,7 @@ pub struct AirlockStream {
     /// The caller's token, kept for asking the approval service in its name.
     token: Option<String>,
     held: Option<Held>,
+    key_wait: Option<KeyWait>,
     route: Route,
     /// Headers were paused so the body is judged before it goes upstream.
     judge_body: bool,
@@ -113,6 +168,13 @@ impl Context for AirlockStream {
         body_size: usize,
         _trailers: usize,
     ) {
+        if let Some(wait) = self.key_wait.take() {
+            let clock = (num_headers > 0)
+                .then(|| self.get_http_call_response_header(":status"))
+                .flatten();
+            self.on_key_wait(wait, clock.as_deref() == Some("204"));
+            return;
+        }
         let Some(mut held) = self.held.take() else {
             return;
         };
@@ -181,6 +243,7 @@ impl AirlockStream {
             principal: None,
             token: None,
             held: None,
+            key_wait: None,
             route: Route::Mcp,
             judge_body: false,
             dry_run: None,
@@ -219,32 +282,117 @@ impl AirlockStream {
         gateway: &Gateway,
         token: &str,
         metadata_url: &str,
-    ) -> Result<Arc<Principal>, Reply> {
-        let now = now_seconds(self);
+    ) -> Result<Verified, Reply> {
+        let now_ms = now_millis(self);
         let attempt = || {
             authenticate(
                 &gateway.config,
                 gateway.keys.borrow().ring(),
                 &mut gateway.tokens.borrow_mut(),
                 token,
-                now,
+                now_ms / 1000,
             )
         };
-        match attempt() {
+        let verified = match attempt() {
             // Another VM may have published keys since this one last looked.
             Err(AuthError::KeysNotLoaded(_) | AuthError::UnknownKey { .. }) => {
                 gateway.keys.borrow_mut().sync();
                 attempt()
             }
             result => result,
-        }
-        .map_err(|e| {
-            gateway.metrics.token_failure(e.reason());
-            if let AuthError::UnknownKey { tenant, .. } = &e {
-                crate::keys::request_refresh(tenant, now);
+        };
+        match verified {
+            Ok(principal) => Ok(Verified::Caller(principal)),
+            Err(AuthError::UnknownKey { tenant, kid }) => {
+                match keys::unknown_kid(gateway.config.refetch_rules(), &tenant, &kid, now_ms) {
+                    UnknownKid::Wait { .. } => Ok(Verified::AwaitingKeys { tenant, kid }),
+                    UnknownKid::Refuse(refusal) => {
+                        Err(key_refusal(gateway, &refusal, metadata_url))
+                    }
+                }
             }
-            e.reply(&gateway.config, metadata_url)
-        })
+            Err(e) => Err(token_refusal(gateway, &e, metadata_url)),
+        }
+    }
+
+    /// Asks the clock to answer in a moment: its answer wakes the call
+    /// waiting for keys.
+    fn wait_a_moment(&self) -> Result<(), Reply> {
+        let headers = vec![
+            (":method", "GET"),
+            (":path", "/"),
+            (":authority", CLOCK_CLUSTER),
+            ("x-envoy-fault-delay-request", KEY_WAIT_POLL_MS),
+        ];
+        self.dispatch_http_call(CLOCK_CLUSTER, headers, None, vec![], Duration::from_secs(5))
+            .map(|_| ())
+            .map_err(|status| {
+                log::error!("airlock: cannot call {CLOCK_CLUSTER} to wait for keys: {status:?}");
+                cannot_wait()
+            })
+    }
+
+    /// The clock answered a call waiting for keys (`ticked`: as a clock
+    /// does): look again, and admit, refuse or wait on.
+    fn on_key_wait(&mut self, wait: KeyWait, ticked: bool) {
+        let Some(gateway) = self.gateway.clone() else {
+            return;
+        };
+        if self.replied {
+            return;
+        }
+        gateway.keys.borrow_mut().sync();
+        let now_ms = now_millis(self);
+        let verified = authenticate(
+            &gateway.config,
+            gateway.keys.borrow().ring(),
+            &mut gateway.tokens.borrow_mut(),
+            &wait.token,
+            now_ms / 1000,
+        );
+        let outcome = match verified {
+            Ok(principal) => self
+                .admit(
+                    &gateway,
+                    principal,
+                    wait.token,
+                    &wait.routed,
+                    wait.end_of_stream,
+                )
+                .and_then(|flow| match wait.body_complete {
+                    // The body arrived while the call waited: judge it now.
+                    Some(size) if self.judge_body => {
+                        let body = self.get_http_request_body(0, size).unwrap_or_default();
+                        self.on_body(&gateway, &body)
+                    }
+                    _ => Ok(flow),
+                }),
+            Err(AuthError::UnknownKey { .. }) => {
+                let last = keys::last_refetch(&wait.tenant);
+                let rules = gateway.config.refetch_rules();
+                match after_waiting(rules, last, &wait.tenant, &wait.kid, wait.since_ms, now_ms) {
+                    Some(refusal) => Err(key_refusal(&gateway, &refusal, &wait.metadata_url)),
+                    None if !ticked => Err(cannot_wait()),
+                    None => {
+                        self.key_wait = Some(wait);
+                        match self.wait_a_moment() {
+                            Ok(()) => return,
+                            Err(reply) => Err(reply),
+                        }
+                    }
+                }
+            }
+            Err(e) => Err(token_refusal(&gateway, &e, &wait.metadata_url)),
+        };
+        self.key_wait = None;
+        match outcome {
+            Ok(Flow::Continue) => self.resume_http_request(),
+            // Waiting for the rest of the body, or held for approval.
+            Ok(_) => {}
+            Err(reply) => {
+                self.reply(&reply);
+            }
+        }
     }
 
     fn on_headers(&mut self, gateway: &Gateway, end_of_stream: bool) -> Result<Flow, Reply> {
@@ -295,7 +443,45 @@ impl AirlockStream {
                 return Err(unauthorized(why, &metadata_url));
             }
         };
-        let principal = self.verify(gateway, &token, &metadata_url)?;
+        match self.verify(gateway, &token, &metadata_url)? {
+            Verified::Caller(principal) => {
+                self.admit(gateway, principal, token, &routed, end_of_stream)
+            }
+            Verified::AwaitingKeys { tenant, kid } => {
+                let Some(slot) = self.gateway.as_ref().and_then(WaiterSlot::take) else {
+                    let refusal = KeyRefusal::TooManyWaiting {
+                        tenant,
+                        limit: gateway.config.unknown_key_waiters,
+                    };
+                    return Err(key_refusal(gateway, &refusal, &metadata_url));
+                };
+                self.wait_a_moment()?;
+                self.key_wait = Some(KeyWait {
+                    token,
+                    tenant,
+                    kid,
+                    since_ms: now_millis(self),
+                    metadata_url,
+                    routed,
+                    end_of_stream,
+                    body_complete: None,
+                    _slot: slot,
+                });
+                Ok(Flow::Pause)
+            }
+        }
+    }
+
+    /// Lets a verified caller's request on: what the headers alone decide.
+    fn admit(
+        &mut self,
+        gateway: &Gateway,
+        principal: Arc<Principal>,
+        token: String,
+        routed: &Routed,
+        end_of_stream: bool,
+    ) -> Result<Flow, Reply> {
+        let method = self.header(":method").unwrap_or_default();
         if method == "POST" {
             self.token = Some(token);
         }
@@ -620,6 +806,29 @@ impl AirlockStream {
     }
 }
 
+/// A refused token, counted by why.
+fn token_refusal(gateway: &Gateway, error: &AuthError, metadata_url: &str) -> Reply {
+    gateway.metrics.token_failure(error.reason());
+    error.reply(&gateway.config, metadata_url)
+}
+
+/// A token with an unknown `kid` refused, counted by why.
+fn key_refusal(gateway: &Gateway, refusal: &KeyRefusal, metadata_url: &str) -> Reply {
+    gateway.metrics.token_failure(refusal.reason());
+    refusal.reply(metadata_url)
+}
+
+/// The gateway cannot wait for refetched keys: its clock does not answer.
+fn cannot_wait() -> Reply {
+    Reply::http_error(
+        503,
+        "keys_unavailable",
+        &format!(
+            "the token's signing key is not among the keys held here, and the gateway cannot wait for them to be refetched ({CLOCK_CLUSTER} does not answer)"
+        ),
+    )
+}
+
 fn parse_refusal(message: &str) -> Reply {
     Reply::json(
         400,
@@ -655,13 +864,23 @@ impl HttpContext for AirlockStream {
         if self.replied {
             return Flow::Pause;
         }
+        let Some(gateway) = self.gateway.clone() else {
+            return Flow::Pause;
+        };
+        if let Some(wait) = &mut self.key_wait {
+            if body_size > gateway.config.max_body_bytes {
+                return self.reply(&too_large(gateway.config.max_body_bytes));
+            }
+            // Kept until the caller is known; judged then.
+            if end_of_stream {
+                wait.body_complete = Some(body_size);
+            }
+            return Flow::Pause;
+        }
         if !self.judge_body {
             // Headers were not paused for judging (GET, DELETE): nothing to read.
             return Flow::Continue;
         }
-        let Some(gateway) = self.gateway.clone() else {
-            return Flow::Pause;
-        };
         if body_size > gateway.config.max_body_bytes {
             return self.reply(&too_large(gateway.config.max_body_bytes));
         }

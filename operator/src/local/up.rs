@@ -9,7 +9,9 @@ use crate::audit::trail::AuditLog;
 use crate::dev_issuer::DevIssuer;
 use crate::render::envoy::{self, Bootstrap, Cluster, FilterModule};
 use airlock_policy::entra::{OtherIssuer, TokenVersion, TrustConfig};
-use airlock_policy::gateway::config::{FilterConfig, Governed, PolicyDocument};
+use airlock_policy::gateway::config::{
+    DEFAULT_JWKS_MIN_REFRESH_SECONDS, FilterConfig, Governed, PolicyDocument,
+};
 use anyhow::{Context, bail};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -212,7 +214,11 @@ impl Running {
                 jwks: vec![(tenant.clone(), jwks_url.clone())],
                 gateway_credentials: GatewayCredentials::Shared(credential.clone()),
                 max_pending_per_principal: 20,
-                jwks_min_refresh: Duration::from_secs(if issuer_url.is_some() { 5 } else { 300 }),
+                jwks_min_refresh: Duration::from_secs(if issuer_url.is_some() {
+                    5
+                } else {
+                    DEFAULT_JWKS_MIN_REFRESH_SECONDS
+                }),
             },
             catalog,
             AuditLog::open(&state.audit_log())?,

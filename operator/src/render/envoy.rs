@@ -4,6 +4,7 @@
 //! renders it for a local Envoy, the test harness renders the same, and the
 //! operator renders it for each McpServer's sidecar (with [`InPod`]).
 
+use airlock_policy::gateway::config::CLOCK_CLUSTER;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -310,6 +311,32 @@ fn render_cluster(cluster: &Cluster) -> (Vec<Value>, Option<Value>) {
     (vec![direct, internal], Some(listener))
 }
 
+/// The filter's clock ([`CLOCK_CLUSTER`]): an internal listener that
+/// answers 204 after the delay a request asks for in milliseconds
+/// (`x-envoy-fault-delay-request`), so a waiting stream can sleep.
+fn clock() -> (Value, Value) {
+    let cluster = json!({
+        "name": CLOCK_CLUSTER,
+        "load_assignment": {"cluster_name": CLOCK_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"envoy_internal_address": {"server_listener_name": CLOCK_CLUSTER}}}}]}]},
+    });
+    let delay = json!({
+        "name": "envoy.filters.http.fault",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+            "delay": {"header_delay": {}, "percentage": {"numerator": 100}},
+        },
+    });
+    let hcm = http_connection_manager(
+        CLOCK_CLUSTER,
+        json!({"name": CLOCK_CLUSTER, "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "direct_response": {"status": 204}}]}),
+        json!([delay, router()]),
+    );
+    let listener = json!({"name": CLOCK_CLUSTER, "internal_listener": {}, "filter_chains": [{"filters": [hcm]}]});
+    (cluster, listener)
+}
+
 fn direct_cluster(cluster: &Cluster) -> Value {
     let literal = cluster.host.parse::<std::net::IpAddr>().is_ok();
     let mut rendered = json!({
@@ -404,6 +431,11 @@ impl Bootstrap {
             let (rendered, listener) = render_cluster(cluster);
             clusters.extend(rendered);
             internal_listeners.extend(listener);
+        }
+        if self.filter.is_some() {
+            let (cluster, listener) = clock();
+            clusters.push(cluster);
+            internal_listeners.push(listener);
         }
         let (admin, listen_host) = match &self.in_pod {
             Some(pod) => (json!({"pipe": {"path": pod.admin_socket}}), "0.0.0.0"),
@@ -646,6 +678,52 @@ mod tests {
         }
         .render();
         assert!(plain.get("bootstrap_extensions").is_none());
+    }
+
+    #[test]
+    fn a_filter_comes_with_the_clock_its_waiting_streams_sleep_on() {
+        let with_filter = |filter: Option<FilterModule>| {
+            Bootstrap {
+                listen_port: 0,
+                in_pod: None,
+                upstream: Cluster::loopback("upstream", 9000),
+                filter,
+                clusters: Vec::new(),
+            }
+            .render()
+        };
+        let rendered = with_filter(Some(FilterModule {
+            path: PathBuf::from("/airlock.wasm"),
+            config: json!({}),
+        }));
+        let resources = &rendered["static_resources"];
+        let clock = &resources["clusters"][1];
+        assert_eq!(clock["name"], CLOCK_CLUSTER);
+        assert_eq!(
+            clock["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"],
+            json!({"envoy_internal_address": {"server_listener_name": CLOCK_CLUSTER}})
+        );
+        let hcm = &resources["listeners"][1]["filter_chains"][0]["filters"][0]["typed_config"];
+        assert_eq!(
+            hcm["http_filters"][0]["typed_config"]["delay"]["header_delay"],
+            json!({})
+        );
+        assert_eq!(
+            hcm["route_config"]["virtual_hosts"][0]["routes"][0]["direct_response"]["status"],
+            204
+        );
+        assert_eq!(
+            rendered["bootstrap_extensions"][0]["name"],
+            "envoy.bootstrap.internal_listener"
+        );
+        // Plain Envoy (the benchmark's baseline) has no clock.
+        let plain = with_filter(None);
+        assert_eq!(
+            plain["static_resources"]["clusters"]
+                .as_array()
+                .map(Vec::len),
+            Some(1)
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::render::workload::Settings;
 use crate::tls::{self, TlsListener};
 use airlock_policy::audit::Chain;
 use airlock_policy::entra::{OtherIssuer, TokenVersion, TrustConfig};
+use airlock_policy::gateway::config::DEFAULT_JWKS_MIN_REFRESH_SECONDS;
 use anyhow::Context as _;
 use kube::api::Api as KubeApi;
 use std::collections::BTreeMap;
@@ -250,7 +251,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 client.clone(),
             )),
             max_pending_per_principal: 20,
-            jwks_min_refresh: Duration::from_secs(300),
+            jwks_min_refresh: Duration::from_secs(DEFAULT_JWKS_MIN_REFRESH_SECONDS),
         },
         Catalog::new(Vec::new(), Vec::new()).map_err(anyhow::Error::msg)?,
         audit,

@@ -3,6 +3,7 @@
 
 use crate::canonical::digest;
 use crate::entra::TrustConfig;
+use crate::gateway::key_refetch::RefetchRules;
 use crate::gateway::revocation::Revocation;
 use crate::model::{ApprovalPolicySpec, CompiledPolicy, FieldError};
 use serde::{Deserialize, Serialize};
@@ -52,9 +53,18 @@ pub struct FilterConfig {
     /// defaults to the v2 issuer of each trusted tenant.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub authorization_servers: Vec<String>,
-    /// Least time between two key-set fetches triggered by an unknown `kid`.
+    /// Least time between two key-set fetches asked for by tokens whose
+    /// `kid` is unknown (a key the issuer just published, or a made-up one).
     #[serde(default = "default_jwks_refresh")]
     pub jwks_min_refresh_seconds: u64,
+    /// Longest a token with an unknown `kid` waits for the refetched keys
+    /// before it is refused (503, retry).
+    #[serde(default = "default_unknown_key_wait")]
+    pub unknown_key_wait_seconds: u64,
+    /// Calls each worker lets wait for refetched keys at once; past this,
+    /// a token with an unknown `kid` is refused (503, retry).
+    #[serde(default = "default_unknown_key_waiters")]
+    pub unknown_key_waiters: usize,
     /// Verified tokens kept per worker.
     #[serde(default = "default_token_cache")]
     pub token_cache_entries: usize,
@@ -265,8 +275,21 @@ fn default_hold() -> u64 {
     50
 }
 
+/// Least time between two refetches of a tenant's keys asked for by
+/// unknown kids, in the filter and in the approval service: Entra publishes
+/// new keys ahead of use, so an unknown `kid` is far more often made up.
+pub const DEFAULT_JWKS_MIN_REFRESH_SECONDS: u64 = 30;
+
 fn default_jwks_refresh() -> u64 {
-    300
+    DEFAULT_JWKS_MIN_REFRESH_SECONDS
+}
+
+fn default_unknown_key_wait() -> u64 {
+    5
+}
+
+fn default_unknown_key_waiters() -> usize {
+    64
 }
 
 fn default_token_cache() -> usize {
@@ -277,6 +300,12 @@ fn default_audit_queue() -> usize {
     10_000
 }
 
+/// The cluster a stream calls to wait: an internal listener that answers
+/// after the delay its request asks for (`x-envoy-fault-delay-request`, in
+/// milliseconds). A proxy-wasm stream has no timer of its own; the renderer
+/// of the filter's Envoy adds this cluster with the filter.
+pub const CLOCK_CLUSTER: &str = "airlock_clock";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("plugin configuration is not valid: {0}")]
@@ -286,6 +315,14 @@ pub enum ConfigError {
 }
 
 impl FilterConfig {
+    /// How tokens with unknown kids wait for refetched keys.
+    pub fn refetch_rules(&self) -> RefetchRules {
+        RefetchRules {
+            interval_ms: self.jwks_min_refresh_seconds.saturating_mul(1000),
+            wait_ms: self.unknown_key_wait_seconds.saturating_mul(1000),
+        }
+    }
+
     /// Reads and checks the plugin configuration.
     pub fn from_json(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
         let config: FilterConfig =

@@ -11,6 +11,7 @@ pub mod capture;
 pub mod config;
 pub mod hold;
 pub mod judge;
+pub mod key_refetch;
 pub mod record;
 pub mod reply;
 pub mod request;
