@@ -188,6 +188,34 @@ impl KeyRefusal {
     }
 }
 
+/// The refusal of a `kid` still unknown after a refetch done at `done_ms`.
+fn after_refetch(
+    rules: RefetchRules,
+    done_ms: u64,
+    fetched: bool,
+    tenant: &str,
+    kid: &str,
+    now_ms: u64,
+) -> KeyRefusal {
+    let since = now_ms.saturating_sub(done_ms);
+    let remaining = rules.interval_ms.saturating_sub(since);
+    let (tenant, kid) = (tenant.to_string(), kid.to_string());
+    if fetched {
+        KeyRefusal::NotPublished {
+            tenant,
+            kid,
+            fetched_ago_ms: since,
+            next_refetch_in_ms: remaining,
+        }
+    } else {
+        KeyRefusal::RefetchFailed {
+            tenant,
+            kid,
+            retry_in_ms: remaining,
+        }
+    }
+}
+
 /// A token's `kid` is unknown at `now_ms`, and `last` is the tenant's last
 /// refetch: wait for one, or refuse because one just happened.
 pub fn on_unknown_kid(
@@ -206,21 +234,7 @@ pub fn on_unknown_kid(
             if since >= rules.interval_ms {
                 return UnknownKid::Wait { ask };
             }
-            let remaining = rules.interval_ms - since;
-            UnknownKid::Refuse(if fetched {
-                KeyRefusal::NotPublished {
-                    tenant: tenant.into(),
-                    kid: kid.into(),
-                    fetched_ago_ms: since,
-                    next_refetch_in_ms: remaining,
-                }
-            } else {
-                KeyRefusal::RefetchFailed {
-                    tenant: tenant.into(),
-                    kid: kid.into(),
-                    retry_in_ms: remaining,
-                }
-            })
+            UnknownKid::Refuse(after_refetch(rules, at_ms, fetched, tenant, kid, now_ms))
         }
     }
 }
@@ -237,22 +251,7 @@ pub fn after_waiting(
 ) -> Option<KeyRefusal> {
     match last {
         Some(Refetch::Done { at_ms, fetched }) => {
-            let since = now_ms.saturating_sub(at_ms);
-            let remaining = rules.interval_ms.saturating_sub(since);
-            Some(if fetched {
-                KeyRefusal::NotPublished {
-                    tenant: tenant.into(),
-                    kid: kid.into(),
-                    fetched_ago_ms: since,
-                    next_refetch_in_ms: remaining,
-                }
-            } else {
-                KeyRefusal::RefetchFailed {
-                    tenant: tenant.into(),
-                    kid: kid.into(),
-                    retry_in_ms: remaining,
-                }
-            })
+            Some(after_refetch(rules, at_ms, fetched, tenant, kid, now_ms))
         }
         // Asked for and not done, or the record is gone: wait out the wait.
         _ => {
