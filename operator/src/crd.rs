@@ -73,6 +73,15 @@ pub struct GatewaySpec {
     /// Largest request body judged; larger requests are refused with 413.
     #[serde(default = "default_body")]
     pub max_body_bytes: i64,
+    /// Calls the gateway holds for approval at once (default 256); past this,
+    /// a call that needs approval is refused without asking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100000").message("between 1 and 100000"))]
+    pub max_holds: Option<i32>,
+    /// Calls of one caller the gateway holds at once (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100000").message("between 1 and 100000"))]
+    pub max_holds_per_caller: Option<i32>,
     /// Forward the caller's bearer token to the MCP server (off: a compromised
     /// server could replay it).
     #[serde(default)]
@@ -103,6 +112,8 @@ impl Default for GatewaySpec {
         GatewaySpec {
             max_hold_seconds: default_hold(),
             max_body_bytes: default_body(),
+            max_holds: None,
+            max_holds_per_caller: None,
             forward_token: false,
             allowed_client_apps: Vec::new(),
             public_url: None,

@@ -2,7 +2,7 @@
 //! releases the original call, denial and outages refuse it, a single-use
 //! grant releases exactly one call, and the trail verifies.
 
-use airlock_tests::gateway::{ENGINEERS, Gateway, LEADS, call};
+use airlock_tests::gateway::{ENGINEERS, Gateway, LEADS, Sidecar, call, policies};
 use airlock_tests::peers::{McpServer, Transport, python_client};
 use airlock_tests::recorder::Recorder;
 use airlock_tests::wait_for;
@@ -380,5 +380,148 @@ async fn two_hundred_held_calls_each_released_once_by_their_own_approval() -> an
     assert_eq!(count("approval.decided"), CALLS);
     assert_eq!(count("approval.executed"), CALLS);
     airlock_policy::audit::verify(&log)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn held_calls_are_capped_per_caller_and_per_gateway_and_a_dropped_hold_frees_its_place()
+-> anyhow::Result<()> {
+    let upstream = Recorder::start().await?;
+    let gateway = Gateway::start_with(
+        upstream.port,
+        json!({"maxHoldsPerCaller": 2, "maxHolds": 3}),
+    )
+    .await?;
+    let http = reqwest::Client::new();
+    let ada = gateway.person("oid-ada", &[ENGINEERS])?;
+    let bob = gateway.person("oid-bob", &[ENGINEERS])?;
+    let lea = gateway.person("oid-lea", &[LEADS])?;
+    // Each call deploys its own model, so each is its own approval request.
+    let deploy = |id: u32| {
+        call(
+            id,
+            "deploy_model",
+            json!({"model": format!("m{id}"), "environment": "prod"}),
+        )
+    };
+    let hold = |token: &str, id: u32| tokio::spawn(gateway.post(&http, token, &deploy(id)).send());
+    // A call refused at a cap, and the refusal says which.
+    let refused = |token: &str, id: u32, says: &'static str| {
+        let request = gateway.post(&http, token, &deploy(id)).send();
+        async move {
+            let answer: Value = request.await?.json().await?;
+            let result = &answer["result"];
+            assert_eq!(result["isError"], true, "{answer}");
+            assert_eq!(result["_meta"]["dev.airlock/code"], -31007);
+            let text = result["content"][0]["text"].as_str().unwrap_or_default();
+            assert!(text.contains(says), "{text}");
+            anyhow::Ok(())
+        }
+    };
+
+    let ada_first = hold(&ada, 1);
+    let _ada_second = hold(&ada, 2);
+    gateway.pending(&lea, 2).await?;
+    refused(&ada, 3, "2 of your calls are already held").await?;
+    let _bob_first = hold(&bob, 4);
+    gateway.pending(&lea, 3).await?;
+    refused(&bob, 5, "already holds 3 calls").await?;
+    // Refused past a cap, nothing was asked of the approval service.
+    assert_eq!(gateway.visible(&lea, 3).await?.len(), 3);
+
+    // Ada's client gives up on her first call: its place is given back.
+    ada_first.abort();
+    let _ada_again = hold(&ada, 6);
+    let requests = gateway.visible(&lea, 4).await?;
+    assert_eq!(requests.len(), 4, "{requests:?}");
+    assert!(upstream.requests().is_empty(), "no held call ran");
+    assert_eq!(
+        gateway
+            .envoy
+            .stat("wasmcustom.airlock.requests.HoldsFull")
+            .await?,
+        2
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn under_memory_pressure_envoy_refuses_new_calls_and_a_held_one_still_completes()
+-> anyhow::Result<()> {
+    let upstream = Recorder::start().await?;
+    let dir = tempfile::tempdir()?;
+    let pressure = dir.path().join("pressure");
+    // Envoy watches for the file being moved into place, not for writes.
+    let press = |level: &str| -> std::io::Result<()> {
+        let next = dir.path().join("pressure.next");
+        std::fs::write(&next, level)?;
+        std::fs::rename(&next, &pressure)
+    };
+    press("0.1")?;
+    let sidecar = Sidecar {
+        memory_pressure_file: Some(pressure.clone()),
+        ..Sidecar::standard()?
+    };
+    let gateway = Gateway::launch_on(sidecar, upstream.port, Some(policies()), json!({})).await?;
+    gateway.wait_until_ready().await?;
+    let http = reqwest::Client::new();
+    let ada = gateway.person("oid-ada", &[ENGINEERS])?;
+    let lea = gateway.person("oid-lea", &[LEADS])?;
+    let held = tokio::spawn(gateway.post(&http, &ada, &deploy(1)).send());
+    let request = gateway.pending(&lea, 1).await?;
+    let id = request["id"].as_str().unwrap_or_default().to_string();
+
+    press("0.99")?;
+    let status = |id: u32| {
+        let request = gateway
+            .post(&http, &ada, &call(id, "get_status", json!({})))
+            .send();
+        async move { anyhow::Ok(request.await?) }
+    };
+    let refused_for_pressure = |response: reqwest::Response| async move {
+        let status = response.status();
+        let body = response.text().await?;
+        anyhow::Ok(status == 503 && body == "envoy overloaded")
+    };
+    // Envoy reads the pressure four times a second; calls until then pass.
+    let overloaded = wait_for(
+        "Envoy to refuse under pressure",
+        Duration::from_secs(20),
+        || {
+            let response = status(2);
+            async move { Ok(refused_for_pressure(response.await?).await?.then_some(())) }
+        },
+    )
+    .await;
+    assert!(overloaded.is_ok(), "{}", gateway.envoy.log());
+    let reached = upstream.requests().len();
+    assert!(refused_for_pressure(status(3).await?).await?);
+    assert_eq!(
+        upstream.requests().len(),
+        reached,
+        "nothing refused reached the server"
+    );
+
+    // What was under way when the pressure rose still completes.
+    let decided = gateway.decide(&lea, &id, "approve", "ok").await?;
+    assert_eq!(decided.status(), 200);
+    let answer: Value = held.await??.json().await?;
+    assert_eq!(answer["result"]["isError"], false, "{answer}");
+    let released = upstream.requests();
+    assert_eq!(released.len(), reached + 1);
+    assert!(
+        released
+            .last()
+            .is_some_and(|r| r.header("x-airlock-approval") == Some(id.as_str())),
+        "the held call ran"
+    );
+
+    press("0.2")?;
+    let recovered = wait_for("Envoy to accept again", Duration::from_secs(20), || {
+        let response = status(4);
+        async move { Ok((response.await?.status() == 200).then_some(())) }
+    })
+    .await;
+    assert!(recovered.is_ok(), "{}", gateway.envoy.log());
     Ok(())
 }

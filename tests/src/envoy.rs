@@ -2,7 +2,7 @@
 
 use crate::paths::tool;
 use crate::process::Process;
-use airlock_operator::render::envoy::{self, Bootstrap, Cluster, FilterModule};
+use airlock_operator::render::envoy::{self, Bootstrap, Cluster, FilterModule, MemoryPressure};
 use anyhow::Context;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -30,6 +30,8 @@ pub struct EnvoyOptions {
     pub upstream: Option<Cluster>,
     /// Envoy's own HTTP filters, run first (the bench's peer without Airlock).
     pub native_filters: Vec<Value>,
+    /// A file whose number (0 to 1) Envoy reads as its memory pressure.
+    pub memory_pressure_file: Option<PathBuf>,
 }
 
 impl EnvoyOptions {
@@ -42,6 +44,7 @@ impl EnvoyOptions {
             clusters: Vec::new(),
             add_request_headers: Vec::new(),
             upstream: None,
+            memory_pressure_file: None,
             native_filters: Vec::new(),
         }
     }
@@ -83,6 +86,10 @@ fn bootstrap(options: &EnvoyOptions) -> Bootstrap {
             .iter()
             .map(|(name, port)| Cluster::loopback(name, *port))
             .collect(),
+        memory: options
+            .memory_pressure_file
+            .clone()
+            .map_or(MemoryPressure::Unwatched, MemoryPressure::File),
     }
 }
 

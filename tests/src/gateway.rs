@@ -107,6 +107,7 @@ impl Gateway {
         let config = filter_config(&issuer.jwks_path, extra);
         let mut options = EnvoyOptions::with_filter(upstream_port, sidecar.module, config);
         options.concurrency = sidecar.workers;
+        options.memory_pressure_file = sidecar.memory_pressure_file;
         options.clusters.push(("jwks".into(), issuer.port));
         options.clusters.push(("approvals".into(), approvals.port));
         let envoy = Envoy::start(options).await?;
@@ -169,10 +170,12 @@ pub fn call(id: u32, tool: &str, arguments: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}})
 }
 
-/// The Envoy that runs the filter: which module, how many workers.
+/// The Envoy that runs the filter: which module, how many workers, and
+/// where it reads its memory pressure (if anywhere).
 pub struct Sidecar {
     pub module: PathBuf,
     pub workers: u32,
+    pub memory_pressure_file: Option<PathBuf>,
 }
 
 impl Sidecar {
@@ -182,6 +185,7 @@ impl Sidecar {
         Ok(Sidecar {
             module: filter_wasm()?,
             workers: 2,
+            memory_pressure_file: None,
         })
     }
 }

@@ -7,12 +7,14 @@
 //! VM reads what it published. Session bindings live in shared data too.
 
 mod audit;
+mod holds;
 mod keys;
 mod leader;
 mod metrics;
 mod policy_sync;
 mod service;
 mod sessions;
+mod shared;
 mod stream;
 
 use airlock_policy::gateway::auth::TokenCache;

@@ -1,5 +1,6 @@
 //! One HTTP stream through the gateway.
 
+use crate::holds::HoldPlace;
 use crate::{FILTER_HEADER, Gateway, keys, now_millis, now_seconds, service, sessions};
 use airlock_policy::audit::{AuditEvent, rfc3339};
 use airlock_policy::entra::Principal;
@@ -63,6 +64,8 @@ struct Held {
     rule: Option<String>,
     /// What the approval service is told about the call.
     call: Vec<u8>,
+    /// Its place under the caps on held calls, kept while it is held.
+    _place: HoldPlace,
 }
 
 /// How long a call waiting for refetched keys sleeps between looks.
@@ -662,9 +665,20 @@ impl AirlockStream {
                     "sessionId": self.header("mcp-session-id"),
                     "protocolVersion": protocol_version.map(|v| v.as_str()),
                 });
+                let now = now_seconds(self);
+                let deadline = now.saturating_add(gateway.config.max_hold_seconds);
+                let place = match HoldPlace::take(&gateway.config, &principal, now, deadline) {
+                    Ok(place) => place,
+                    Err(cap) => {
+                        gateway.metrics.decision_label("HoldsFull");
+                        let refusal = cap.refusal(rule.as_deref());
+                        return Err(refuse(&envelope, &[(index, refusal)], answering));
+                    }
+                };
                 let held = Held {
                     stage: Stage::Asking,
-                    deadline: now_seconds(self).saturating_add(gateway.config.max_hold_seconds),
+                    deadline,
+                    _place: place,
                     index,
                     answering,
                     rule,

@@ -7,7 +7,7 @@ use crate::approvals::service::{Api, ApprovalService, Catalog, GatewayCredential
 use crate::approvals::store::SqliteStore;
 use crate::audit::trail::AuditLog;
 use crate::dev_issuer::DevIssuer;
-use crate::render::envoy::{self, Bootstrap, Cluster, FilterModule};
+use crate::render::envoy::{self, Bootstrap, Cluster, FilterModule, MemoryPressure};
 use airlock_policy::entra::{OtherIssuer, TokenVersion, TrustConfig};
 use airlock_policy::gateway::config::{
     DEFAULT_JWKS_MIN_REFRESH_SECONDS, FilterConfig, Governed, PolicyDocument,
@@ -271,6 +271,7 @@ impl Running {
                 config: filter_config,
             }),
             clusters: vec![jwks, approvals],
+            memory: MemoryPressure::Unwatched,
         };
         let run = state.run_dir();
         let config_path = run.join("envoy.json");

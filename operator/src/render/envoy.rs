@@ -256,6 +256,53 @@ pub struct Bootstrap {
     pub filter: Option<FilterModule>,
     /// More clusters the filter calls out to (JWKS, approval service).
     pub clusters: Vec<Cluster>,
+    pub memory: MemoryPressure,
+}
+
+/// What tells Envoy that its memory is running out, so that it refuses new
+/// requests (503 `envoy overloaded`) and lets the calls under way finish,
+/// instead of growing until the kernel kills it mid-call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryPressure {
+    /// Nothing: `airlock up` on a workstation, where no limit is set.
+    Unwatched,
+    /// Usage against the container's cgroup memory limit: a sidecar.
+    Cgroup,
+    /// A file holding the pressure, from 0 to 1 (Envoy's injected
+    /// resource): how the tests apply pressure.
+    File(PathBuf),
+}
+
+/// Pressure from which Envoy returns freed memory to the system.
+const SHRINK_HEAP_AT: f64 = 0.90;
+/// Pressure from which Envoy refuses new requests.
+const STOP_ACCEPTING_AT: f64 = 0.95;
+
+impl MemoryPressure {
+    /// The bootstrap's `overload_manager`, if anything is watched.
+    fn overload_manager(&self) -> Option<Value> {
+        let (name, config) = match self {
+            MemoryPressure::Unwatched => return None,
+            MemoryPressure::Cgroup => (
+                "envoy.resource_monitors.cgroup_memory",
+                json!({"@type": "type.googleapis.com/envoy.extensions.resource_monitors.cgroup_memory.v3.CgroupMemoryConfig"}),
+            ),
+            MemoryPressure::File(path) => (
+                "envoy.resource_monitors.injected_resource",
+                json!({"@type": "type.googleapis.com/envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig",
+                    "filename": path}),
+            ),
+        };
+        let action = |action: &str, at: f64| json!({"name": action, "triggers": [{"name": name, "threshold": {"value": at}}]});
+        Some(json!({
+            "refresh_interval": "0.25s",
+            "resource_monitors": [{"name": name, "typed_config": config}],
+            "actions": [
+                action("envoy.overload_actions.shrink_heap", SHRINK_HEAP_AT),
+                action("envoy.overload_actions.stop_accepting_requests", STOP_ACCEPTING_AT),
+            ],
+        }))
+    }
 }
 
 /// CA bundle for TLS clusters (Debian's location).
@@ -484,6 +531,9 @@ impl Bootstrap {
                 "clusters": clusters,
             },
         });
+        if let Some(overload) = self.memory.overload_manager() {
+            bootstrap["overload_manager"] = overload;
+        }
         if has_internal_listeners {
             bootstrap["bootstrap_extensions"] = json!([{
                 "name": "envoy.bootstrap.internal_listener",
@@ -612,6 +662,7 @@ mod tests {
                 retried: false,
                 credential: None,
             }],
+            memory: MemoryPressure::Unwatched,
         };
         let rendered = bootstrap.render();
         let clusters = &rendered["static_resources"]["clusters"];
@@ -642,6 +693,7 @@ mod tests {
             upstream: Cluster::loopback("upstream", 9000),
             filter: None,
             clusters: vec![Cluster::loopback("approvals", 8443).retried()],
+            memory: MemoryPressure::Unwatched,
         };
         let rendered = bootstrap.render();
         let resources = &rendered["static_resources"];
@@ -689,6 +741,7 @@ mod tests {
                 upstream: Cluster::loopback("upstream", 9000),
                 filter,
                 clusters: Vec::new(),
+                memory: MemoryPressure::Unwatched,
             }
             .render()
         };
@@ -727,6 +780,59 @@ mod tests {
     }
 
     #[test]
+    fn watched_memory_pressure_refuses_new_requests_before_the_limit() {
+        let render = |memory: MemoryPressure| {
+            Bootstrap {
+                listen_port: 0,
+                in_pod: None,
+                upstream: Cluster::loopback("upstream", 9000),
+                filter: None,
+                clusters: Vec::new(),
+                memory,
+            }
+            .render()
+        };
+        let sidecar = render(MemoryPressure::Cgroup);
+        let overload = &sidecar["overload_manager"];
+        let monitor = "envoy.resource_monitors.cgroup_memory";
+        assert_eq!(overload["resource_monitors"][0]["name"], monitor);
+        let actions: Vec<(&str, &str, f64)> = overload["actions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| {
+                let trigger = &a["triggers"][0];
+                Some((
+                    a["name"].as_str()?,
+                    trigger["name"].as_str()?,
+                    trigger["threshold"]["value"].as_f64()?,
+                ))
+            })
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("envoy.overload_actions.shrink_heap", monitor, 0.90),
+                (
+                    "envoy.overload_actions.stop_accepting_requests",
+                    monitor,
+                    0.95
+                ),
+            ]
+        );
+        let tested = render(MemoryPressure::File(PathBuf::from("/tmp/pressure")));
+        assert_eq!(
+            tested["overload_manager"]["resource_monitors"][0]["typed_config"]["filename"],
+            "/tmp/pressure"
+        );
+        assert!(
+            render(MemoryPressure::Unwatched)
+                .get("overload_manager")
+                .is_none()
+        );
+    }
+
+    #[test]
     fn a_sidecar_has_no_tcp_admin_and_its_stats_listener_serves_two_paths() {
         let bootstrap = Bootstrap {
             listen_port: 80,
@@ -737,6 +843,7 @@ mod tests {
             upstream: Cluster::loopback("upstream", 8080),
             filter: None,
             clusters: Vec::new(),
+            memory: MemoryPressure::Unwatched,
         };
         let rendered = bootstrap.render();
         assert_eq!(

@@ -10,7 +10,8 @@
 //! exactly the module the operator was built with and needs no registry.
 
 use super::envoy::{
-    Bootstrap, Cluster, FileCredential, FilterModule, InPod, READY_PATH, UrlError, WatchedTrust,
+    Bootstrap, Cluster, FileCredential, FilterModule, InPod, MemoryPressure, READY_PATH, UrlError,
+    WatchedTrust,
 };
 use super::hardening::{self, Unsafe, gateway_security_context, installer_security_context};
 use crate::approvals::gateway_identity;
@@ -407,6 +408,12 @@ fn bootstrap(
         "forwardToken": spec.gateway.forward_token,
         "allowedClientApps": spec.gateway.allowed_client_apps,
     });
+    if let Some(limit) = spec.gateway.max_holds {
+        config["maxHolds"] = json!(limit);
+    }
+    if let Some(limit) = spec.gateway.max_holds_per_caller {
+        config["maxHoldsPerCaller"] = json!(limit);
+    }
     if let Some(url) = &spec.gateway.public_url {
         config["publicUrl"] = json!(url);
     }
@@ -424,6 +431,8 @@ fn bootstrap(
             config,
         }),
         clusters,
+        // The gateway container's memory limit: past it, the kernel kills Envoy.
+        memory: MemoryPressure::Cgroup,
     };
     Ok(bootstrap.render())
 }
@@ -622,7 +631,7 @@ mod tests {
             .jwks_urls
             .insert("t1".into(), "http://10.250.0.1:4000/t1/keys".into());
         let workload = render(
-            &server(json!({"gateway": {"maxHoldSeconds": 20}})),
+            &server(json!({"gateway": {"maxHoldSeconds": 20, "maxHoldsPerCaller": 5}})),
             &settings,
         )
         .unwrap();
@@ -634,6 +643,8 @@ mod tests {
             serde_json::from_str(filter["configuration"]["value"].as_str().unwrap()).unwrap();
         assert_eq!(config["server"], "ml/models");
         assert_eq!(config["maxHoldSeconds"], 20);
+        assert_eq!(config["maxHoldsPerCaller"], 5);
+        assert!(config.get("maxHolds").is_none(), "the filter's default");
         assert_eq!(config["jwks"][0]["path"], "/t1/keys");
         assert_eq!(
             config["approvals"]["authority"],
@@ -642,6 +653,11 @@ mod tests {
         assert_eq!(
             filter["vm_config"]["code"]["local"]["filename"],
             format!("{FILTER_DIR}/{FILTER_FILE}")
+        );
+        // Near the container's memory limit Envoy refuses, rather than be killed.
+        assert_eq!(
+            bootstrap["overload_manager"]["resource_monitors"][0]["name"],
+            "envoy.resource_monitors.cgroup_memory"
         );
         let clusters = &bootstrap["static_resources"]["clusters"];
         assert_eq!(

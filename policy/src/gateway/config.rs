@@ -39,6 +39,13 @@ pub struct FilterConfig {
     /// Longest a call is held waiting for approval.
     #[serde(default = "default_hold")]
     pub max_hold_seconds: u64,
+    /// Calls this gateway holds for approval at once; past this, a call that
+    /// needs approval is refused without asking.
+    #[serde(default = "default_max_holds")]
+    pub max_holds: usize,
+    /// Calls of one caller (tenant and object ID) this gateway holds at once.
+    #[serde(default = "default_max_holds_per_caller")]
+    pub max_holds_per_caller: usize,
     /// Largest request body judged; larger bodies are refused with 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
@@ -279,6 +286,15 @@ fn default_hold() -> u64 {
 /// unknown kids, in the filter and in the approval service: Entra publishes
 /// new keys ahead of use, so an unknown `kid` is far more often made up.
 pub const DEFAULT_JWKS_MIN_REFRESH_SECONDS: u64 = 30;
+
+fn default_max_holds() -> usize {
+    256
+}
+
+/// As many as the approval service lets one caller have pending.
+fn default_max_holds_per_caller() -> usize {
+    20
+}
 
 fn default_jwks_refresh() -> u64 {
     DEFAULT_JWKS_MIN_REFRESH_SECONDS

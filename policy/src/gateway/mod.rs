@@ -10,6 +10,7 @@ pub mod auth;
 pub mod capture;
 pub mod config;
 pub mod hold;
+pub mod hold_slots;
 pub mod judge;
 pub mod key_refetch;
 pub mod record;

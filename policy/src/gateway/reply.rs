@@ -24,6 +24,9 @@ pub mod codes {
     pub const SESSION_MISMATCH: i64 = -31005;
     /// No policy is loaded yet; the gateway refuses everything until one is.
     pub const NOT_READY: i64 = -31006;
+    /// The call needs approval, and the gateway already holds as many calls
+    /// (the caller's, or all) as it may.
+    pub const HOLDS_FULL: i64 = -31007;
 }
 
 /// Keys of the `_meta` object on refusals.
