@@ -6,6 +6,7 @@ CARGO_FUZZ_VERSION := 0.13.2
 AIRLOCK_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/airlock
 CARGO_FUZZ := $(AIRLOCK_CACHE)/cargo-fuzz-$(CARGO_FUZZ_VERSION)/bin/cargo-fuzz
 FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= jsonrpc jwt request sse policy_yaml
 WASM := target/wasm32-wasip1/wasm/airlock_filter.wasm
 
 .PHONY: setup test lint wasm wasm-crash-hook bins crds demo demo-cluster bench fuzz lock-python
@@ -58,10 +59,12 @@ bench: setup wasm
 	cargo build --locked -p airlock-noop-filter -p airlock-request-path --target wasm32-wasip1 --profile wasm
 	target/release/airlock-bench $(BENCH_ARGS)
 
-## fuzz: run each cargo-fuzz target for FUZZ_SECONDS (default 60)
+## fuzz: run each cargo-fuzz target for FUZZ_SECONDS (default 60), from its seeds in policy/fuzz/seeds
 fuzz: $(CARGO_FUZZ)
-	cd policy && for target in jsonrpc jwt; do \
-	  RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	cd policy && for target in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$target fuzz/seeds/$$target; \
+	  RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) run $$target fuzz/corpus/$$target fuzz/seeds/$$target \
+	    -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 
 $(CARGO_FUZZ):
