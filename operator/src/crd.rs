@@ -307,6 +307,10 @@ pub struct ApprovalRequestStatus {
     /// Held calls (or retries) this approval has let through.
     #[serde(default)]
     pub releases: i64,
+    /// The gateway's key for the last release: the same release asked again
+    /// (its answer lost) is answered again and spends nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_release: Option<String>,
     /// Approvals still missing before the call may run; 0 once decided.
     #[serde(default)]
     pub approvals_needed: i64,

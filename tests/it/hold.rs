@@ -3,10 +3,13 @@
 //! grant releases exactly one call, and the trail verifies.
 
 use airlock_tests::gateway::{ENGINEERS, Gateway, LEADS, Sidecar, call, policies};
+use airlock_tests::lossy::LossyProxy;
 use airlock_tests::peers::{McpServer, Transport, python_client};
 use airlock_tests::recorder::Recorder;
 use airlock_tests::wait_for;
+use reqwest::Method;
 use serde_json::{Value, json};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
 fn deploy(id: u32) -> Value {
@@ -233,6 +236,60 @@ async fn two_racing_calls_spend_one_single_use_grant() -> anyhow::Result<()> {
             .contains(&id),
         "{refused}"
     );
+    Ok(())
+}
+
+/// The service releases a held call, but its answer is lost on the way back
+/// (the replica that served it died after acting): the gateway asks again
+/// with the same release key, is answered as before, and the call runs
+/// exactly once on the one grant.
+#[tokio::test]
+async fn a_release_whose_answer_was_lost_is_asked_again_and_runs_once() -> anyhow::Result<()> {
+    let upstream = Recorder::start().await?;
+    let first_release = AtomicBool::new(true);
+    let proxy = LossyProxy::start(move |method, path| {
+        method == Method::POST && path.ends_with("/consume") && first_release.swap(false, SeqCst)
+    })
+    .await?;
+    let sidecar = Sidecar {
+        approvals_proxy: Some(proxy.port),
+        ..Sidecar::standard()?
+    };
+    let gateway = Gateway::launch_on(sidecar, upstream.port, Some(policies()), json!({})).await?;
+    proxy.forward_to(gateway.approvals.port);
+    gateway.wait_until_ready().await?;
+    let http = reqwest::Client::new();
+    let ada = gateway.person("oid-ada", &[ENGINEERS])?;
+    let lea = gateway.person("oid-lea", &[LEADS])?;
+    let held = tokio::spawn(gateway.post(&http, &ada, &deploy(1)).send());
+    let request = gateway.pending(&lea, 1).await?;
+    let id = request["id"].as_str().unwrap_or_default().to_string();
+    let approved = gateway.decide(&lea, &id, "approve", "go").await?;
+    assert_eq!(approved.status(), 200, "{}", approved.text().await?);
+
+    let answer: Value = held.await??.json().await?;
+    assert_eq!(
+        answer["result"]["isError"],
+        false,
+        "{answer}\n{}",
+        gateway.envoy.log()
+    );
+    assert_eq!(proxy.lost(), [format!("POST /v1/approvals/{id}/consume")]);
+    assert_eq!(upstream.requests().len(), 1, "the call ran once");
+    let shown: Value = http
+        .get(format!("{}/v1/approvals/{id}", gateway.approvals.url))
+        .bearer_auth(&lea)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        (&shown["state"], &shown["releases"]),
+        (&json!("executed"), &json!(1))
+    );
+    let log = std::fs::read_to_string(&gateway.approvals.audit_log)?;
+    airlock_policy::audit::verify(&log)?;
+    assert_eq!(log.matches("\"approval.executed\"").count(), 1, "{log}");
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use airlock_operator::approvals::kubernetes::{KubeStore, Placement};
 use airlock_operator::approvals::store::{SqliteStore, Store};
 use airlock_operator::dev_issuer::TokenRequest;
 use airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER as GATEWAY;
+use airlock_policy::gateway::RELEASE_KEY_HEADER;
 use airlock_tests::approvals::{Approvals, CREDENTIAL, OpenStore};
 use airlock_tests::cluster::{ADMIN, Cluster, OPERATOR, client_from};
 use airlock_tests::gateway::{ENGINEERS, LEADS, policies};
@@ -297,19 +298,48 @@ async fn replicas_on_the_api_server_share_approvals_and_spend_a_grant_once() -> 
     );
     eprintln!("long-poll on one replica woke {wake:?} after an approval on another");
 
-    // Both replicas race to release the held call: exactly one may.
-    let release = |url: &str| {
-        send(from_gateway(
-            &http,
-            format!("{url}/v1/approvals/{id}/consume"),
-            &ada,
-            &call,
-        ))
+    // Two gateways' calls race to release through both replicas: exactly
+    // one may. Each names its release.
+    let release = |url: &str, key: &'static str| {
+        send(
+            from_gateway(
+                &http,
+                format!("{url}/v1/approvals/{id}/consume"),
+                &ada,
+                &call,
+            )
+            .header(RELEASE_KEY_HEADER, key),
+        )
     };
-    let (one, two) = tokio::join!(release(&first.url), release(&second.url));
-    let mut statuses = [one?.0, two?.0];
+    let (one, two) = tokio::join!(
+        release(&first.url, "release-one"),
+        release(&second.url, "release-two")
+    );
+    let (one, two) = (one?.0, two?.0);
+    let mut statuses = [one, two];
     statuses.sort();
     assert_eq!(statuses, [200, 409]);
+    // The winner lost its answer and asks again, through the other replica:
+    // answered as before, nothing spent twice. The loser's second try still fails.
+    let (winner, loser) = match one {
+        200 => ("release-one", "release-two"),
+        _ => ("release-two", "release-one"),
+    };
+    for url in [&first.url, &second.url] {
+        let (status, again) = release(url, winner).await?;
+        assert_eq!(
+            (status, again["state"].as_str()),
+            (200, Some("executed")),
+            "{again}"
+        );
+        assert_eq!(release(url, loser).await?.0, 409);
+    }
+    let (status, garbage) = release(&first.url, "not a key!").await?;
+    assert_eq!(
+        (status, garbage["error"].as_str()),
+        (400, Some("invalid_release_key")),
+        "{garbage}"
+    );
 
     // A restarted replica reads the outcome back from the API server.
     first.restart()?;

@@ -109,7 +109,8 @@ impl Gateway {
         options.concurrency = sidecar.workers;
         options.memory_pressure_file = sidecar.memory_pressure_file;
         options.clusters.push(("jwks".into(), issuer.port));
-        options.clusters.push(("approvals".into(), approvals.port));
+        let approvals_port = sidecar.approvals_proxy.unwrap_or(approvals.port);
+        options.clusters.push(("approvals".into(), approvals_port));
         let envoy = Envoy::start(options).await?;
         Ok(Gateway {
             envoy,
@@ -170,12 +171,15 @@ pub fn call(id: u32, tool: &str, arguments: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}})
 }
 
-/// The Envoy that runs the filter: which module, how many workers, and
-/// where it reads its memory pressure (if anywhere).
+/// The Envoy that runs the filter: which module, how many workers, where
+/// it reads its memory pressure (if anywhere), and through which proxy it
+/// reaches the approval service (if any: a [`crate::lossy::LossyProxy`]
+/// the test points at the service).
 pub struct Sidecar {
     pub module: PathBuf,
     pub workers: u32,
     pub memory_pressure_file: Option<PathBuf>,
+    pub approvals_proxy: Option<u16>,
 }
 
 impl Sidecar {
@@ -186,6 +190,7 @@ impl Sidecar {
             module: filter_wasm()?,
             workers: 2,
             memory_pressure_file: None,
+            approvals_proxy: None,
         })
     }
 }

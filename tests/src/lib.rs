@@ -25,6 +25,7 @@ pub mod envoy;
 pub mod gateway;
 pub mod guard;
 pub mod issuer;
+pub mod lossy;
 pub mod node;
 pub mod paths;
 pub mod peers;

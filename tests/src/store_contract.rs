@@ -64,6 +64,7 @@ pub fn sample(id: &str, digest: &str, created_at: u64) -> Approval {
         conversation: vec![],
         approved_at: None,
         releases: 0,
+        last_release: None,
         version: 0,
         arrivals: Vec::new(),
     }
@@ -143,6 +144,7 @@ pub async fn check<S: Store>(store: &S) -> anyhow::Result<()> {
     let contenders: Vec<Approval> = (1..=6)
         .map(|releases| Approval {
             releases,
+            last_release: Some(format!("release-{releases}")),
             version: 2,
             ..decided.clone()
         })
@@ -158,7 +160,13 @@ pub async fn check<S: Store>(store: &S) -> anyhow::Result<()> {
         })
         .collect::<Result<_, _>>()?;
     ensure!(winners.len() == 1, "racing writers that won: {winners:?}");
-    let kept = store.get(&first.id).await?.map(|a| a.releases);
+    let kept = store.get(&first.id).await?;
+    ensure!(
+        kept.as_ref().and_then(|a| a.last_release.clone())
+            == winners.first().map(|r| format!("release-{r}")),
+        "the winner's release key was not kept"
+    );
+    let kept = kept.map(|a| a.releases);
     ensure!(
         kept == winners.first().copied(),
         "kept {kept:?}, winner {winners:?}"

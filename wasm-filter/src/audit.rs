@@ -83,15 +83,15 @@ impl AuditQueue {
             batch.extend(self.queued.pop_front());
         }
         let body = format!("[{}]", batch.join(","));
-        match service::call(
-            &config.approvals,
-            &config.approvals.cluster,
-            "POST",
-            "/v1/audit",
-            None,
-            Some(body.as_bytes()),
-            Duration::from_secs(10),
-        ) {
+        let request = service::Request {
+            method: "POST",
+            path: "/v1/audit",
+            bearer: None,
+            release_key: None,
+            body: Some(body.as_bytes()),
+            timeout: Duration::from_secs(10),
+        };
+        match service::call(&config.approvals, &config.approvals.cluster, request) {
             Ok(token) => self.in_flight = Some((token, batch)),
             Err(status) => {
                 log::warn!("airlock: cannot send audit events: {status:?}");

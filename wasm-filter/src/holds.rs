@@ -5,6 +5,7 @@ use crate::shared;
 use airlock_policy::entra::Principal;
 use airlock_policy::gateway::config::FilterConfig;
 use airlock_policy::gateway::hold_slots::{Cap, Places, owner};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const KEY: &str = "airlock/holds";
 
@@ -50,5 +51,21 @@ impl Drop for HoldPlace {
             places.give_back(self.deadline, &self.owner);
             (places.encode(), ())
         });
+    }
+}
+
+/// A held call's name for its release (`RELEASE_KEY_HEADER`): 128 random
+/// bits in hex. Where the host gives no randomness (Envoy does: std's hash
+/// maps need it too), the time in nanoseconds.
+pub fn release_key(now: SystemTime) -> String {
+    let mut bits = [0u8; 16];
+    match getrandom::fill(&mut bits) {
+        Ok(()) => bits.iter().map(|b| format!("{b:02x}")).collect(),
+        Err(_) => format!(
+            "t{}",
+            now.duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        ),
     }
 }

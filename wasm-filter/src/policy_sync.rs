@@ -89,15 +89,15 @@ impl PolicyState {
         }
         let version = self.current.as_ref().map(|(version, _)| version.as_str());
         let path = config.policy_path(version, POLL_WAIT_SECONDS);
-        match service::call(
-            &config.approvals,
-            &config.approvals.cluster,
-            "GET",
-            &path,
-            None,
-            None,
-            Duration::from_secs(POLL_WAIT_SECONDS + 10),
-        ) {
+        let request = service::Request {
+            method: "GET",
+            path: &path,
+            bearer: None,
+            release_key: None,
+            body: None,
+            timeout: Duration::from_secs(POLL_WAIT_SECONDS + 10),
+        };
+        match service::call(&config.approvals, &config.approvals.cluster, request) {
             Ok(token) => self.in_flight = Some(token),
             Err(status) => {
                 log::error!(

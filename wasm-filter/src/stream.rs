@@ -1,6 +1,6 @@
 //! One HTTP stream through the gateway.
 
-use crate::holds::HoldPlace;
+use crate::holds::{HoldPlace, release_key};
 use crate::{FILTER_HEADER, Gateway, keys, now_millis, now_seconds, service, sessions};
 use airlock_policy::audit::{AuditEvent, rfc3339};
 use airlock_policy::entra::Principal;
@@ -64,6 +64,8 @@ struct Held {
     rule: Option<String>,
     /// What the approval service is told about the call.
     call: Vec<u8>,
+    /// This hold's name for its release, sent with every attempt at it.
+    release_key: String,
     /// Its place under the caps on held calls, kept while it is held.
     _place: HoldPlace,
 }
@@ -222,8 +224,11 @@ impl Context for AirlockStream {
                     wait + 5,
                 );
             }
-            Next::Consume { id } => {
-                held.stage = Stage::Releasing { id: id.clone() };
+            Next::Consume { id, failures } => {
+                held.stage = Stage::Releasing {
+                    id: id.clone(),
+                    failures,
+                };
                 self.call_service(held, "POST", &format!("/v1/approvals/{id}/consume"), 10);
             }
         }
@@ -683,6 +688,7 @@ impl AirlockStream {
                     answering,
                     rule,
                     call: call.to_string().into_bytes(),
+                    release_key: release_key(self.get_current_time()),
                     envelope,
                 };
                 self.record.held_index = Some(index);
@@ -701,16 +707,17 @@ impl AirlockStream {
         let Some(gateway) = self.gateway.clone() else {
             return;
         };
-        let body = (method == "POST").then_some(held.call.as_slice());
-        match service::call(
-            &gateway.config.approvals,
-            gateway.config.approvals.hold_cluster(),
+        let request = service::Request {
             method,
             path,
-            self.token.as_deref(),
-            body,
-            Duration::from_secs(timeout_seconds),
-        ) {
+            bearer: self.token.as_deref(),
+            release_key: matches!(held.stage, Stage::Releasing { .. })
+                .then_some(held.release_key.as_str()),
+            body: (method == "POST").then_some(held.call.as_slice()),
+            timeout: Duration::from_secs(timeout_seconds),
+        };
+        let cluster = gateway.config.approvals.hold_cluster();
+        match service::call(&gateway.config.approvals, cluster, request) {
             Ok(_) => self.held = Some(held),
             Err(status) => {
                 let next = on_answer(

@@ -484,6 +484,7 @@ fn to_resource(approval: &Approval) -> Result<ApprovalRequest, StoreError> {
             .collect(),
         approved_at: approval.approved_at.map(rfc3339),
         releases: i64::from(approval.releases),
+        last_release: approval.last_release.clone(),
         approvals_needed: wide(approval.approvals_needed(), "approvalsNeeded", id)?,
         revision: wide(approval.version, "revision", id)?,
         conditions: Vec::new(),
@@ -610,6 +611,7 @@ fn from_resource(
             .map(|t| seconds(t, "approvedAt", &id))
             .transpose()?,
         releases: number(status.releases, "releases", &id)?,
+        last_release: status.last_release.clone(),
         version: number(status.revision, "revision", &id)?,
         arrivals,
         id,
@@ -633,7 +635,8 @@ mod tests {
             .unwrap();
         a.decide(&person("max", &["leads"]), Verdict::Approve, "ok", 203)
             .unwrap();
-        a.consume(&a.binding.clone(), 204).unwrap();
+        a.consume(&a.binding.clone(), Some("release-1"), 204)
+            .unwrap();
         let resource = to_resource(&a).unwrap();
         assert_eq!(
             resource.status.as_ref().map(|s| s.phase),

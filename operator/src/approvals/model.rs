@@ -209,6 +209,10 @@ pub struct Approval {
     pub conversation: Vec<Remark>,
     pub approved_at: Option<u64>,
     pub releases: u32,
+    /// The key the gateway gave the last release, so that the same release
+    /// asked again (its answer lost on the way back) is answered as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_release: Option<String>,
     /// Bumped on every change; stores compare-and-set on it.
     pub version: u64,
     /// Written through the API server and not yet judged, in order.
@@ -467,8 +471,22 @@ impl Approval {
             .collect()
     }
 
-    /// Spends the grant for one release of `binding`'s call.
-    pub fn consume(&mut self, binding: &Binding, now: u64) -> Result<(), ApprovalError> {
+    /// Spends the grant for one release of `binding`'s call, which the
+    /// gateway named `key`. The release of `key` asked again changes nothing
+    /// and succeeds: the gateway lost the first answer, and the grant it
+    /// spent then is the one this call goes through on.
+    pub fn consume(
+        &mut self,
+        binding: &Binding,
+        key: Option<&str>,
+        now: u64,
+    ) -> Result<(), ApprovalError> {
+        if key.is_some() && key == self.last_release.as_deref() {
+            return match *binding == self.binding {
+                true => Ok(()),
+                false => Err(ApprovalError::WrongCall),
+            };
+        }
         self.settle(now);
         if self.state != State::Approved {
             return Err(ApprovalError::NotApproved {
@@ -480,6 +498,7 @@ impl Approval {
             return Err(ApprovalError::WrongCall);
         }
         self.releases += 1;
+        self.last_release = key.map(str::to_string);
         if self.grant_window.is_none() {
             self.state = State::Executed;
         }
@@ -545,6 +564,7 @@ pub(crate) mod tests {
             conversation: vec![],
             approved_at: None,
             releases: 0,
+            last_release: None,
             version: 0,
             arrivals: vec![],
         }
@@ -588,7 +608,7 @@ pub(crate) mod tests {
         a.decide(&person("max", &["leads"]), Verdict::Deny, "not today", 201)
             .unwrap();
         assert_eq!(a.state, State::Denied);
-        assert!(a.consume(&binding(), 202).is_err());
+        assert!(a.consume(&binding(), None, 202).is_err());
     }
 
     #[test]
@@ -665,16 +685,45 @@ pub(crate) mod tests {
             .unwrap();
         let mut other = binding();
         other.digest = "sha256:bb".into();
-        assert_eq!(a.consume(&other, 201), Err(ApprovalError::WrongCall));
+        assert_eq!(a.consume(&other, None, 201), Err(ApprovalError::WrongCall));
         let mut someone_else = binding();
         someone_else.oid = "eve".into();
-        assert_eq!(a.consume(&someone_else, 201), Err(ApprovalError::WrongCall));
-        a.consume(&binding(), 202).unwrap();
+        assert_eq!(
+            a.consume(&someone_else, None, 201),
+            Err(ApprovalError::WrongCall)
+        );
+        a.consume(&binding(), None, 202).unwrap();
         assert_eq!(a.state, State::Executed);
         assert!(matches!(
-            a.consume(&binding(), 203),
+            a.consume(&binding(), None, 203),
             Err(ApprovalError::NotApproved { .. })
         ));
+    }
+
+    #[test]
+    fn a_release_asked_again_is_answered_again_and_spends_nothing() {
+        let mut a = approval(1, false, None);
+        a.decide(&person("lea", &["leads"]), Verdict::Approve, "ok", 200)
+            .unwrap();
+        a.consume(&binding(), Some("k1"), 201).unwrap();
+        let spent = a.clone();
+        // The gateway lost the answer and asks again for the same release.
+        a.consume(&binding(), Some("k1"), 202).unwrap();
+        assert_eq!(a, spent, "nothing changed");
+        // Another call presenting the same approval is refused, as is the
+        // same key for another call or without a key.
+        assert!(matches!(
+            a.consume(&binding(), Some("k2"), 202),
+            Err(ApprovalError::NotApproved { .. })
+        ));
+        let mut other = binding();
+        other.digest = "sha256:bb".into();
+        assert_eq!(
+            a.consume(&other, Some("k1"), 202),
+            Err(ApprovalError::WrongCall)
+        );
+        assert!(a.consume(&binding(), None, 202).is_err());
+        assert_eq!(a.releases, 1);
     }
 
     #[test]
@@ -682,10 +731,10 @@ pub(crate) mod tests {
         let mut a = approval(1, false, Some(60));
         a.decide(&person("lea", &["leads"]), Verdict::Approve, "ok", 200)
             .unwrap();
-        a.consume(&binding(), 210).unwrap();
-        a.consume(&binding(), 250).unwrap();
+        a.consume(&binding(), None, 210).unwrap();
+        a.consume(&binding(), None, 250).unwrap();
         assert_eq!(a.state, State::Approved);
-        assert!(a.consume(&binding(), 260).is_err());
+        assert!(a.consume(&binding(), None, 260).is_err());
         assert_eq!(a.state, State::Executed);
     }
 

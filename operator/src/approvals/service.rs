@@ -42,6 +42,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
 pub use airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER;
+use airlock_policy::gateway::RELEASE_KEY_HEADER;
 /// Largest request body any endpoint reads.
 const MAX_BODY: usize = 1024 * 1024;
 /// Longest long-poll a client may ask for.
@@ -297,6 +298,31 @@ impl From<ApprovalError> for ApiError {
 }
 
 type ApiResult = Result<Response, ApiError>;
+
+/// The gateway's name for one release (see [`Approval::consume`]): at most
+/// 64 letters, digits, `-` or `_`; absent from gateways that predate it.
+fn release_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(RELEASE_KEY_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .filter(|key| {
+            (1..=64).contains(&key.len())
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_release_key",
+                format!("{RELEASE_KEY_HEADER} must be 1 to 64 letters, digits, '-' or '_'"),
+            )
+        })
+}
 
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     let values: Vec<&str> = headers
@@ -926,18 +952,23 @@ impl<S: Store> ApprovalService<S> {
     }
 
     /// Applies `change` with compare-and-set, retrying on a lost race.
+    /// Applies `change` by compare-and-set; the approval, and whether
+    /// anything changed (a change that changes nothing is not written).
     async fn change(
         &self,
         id: &str,
         mut change: impl FnMut(&mut Approval) -> Result<(), ApprovalError>,
-    ) -> Result<Approval, ApiError> {
+    ) -> Result<(Approval, bool), ApiError> {
         for _ in 0..8 {
             let mut approval = self.load(id).await?;
             let before = approval.version;
             change(&mut approval)?;
+            if approval.version == before {
+                return Ok((approval, false));
+            }
             if self.store.update(&approval, before).await? {
                 let _ = self.changes.send(approval.id.clone());
-                return Ok(approval);
+                return Ok((approval, true));
             }
         }
         Err(ApiError::new(
@@ -948,7 +979,8 @@ impl<S: Store> ApprovalService<S> {
     }
 
     /// [`change`](Self::change), then the transition's audit record: what
-    /// happened (`kind`), who did it and what they said.
+    /// happened (`kind`), who did it and what they said. Nothing is recorded
+    /// when nothing changed.
     async fn change_and_record(
         &self,
         id: &str,
@@ -957,7 +989,10 @@ impl<S: Store> ApprovalService<S> {
         said: Option<String>,
         change: impl FnMut(&mut Approval) -> Result<(), ApprovalError>,
     ) -> Result<Approval, ApiError> {
-        let approval = self.change(id, change).await?;
+        let (approval, changed) = self.change(id, change).await?;
+        if !changed {
+            return Ok(approval);
+        }
         let mut event = self.approval_event(kind, &approval, who, said.clone());
         event.via = who.map(|_| Via::Service.label().into());
         self.record(event)?;
@@ -1211,6 +1246,7 @@ async fn ask<S: Store>(
         conversation: Vec::new(),
         approved_at: None,
         releases: 0,
+        last_release: None,
         version: 0,
         arrivals: Vec::new(),
     };
@@ -1268,6 +1304,7 @@ async fn consume<S: Store>(
 ) -> ApiResult {
     let gateway = service.check_gateway(&headers).await?;
     let principal = service.principal(&headers, Side::Callers).await?;
+    let key = release_key(&headers)?;
     let call: CallBody = body(&bytes)?;
     gateway.may_act_for(&call.server)?;
     let derived = derive(&call)?;
@@ -1282,7 +1319,7 @@ async fn consume<S: Store>(
     )?;
     let approval = service
         .change_and_record(&id, "approval.executed", None, None, |a| {
-            a.consume(&binding, now)
+            a.consume(&binding, key, now)
         })
         .await?;
     ok(StatusCode::OK, view(&approval, now))

@@ -5,6 +5,11 @@
 //! → approved: spend the grant (`consume`) and only then forward the call;
 //! denied / expired / spent: refuse; still waiting at the deadline: refuse,
 //! naming the request so the caller can retry once it is approved.
+//!
+//! A long-poll or a release nobody answered (a replica died under it) is
+//! sent again, a few times: a release carries the gateway's key for it, so
+//! the service answers a release it already made as before, and spends the
+//! grant once whichever attempt reached it.
 
 use super::reply::{Refusal, codes};
 use crate::model::Action;
@@ -19,8 +24,10 @@ pub enum Stage {
         id: String,
         failures: u32,
     },
+    /// Spending the grant; `failures` counts releases in a row that got no answer.
     Releasing {
         id: String,
+        failures: u32,
     },
 }
 
@@ -34,9 +41,10 @@ pub enum Next {
         wait: u64,
         failures: u32,
     },
-    /// Spend the grant.
+    /// Spend the grant; `failures` releases in a row have gone unanswered so far.
     Consume {
         id: String,
+        failures: u32,
     },
     /// Forward the held call upstream, byte for byte.
     Release {
@@ -48,11 +56,12 @@ pub enum Next {
 /// Longest single long-poll; a hold is a series of these up to its deadline.
 pub const POLL_SECONDS: u64 = 20;
 
-/// Unanswered long-polls in a row a hold rides out: the request is durable
-/// in the service's store and any replica answers for it, so a replica that
-/// dies mid-poll costs a retry, not the call. Only a release (never a
-/// refusal turned into a pass) follows a clear `approved`.
-pub const POLL_FAILURES: u32 = 3;
+/// Unanswered long-polls, or releases, in a row a hold rides out: the
+/// request is durable in the service's store and any replica answers for
+/// it, so a replica that dies under a call costs a retry, not the call.
+/// Only a release (never a refusal turned into a pass) follows a clear
+/// `approved`.
+pub const UNANSWERED_RETRIES: u32 = 3;
 
 fn refusal(code: i64, reason: String, rule: Option<&str>, approval: Option<&str>) -> Refusal {
     Refusal {
@@ -106,14 +115,23 @@ pub fn on_answer(
     remaining: u64,
     rule: Option<&str>,
 ) -> Next {
-    if let Stage::Waiting { id, failures } = stage {
-        let answered = status.is_some_and(|s| s < 500);
-        if !answered && remaining > 0 && *failures < POLL_FAILURES {
-            return Next::Poll {
-                id: id.clone(),
-                wait: remaining.min(POLL_SECONDS),
-                failures: failures + 1,
-            };
+    let answered = status.is_some_and(|s| s < 500);
+    if !answered && remaining > 0 {
+        match stage {
+            Stage::Waiting { id, failures } if *failures < UNANSWERED_RETRIES => {
+                return Next::Poll {
+                    id: id.clone(),
+                    wait: remaining.min(POLL_SECONDS),
+                    failures: failures + 1,
+                };
+            }
+            Stage::Releasing { id, failures } if *failures < UNANSWERED_RETRIES => {
+                return Next::Consume {
+                    id: id.clone(),
+                    failures: failures + 1,
+                };
+            }
+            _ => {}
         }
     }
     let Some(status) = status else {
@@ -126,7 +144,7 @@ pub fn on_answer(
         .unwrap_or("refused");
     let known_id = match stage {
         Stage::Asking => None,
-        Stage::Waiting { id, .. } | Stage::Releasing { id } => Some(id.as_str()),
+        Stage::Waiting { id, .. } | Stage::Releasing { id, .. } => Some(id.as_str()),
     };
     match (stage, status) {
         (Stage::Asking, 403) => {
@@ -146,7 +164,7 @@ pub fn on_answer(
             ));
         }
         // 403: the caller was cut off (revoked) since the call was held.
-        (Stage::Releasing { id }, 403 | 409) => {
+        (Stage::Releasing { id, .. }, 403 | 409) => {
             return Next::Refuse(refusal(
                 codes::APPROVAL_REFUSED,
                 format!("Approval {id} cannot release this call: {message}"),
@@ -172,7 +190,7 @@ pub fn on_answer(
         (Stage::Releasing { .. }, _) => {
             unavailable("an unexpected release answer", rule, Some(&id))
         }
-        (_, "approved") => Next::Consume { id },
+        (_, "approved") => Next::Consume { id, failures: 0 },
         (_, "pending" | "info_requested") if remaining > 0 => Next::Poll {
             wait: remaining.min(POLL_SECONDS),
             id,
@@ -228,6 +246,13 @@ mod tests {
         )
     }
 
+    fn releasing(failures: u32) -> Stage {
+        Stage::Releasing {
+            id: "ar-1".into(),
+            failures,
+        }
+    }
+
     fn refused_code(next: Next) -> i64 {
         match next {
             Next::Refuse(r) => r.code,
@@ -264,11 +289,14 @@ mod tests {
         );
         assert_eq!(
             answer(&waiting, 200, json!({"id": "ar-1", "state": "approved"}), 7),
-            Next::Consume { id: "ar-1".into() }
+            Next::Consume {
+                id: "ar-1".into(),
+                failures: 0
+            }
         );
         assert_eq!(
             answer(
-                &Stage::Releasing { id: "ar-1".into() },
+                &releasing(0),
                 200,
                 json!({"id": "ar-1", "state": "executed"}),
                 7
@@ -283,7 +311,10 @@ mod tests {
                 json!({"id": "ar-1", "state": "approved"}),
                 50
             ),
-            Next::Consume { id: "ar-1".into() }
+            Next::Consume {
+                id: "ar-1".into(),
+                failures: 0
+            }
         );
     }
 
@@ -293,7 +324,7 @@ mod tests {
             id: "ar-1".into(),
             failures: 0,
         };
-        for failed in 1..=POLL_FAILURES {
+        for failed in 1..=UNANSWERED_RETRIES {
             // A replica that died mid-poll: no answer, or a 503 from the proxy.
             let status = if failed % 2 == 0 { Some(503) } else { None };
             let next = on_answer(&stage, status, b"", 30, None);
@@ -332,6 +363,48 @@ mod tests {
                 30
             )),
             codes::APPROVAL_UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn a_release_nobody_answers_is_sent_again_a_few_times_then_refused() {
+        for failed in 1..=UNANSWERED_RETRIES {
+            let status = if failed % 2 == 0 { Some(503) } else { None };
+            assert_eq!(
+                on_answer(&releasing(failed - 1), status, b"", 30, None),
+                Next::Consume {
+                    id: "ar-1".into(),
+                    failures: failed
+                }
+            );
+        }
+        assert_eq!(
+            refused_code(on_answer(
+                &releasing(UNANSWERED_RETRIES),
+                None,
+                b"",
+                30,
+                None
+            )),
+            codes::APPROVAL_UNAVAILABLE
+        );
+        assert_eq!(
+            refused_code(on_answer(&releasing(0), None, b"", 0, None)),
+            codes::APPROVAL_UNAVAILABLE
+        );
+        // The answer to a release sent again is judged like the first.
+        assert_eq!(
+            answer(
+                &releasing(2),
+                200,
+                json!({"id": "ar-1", "state": "executed"}),
+                7
+            ),
+            Next::Release { id: "ar-1".into() }
+        );
+        assert_eq!(
+            refused_code(answer(&releasing(2), 409, json!({"message": "spent"}), 7)),
+            codes::APPROVAL_REFUSED
         );
     }
 
@@ -412,15 +485,10 @@ mod tests {
             )),
             codes::APPROVAL_UNAVAILABLE
         );
-        let spent = answer(
-            &Stage::Releasing { id: "ar-1".into() },
-            409,
-            json!({"message": "executed"}),
-            7,
-        );
+        let spent = answer(&releasing(0), 409, json!({"message": "executed"}), 7);
         assert_eq!(refused_code(spent), codes::APPROVAL_REFUSED);
         let revoked = answer(
-            &Stage::Releasing { id: "ar-1".into() },
+            &releasing(0),
             403,
             json!({"message": "access revoked by ml/r: laptop stolen"}),
             7,

@@ -32,6 +32,9 @@ pub const METHOD_HEADER: &str = "mcp-method";
 pub const NAME_HEADER: &str = "mcp-name";
 /// The header carrying a gateway's credential to the approval service.
 pub const GATEWAY_CREDENTIAL_HEADER: &str = "x-airlock-gateway-credential";
+/// The header naming one release of a held call to the approval service,
+/// so that a release asked again after a lost answer is recognised.
+pub const RELEASE_KEY_HEADER: &str = "x-airlock-release-key";
 /// Response header carrying what dry-run policies would have done.
 pub const DRY_RUN_HEADER: &str = "x-airlock-dry-run";
 
