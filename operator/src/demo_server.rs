@@ -82,10 +82,28 @@ pub fn serve(listener: tokio::net::TcpListener, hosts: Hosts) -> tokio::task::Jo
         Arc::new(LocalSessionManager::default()),
         config,
     );
-    let app = axum::Router::new().nest_service("/mcp", service);
+    let app = axum::Router::new()
+        .nest_service("/mcp", service)
+        .layer(axum::middleware::from_fn(session_end_is_no_content));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             eprintln!("demo MCP server stopped: {e}");
         }
     })
+}
+
+/// A session ended with DELETE is answered 204 No Content. rmcp answers
+/// 202 Accepted, which the transport's specification allows (it names no
+/// success status), but the Python SDK takes only 200 or 204 and prints
+/// "Session termination failed: 202" at every clean exit of its client.
+async fn session_end_is_no_content(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let ending = request.method() == axum::http::Method::DELETE;
+    let mut response = next.run(request).await;
+    if ending && response.status() == axum::http::StatusCode::ACCEPTED {
+        *response.status_mut() = axum::http::StatusCode::NO_CONTENT;
+    }
+    response
 }

@@ -105,6 +105,11 @@ async fn the_walkthrough_of_make_demo_runs_as_written() -> anyhow::Result<()> {
             "{what}: no {expected:?} in\n{transcript}"
         );
     }
+    // The demo's own client exits cleanly: its session ends without a complaint.
+    anyhow::ensure!(
+        !transcript.contains("Session termination failed"),
+        "the client complained as it ended its session:\n{transcript}"
+    );
     let tools_line = transcript
         .lines()
         .find(|l| l.contains("get_status") && l.contains("deploy_model"))
