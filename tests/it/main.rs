@@ -4,6 +4,7 @@ mod approvals_api;
 mod approvals_tls;
 mod audit;
 mod chart;
+mod clients;
 mod conformance;
 mod filter;
 mod gateway_credential;

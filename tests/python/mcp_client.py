@@ -35,7 +35,9 @@ async def run(args: argparse.Namespace) -> dict:
                 return {"tools": sorted(tool.name for tool in result.tools)}
             result = await session.call_tool(args.name, json.loads(args.arguments))
             text = "".join(getattr(block, "text", "") for block in result.content)
-            return {"isError": bool(result.is_error), "text": text, "meta": result.meta}
+            # SDK 2 names the field is_error; SDK 1 (the client matrix's previous major) isError.
+            is_error = getattr(result, "is_error", getattr(result, "isError", None))
+            return {"isError": bool(is_error), "text": text, "meta": result.meta}
 
 
 def main() -> None:

@@ -27,6 +27,14 @@ pub fn python() -> anyhow::Result<PathBuf> {
         .context("the Python venv is missing: run `make setup`")
 }
 
+/// The Python interpreter of the venv with the MCP SDK's previous major.
+pub fn python_previous_sdk() -> anyhow::Result<PathBuf> {
+    let path = repo_root().join(".tools/venv-mcp1/bin/python");
+    path.exists()
+        .then_some(path)
+        .context("the previous MCP SDK's venv is missing: run `make setup`")
+}
+
 /// `.tools/node_modules`, holding the locked Node peers.
 pub fn node_modules() -> anyhow::Result<PathBuf> {
     let path = repo_root().join(".tools/node_modules");
