@@ -498,6 +498,7 @@ async fn malformed_and_ambiguous_bodies_are_refused_before_the_server() -> anyho
     let ok = http
         .post(format!("{}//mcp/", gateway.envoy.url))
         .bearer_auth(&token)
+        .header("content-type", "application/json")
         .body(ping(9).to_string())
         .send()
         .await?;

@@ -1,5 +1,6 @@
 //! Airlock's integration and end-to-end tests: one binary, one module per area.
 
+mod adversarial;
 mod approvals_api;
 mod approvals_tls;
 mod audit;

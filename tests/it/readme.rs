@@ -6,7 +6,7 @@
 
 use crate::local::demo_args;
 use airlock_operator::local::up::Running;
-use airlock_tests::docs::fenced_blocks;
+use airlock_tests::docs::{fenced_blocks, named_tests};
 use airlock_tests::paths::{built_binary, repo_root};
 use airlock_tests::wait_for;
 use std::process::Command;
@@ -117,6 +117,63 @@ async fn the_walkthrough_of_make_demo_runs_as_written() -> anyhow::Result<()> {
     anyhow::ensure!(
         !tools_line.contains("read_secret"),
         "read_secret listed for ada: {transcript}"
+    );
+    Ok(())
+}
+
+/// Every test the README and `docs/` name as the proof of a claim exists.
+#[test]
+fn every_test_the_docs_name_exists() -> anyhow::Result<()> {
+    let root = repo_root();
+    let mut defined = std::collections::BTreeSet::new();
+    let mut sources = vec![
+        root.join("operator/src"),
+        root.join("policy/src"),
+        root.join("wasm-filter/src"),
+        root.join("tests"),
+    ];
+    while let Some(path) = sources.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                sources.push(entry?.path());
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path)?;
+            defined.extend(text.split("fn ").skip(1).filter_map(|rest| {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                (!name.is_empty()).then_some(name)
+            }));
+        }
+    }
+    let mut documents = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs"))? {
+        documents.push(entry?.path());
+    }
+    let mut missing = Vec::new();
+    let mut named = 0;
+    for document in documents
+        .iter()
+        .filter(|d| d.extension().is_some_and(|e| e == "md"))
+    {
+        for test in named_tests(&std::fs::read_to_string(document)?) {
+            named += 1;
+            let name = test.rsplit("::").next().unwrap_or_default();
+            if !defined.contains(name) {
+                missing.push(format!("{}: {test}", document.display()));
+            }
+        }
+    }
+    anyhow::ensure!(
+        named > 20,
+        "found only {named} named tests: is the pattern right?"
+    );
+    anyhow::ensure!(
+        missing.is_empty(),
+        "named but not defined:\n{}",
+        missing.join("\n")
     );
     Ok(())
 }

@@ -61,3 +61,28 @@ mod tests {
         assert!(fenced_blocks(text, "## C", "sh").is_err());
     }
 }
+
+/// The tests `markdown` names as proof: code spans of the form
+/// `module::test_name` (any depth) whose last part reads as a sentence.
+pub fn named_tests(markdown: &str) -> Vec<String> {
+    let ident = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    markdown
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|span| {
+            let parts: Vec<&str> = span.split("::").collect();
+            parts.len() >= 2
+                && parts.iter().all(|p| ident(p))
+                && parts
+                    .last()
+                    .is_some_and(|name| name.matches('_').count() >= 3)
+        })
+        .map(str::to_string)
+        .collect()
+}

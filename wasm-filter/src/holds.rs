@@ -1,11 +1,14 @@
-//! The caps on held calls (`airlock_policy::gateway::hold_slots`), counted
-//! in shared data so that every worker's VM sees the same count.
+//! Held calls in the host: the caps on them
+//! (`airlock_policy::gateway::hold_slots`), counted in shared data so that
+//! every worker's VM sees the same count; the key naming each one's release;
+//! and the cancellation of those whose caller went away.
 
-use crate::shared;
+use crate::{service, shared};
 use airlock_policy::entra::Principal;
 use airlock_policy::gateway::config::FilterConfig;
 use airlock_policy::gateway::hold_slots::{Cap, Places, owner};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const KEY: &str = "airlock/holds";
 
@@ -67,5 +70,68 @@ pub fn release_key(now: SystemTime) -> String {
                 .unwrap_or_default()
                 .as_nanos()
         ),
+    }
+}
+
+/// Approval requests whose caller went away while its call was held, to be
+/// cancelled from the root context: a stream that is ending gets no answer
+/// to a callout of its own.
+#[derive(Default)]
+pub struct Cancellations {
+    queued: Vec<String>,
+    in_flight: HashMap<u32, String>,
+}
+
+impl Cancellations {
+    pub fn add(&mut self, approval: String) {
+        self.queued.push(approval);
+    }
+
+    /// Asks the approval service to cancel each queued request.
+    pub fn send(&mut self, config: &FilterConfig) {
+        let body = serde_json::json!({
+            "server": config.server,
+            "reason": "the caller went away while the call was held",
+        })
+        .to_string();
+        for id in std::mem::take(&mut self.queued) {
+            let path = format!("/v1/approvals/{id}/cancel");
+            let request = service::Request {
+                method: "POST",
+                path: &path,
+                bearer: None,
+                release_key: None,
+                body: Some(body.as_bytes()),
+                timeout: Duration::from_secs(10),
+            };
+            match service::call(&config.approvals, &config.approvals.cluster, request) {
+                Ok(token) => {
+                    self.in_flight.insert(token, id);
+                }
+                Err(status) => {
+                    log::warn!(
+                        "airlock: cannot cancel approval {id}: {status:?}; it expires in time"
+                    )
+                }
+            }
+        }
+    }
+
+    /// The service's answer to a cancellation; false when `token` is not one.
+    pub fn on_answered(&mut self, token: u32, status: Option<&str>) -> bool {
+        let Some(id) = self.in_flight.remove(&token) else {
+            return false;
+        };
+        match status {
+            Some("200") => log::info!("airlock: cancelled approval {id}: its caller went away"),
+            // Decided (or expired) before the caller went: nothing to cancel.
+            Some("409") => {
+                log::info!("airlock: approval {id} was settled before its caller went away")
+            }
+            other => log::warn!(
+                "airlock: approval {id} stays open after its caller went away (the service answered {other:?}); it expires in time"
+            ),
+        }
+        true
     }
 }

@@ -43,6 +43,8 @@ pub(crate) struct Gateway {
     pub(crate) audit: RefCell<audit::AuditQueue>,
     /// Calls waiting for refetched signing keys on this worker.
     pub(crate) key_waiters: std::cell::Cell<usize>,
+    /// Held calls whose caller went away, to cancel.
+    pub(crate) cancellations: RefCell<holds::Cancellations>,
 }
 
 pub(crate) fn now_seconds(context: &dyn Context) -> u64 {
@@ -89,7 +91,11 @@ impl Context for AirlockRoot {
                 || gateway
                     .audit
                     .borrow_mut()
-                    .on_flushed(token, status, now, &gateway.metrics);
+                    .on_flushed(token, status, now, &gateway.metrics)
+                || gateway
+                    .cancellations
+                    .borrow_mut()
+                    .on_answered(token, status);
             // A backlog of audit events goes out batch after batch, not one batch a tick.
             gateway.audit.borrow_mut().flush(&gateway.config, now);
         }
@@ -125,6 +131,7 @@ impl RootContext for AirlockRoot {
             policy: RefCell::new(policy_sync::PolicyState::new()),
             audit: RefCell::new(audit::AuditQueue::new(config.audit_queue_events)),
             key_waiters: std::cell::Cell::new(0),
+            cancellations: RefCell::default(),
             config,
             metrics,
         }));
@@ -143,6 +150,7 @@ impl RootContext for AirlockRoot {
             gateway.keys.borrow_mut().sync();
             gateway.policy.borrow_mut().sync(&gateway.config);
             gateway.audit.borrow_mut().flush(&gateway.config, now);
+            gateway.cancellations.borrow_mut().send(&gateway.config);
             gateway
                 .metrics
                 .memory(vm_memory_bytes(), gateway.tokens.borrow().len());

@@ -14,7 +14,9 @@ use airlock_policy::gateway::record::{Seen, judged_events, refusal_reason, refus
 use airlock_policy::gateway::reply::{
     Reply, codes, credentials_required, error_object, error_response, unauthorized,
 };
-use airlock_policy::gateway::request::{Route, Routed, bearer_token, is_gateway_header, route};
+use airlock_policy::gateway::request::{
+    Route, Routed, bearer_token, is_gateway_header, json_content_type, route,
+};
 use airlock_policy::gateway::revocation::revoked;
 use airlock_policy::gateway::session::{Ownership, legacy_endpoint_session, legacy_query_session};
 use airlock_policy::gateway::sse::EventSplitter;
@@ -532,6 +534,13 @@ impl AirlockStream {
             if !has_body {
                 return Err(parse_refusal("the request has no body"));
             }
+            let declared_types: Vec<&str> = self
+                .request_headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+                .map(|(_, v)| v.as_str())
+                .collect();
+            json_content_type(&declared_types)?;
             let declared = self
                 .header("content-length")
                 .and_then(|v| v.parse::<usize>().ok())
@@ -1025,6 +1034,18 @@ impl HttpContext for AirlockStream {
     }
 
     fn on_log(&mut self) {
+        // Still waiting on the service as the stream ends: the caller went
+        // away mid-hold, and its request must not be approved into nothing.
+        if let (
+            Some(Held {
+                stage: Stage::Waiting { id, .. },
+                ..
+            }),
+            Some(gateway),
+        ) = (self.held.take(), &self.gateway)
+        {
+            gateway.cancellations.borrow_mut().add(id);
+        }
         self.end_hold();
         self.write_audit();
     }

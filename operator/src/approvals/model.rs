@@ -471,6 +471,15 @@ impl Approval {
             .collect()
     }
 
+    /// The caller went away while its call was held: no decision may
+    /// follow, and no retry finds this request.
+    pub fn cancel(&mut self, now: u64) -> Result<(), ApprovalError> {
+        self.open(now)?;
+        self.state = State::Cancelled;
+        self.version += 1;
+        Ok(())
+    }
+
     /// Spends the grant for one release of `binding`'s call, which the
     /// gateway named `key`. The release of `key` asked again changes nothing
     /// and succeeds: the gateway lost the first answer, and the grant it
@@ -698,6 +707,25 @@ pub(crate) mod tests {
             a.consume(&binding(), None, 203),
             Err(ApprovalError::NotApproved { .. })
         ));
+    }
+
+    #[test]
+    fn a_cancelled_request_takes_no_decision_and_releases_nothing() {
+        let mut a = approval(1, false, None);
+        a.cancel(150).unwrap();
+        assert_eq!(a.state, State::Cancelled);
+        assert!(matches!(
+            a.decide(&person("lea", &["leads"]), Verdict::Approve, "late", 160),
+            Err(ApprovalError::Final { .. })
+        ));
+        assert!(a.consume(&binding(), Some("k"), 160).is_err());
+        // Only a waiting request is cancelled: a decided one stays decided.
+        let mut decided = approval(1, false, None);
+        decided
+            .decide(&person("lea", &["leads"]), Verdict::Approve, "ok", 150)
+            .unwrap();
+        assert!(decided.cancel(160).is_err());
+        assert_eq!(decided.state, State::Approved);
     }
 
     #[test]

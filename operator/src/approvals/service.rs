@@ -364,6 +364,14 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()))
 }
 
+/// A gateway's word that a held call's caller went away.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CancelBody {
+    server: String,
+    reason: String,
+}
+
 /// A gateway's ask, consume or audit: which call, on which server.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -592,6 +600,7 @@ impl<S: Store> ApprovalService<S> {
         if gateways {
             router = router
                 .route("/v1/approvals/{id}/consume", post(consume::<S>))
+                .route("/v1/approvals/{id}/cancel", post(cancel::<S>))
                 .route("/v1/audit", post(audit::<S>))
                 .route("/v1/config/{namespace}/{server}", get(config::<S>));
         }
@@ -1320,6 +1329,33 @@ async fn consume<S: Store>(
     let approval = service
         .change_and_record(&id, "approval.executed", None, None, |a| {
             a.consume(&binding, key, now)
+        })
+        .await?;
+    ok(StatusCode::OK, view(&approval, now))
+}
+
+/// A gateway cancels a request of its own server whose caller went away
+/// while the call was held.
+async fn cancel<S: Store>(
+    AppState(service): AppState<Arc<ApprovalService<S>>>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> ApiResult {
+    let gateway = service.check_gateway(&headers).await?;
+    let cancel: CancelBody = body(&bytes)?;
+    gateway.may_act_for(&cancel.server)?;
+    if service.load(&id).await?.binding.server != cancel.server {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_approval",
+            format!("no approval {id:?} for {}", cancel.server),
+        ));
+    }
+    let now = now_seconds();
+    let approval = service
+        .change_and_record(&id, "approval.cancelled", None, Some(cancel.reason), |a| {
+            a.cancel(now)
         })
         .await?;
     ok(StatusCode::OK, view(&approval, now))

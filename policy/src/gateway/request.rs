@@ -167,6 +167,37 @@ pub fn is_gateway_header(name: &str) -> bool {
     name.len() >= 10 && name[..10].eq_ignore_ascii_case("x-airlock-")
 }
 
+/// A POST body must be declared JSON in UTF-8, once: `application/json`,
+/// with at most a `charset=utf-8` parameter. A server that read the body as
+/// another type or encoding would not see the message the gateway judged.
+pub fn json_content_type(values: &[&str]) -> Result<(), Reply> {
+    let refuse = |why: String| Err(Reply::http_error(415, "unsupported_media_type", &why));
+    let value = match values {
+        [value] => *value,
+        [] => {
+            return refuse("a POST body must be declared as Content-Type: application/json".into());
+        }
+        _ => return refuse("Content-Type is given more than once".into()),
+    };
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return refuse(format!(
+            "Content-Type {value:?} is not application/json; the gateway judges JSON-RPC only"
+        ));
+    }
+    for parameter in parts.map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, given) = parameter.split_once('=').unwrap_or((parameter, ""));
+        let utf8 = given.trim().trim_matches('"').eq_ignore_ascii_case("utf-8");
+        if !(name.trim().eq_ignore_ascii_case("charset") && utf8) {
+            return refuse(format!(
+                "Content-Type {value:?}: a JSON body is read as UTF-8, with no other parameter"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +260,32 @@ mod tests {
         assert!(bearer_token(&["Bearer"]).is_err());
         assert!(bearer_token(&["Bearer a b"]).is_err());
         assert!(bearer_token(&["Bearer a", "Bearer b"]).is_err());
+    }
+
+    #[test]
+    fn a_body_is_json_in_utf8_declared_once() {
+        for fine in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+            "application/json;",
+        ] {
+            assert_eq!(json_content_type(&[fine]), Ok(()), "{fine}");
+        }
+        for refused in [
+            &[][..],
+            &["text/plain"],
+            &["application/json; charset=utf-16"],
+            &["application/json; charset=latin1"],
+            &["application/json; boundary=x"],
+            &["application/jsonx"],
+            &["application/json", "application/json"],
+            &[""],
+        ] {
+            let reply = json_content_type(refused).unwrap_err();
+            assert_eq!(reply.status, 415, "{refused:?}");
+        }
     }
 
     #[test]
