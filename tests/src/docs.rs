@@ -42,26 +42,6 @@ pub fn fenced_blocks(markdown: &str, heading: &str, language: &str) -> anyhow::R
     Ok(blocks)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn blocks_of_one_section_only() {
-        let text = "# T\n## A\n```sh\none\n```\n### A.1\n```sh\ntwo\n```\n```yaml\n# a comment\nk: v\n```\n## B\n```sh\nthree\n```\n";
-        assert_eq!(
-            fenced_blocks(text, "## A", "sh").unwrap(),
-            ["one\n", "two\n"]
-        );
-        assert_eq!(
-            fenced_blocks(text, "## A", "yaml").unwrap(),
-            ["# a comment\nk: v\n"]
-        );
-        assert_eq!(fenced_blocks(text, "## B", "sh").unwrap(), ["three\n"]);
-        assert!(fenced_blocks(text, "## C", "sh").is_err());
-    }
-}
-
 /// The tests `markdown` names as proof: code spans of the form
 /// `module::test_name` (any depth) whose last part reads as a sentence.
 pub fn named_tests(markdown: &str) -> Vec<String> {
@@ -85,4 +65,34 @@ pub fn named_tests(markdown: &str) -> Vec<String> {
         })
         .map(str::to_string)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_of_one_section_only() {
+        let text = "# T\n## A\n```sh\none\n```\n### A.1\n```sh\ntwo\n```\n```yaml\n# a comment\nk: v\n```\n## B\n```sh\nthree\n```\n";
+        assert_eq!(
+            fenced_blocks(text, "## A", "sh").unwrap(),
+            ["one\n", "two\n"]
+        );
+        assert_eq!(
+            fenced_blocks(text, "## A", "yaml").unwrap(),
+            ["# a comment\nk: v\n"]
+        );
+        assert_eq!(fenced_blocks(text, "## B", "sh").unwrap(), ["three\n"]);
+        assert!(fenced_blocks(text, "## C", "sh").is_err());
+    }
+
+    #[test]
+    fn tests_named_as_proof() {
+        let text = "holds (`hold::a_call_is_held_for_ever`, `a::b::c_is_d_too`); \
+                    not `airlock up`, `std::io`, `make test`, `x::Not_a_test_name`";
+        assert_eq!(
+            named_tests(text),
+            ["hold::a_call_is_held_for_ever", "a::b::c_is_d_too"]
+        );
+    }
 }
