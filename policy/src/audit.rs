@@ -183,6 +183,11 @@ pub const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuditEvent {
+    /// Set by the gateway that made the event: `SENDER-N`, `N` counting up
+    /// from 1 for each sender (one per filter VM), so that a gap in a
+    /// sender's numbers is a lost event and a repeat a duplicate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// RFC 3339 time the event happened.
     pub time: String,
     /// What happened: `message`, `approval.asked`, `approval.decided`, …

@@ -2,10 +2,15 @@
 //! identity, chained by the approval service; drops counted when it is down.
 
 use airlock_policy::audit::verify;
-use airlock_tests::gateway::{ENGINEERS, Gateway, call, ping};
+use airlock_tests::gateway::{ENGINEERS, Gateway, Sidecar, call, ping, policies};
+use airlock_tests::lossy::LossyProxy;
 use airlock_tests::peers::{McpServer, Transport};
+use airlock_tests::recorder::Recorder;
 use airlock_tests::wait_for;
+use reqwest::Method;
 use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
 fn events(log: &std::path::Path) -> Vec<Value> {
@@ -223,5 +228,118 @@ async fn session_capture_records_each_exchange_redacted_and_airlock_audit_sessio
         shown.contains("[redacted]") && !shown.contains("swordfish"),
         "{shown}"
     );
+    Ok(())
+}
+
+/// Calls `ids` in turn as the holder of `token`: every third is denied.
+async fn calls(gateway: &Gateway, token: &str, ids: std::ops::Range<u32>) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    for id in ids {
+        let tool = if id % 3 == 0 {
+            "read_secret"
+        } else {
+            "get_status"
+        };
+        let answer = gateway
+            .post(&http, token, &call(id, tool, json!({})))
+            .send()
+            .await?;
+        anyhow::ensure!(answer.status() == 200, "call {id}: {}", answer.status());
+    }
+    Ok(())
+}
+
+/// Every audit event the gateway made is in the trail once, or counted as
+/// dropped: after a batch whose answer was lost (sent again, written once),
+/// and after the approval service was down long enough for the gateway's
+/// small queue to overflow. Reconciled by the events' numbers: for each
+/// sender, the numbers written are distinct, and with those dropped they
+/// are every number it made.
+#[tokio::test]
+async fn every_event_is_written_once_or_counted_dropped_through_lost_answers_and_outages()
+-> anyhow::Result<()> {
+    let upstream = Recorder::start().await?;
+    let first_batch = AtomicBool::new(true);
+    let proxy = LossyProxy::start(move |method, path| {
+        method == Method::POST && path == "/v1/audit" && first_batch.swap(false, SeqCst)
+    })
+    .await?;
+    let sidecar = Sidecar {
+        approvals_proxy: Some(proxy.port),
+        ..Sidecar::standard()?
+    };
+    let mut gateway = Gateway::launch_on(
+        sidecar,
+        upstream.port,
+        Some(policies()),
+        json!({"auditQueueEvents": 5}),
+    )
+    .await?;
+    proxy.forward_to(gateway.approvals.port);
+    gateway.wait_until_ready().await?;
+    let ada = gateway.token(&[ENGINEERS])?;
+    calls(&gateway, &ada, 1..4).await?;
+    wait_for(
+        "the first batch's answer to be lost",
+        Duration::from_secs(30),
+        || async { Ok((!proxy.lost().is_empty()).then_some(())) },
+    )
+    .await?;
+    calls(&gateway, &ada, 4..10).await?;
+    // The service goes away; the policy already held keeps deciding, and
+    // events beyond the queue's five are dropped.
+    gateway.approvals.stop();
+    calls(&gateway, &ada, 10..30).await?;
+    gateway.approvals.restart()?;
+    calls(&gateway, &ada, 30..35).await?;
+
+    let stat = async |name: &str| {
+        gateway
+            .envoy
+            .stat(&format!("wasmcustom.airlock.audit.{name}"))
+            .await
+    };
+    let written = || -> BTreeMap<String, Vec<u64>> {
+        let mut by_sender: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for event in events(&gateway.approvals.audit_log) {
+            if let Some((sender, n)) = event["id"].as_str().and_then(|id| id.rsplit_once('-')) {
+                by_sender
+                    .entry(sender.into())
+                    .or_default()
+                    .extend(n.parse::<u64>().ok());
+            }
+        }
+        by_sender
+    };
+    let reconciled = wait_for(
+        "every event written or dropped",
+        Duration::from_secs(60),
+        || async {
+            // Once nothing waits to be sent, every event is written or dropped.
+            let pending = stat("pending").await?;
+            let produced = stat("produced").await?;
+            let dropped = stat("dropped").await?;
+            let written: usize = written().values().map(Vec::len).sum();
+            Ok(
+                (pending == 0 && produced == i64::try_from(written)? + dropped)
+                    .then_some((produced, dropped, written)),
+            )
+        },
+    )
+    .await;
+    let (produced, dropped, count) = reconciled
+        .map_err(|e| anyhow::anyhow!("{e}; written {:?}\n{}", written(), gateway.envoy.log()))?;
+    eprintln!("audit: {produced} produced = {count} written + {dropped} dropped");
+    assert!(dropped > 0, "the outage overflowed no queue");
+    assert_eq!(proxy.lost(), ["POST /v1/audit"]);
+    for (sender, numbers) in written() {
+        let distinct: BTreeSet<&u64> = numbers.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            numbers.len(),
+            "{sender} written twice: {numbers:?}"
+        );
+    }
+    verify(&std::fs::read_to_string(&gateway.approvals.audit_log)?)?;
     Ok(())
 }

@@ -1,9 +1,9 @@
 //! A proxy in front of the approval service that loses answers: it passes
-//! every request on, and for those its rule picks it drops the connection
-//! where the answer should be — what a gateway sees when the replica that
-//! served a request dies before answering it.
+//! every request on, and for those its rule picks it never answers — what a
+//! gateway sees when the replica that served a request vanishes before
+//! answering it: nothing, until its own timeout.
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
@@ -111,15 +111,9 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         if let Ok(mut lost) = shared.lost.lock() {
             lost.push(format!("{} {}", parts.method, parts.uri.path()));
         }
-        // The service has acted; its answer never arrives: the connection
-        // breaks after the status line, before the body ends.
-        let broken = futures::stream::once(async {
-            Err::<Bytes, std::io::Error>(std::io::Error::other("answer lost"))
-        });
-        return Response::builder()
-            .status(status)
-            .body(Body::from_stream(broken))
-            .unwrap_or_default();
+        // The service has acted; its answer never arrives, and the
+        // gateway's own timeout ends the wait.
+        std::future::pending::<()>().await;
     }
     let mut response = Response::builder().status(status);
     for (name, value) in &headers {

@@ -3,6 +3,11 @@
 //! has taken the previous one. The queue is bounded: when the approval
 //! service is slow or down and the queue is full, new events are dropped,
 //! counted (`airlock.audit.dropped`) and logged — never lost silently.
+//!
+//! Each event is numbered as it is made (`AuditEvent::id`: this VM's sender
+//! name and a count, `airlock.audit.produced`), so the trail can be
+//! reconciled: the numbers made are those written plus those dropped, and a
+//! batch sent again after a lost answer is written once.
 
 use crate::metrics::{self, Metrics};
 use crate::service;
@@ -18,6 +23,9 @@ const RETRY_SECONDS: u64 = 2;
 
 pub struct AuditQueue {
     capacity: usize,
+    /// This VM's name in event ids, random; and the last number given.
+    sender: String,
+    produced: u64,
     /// Serialized events, oldest first.
     queued: VecDeque<String>,
     /// The batch in flight and its callout token; put back if it fails.
@@ -27,9 +35,12 @@ pub struct AuditQueue {
 }
 
 impl AuditQueue {
-    pub fn new(capacity: usize) -> AuditQueue {
+    /// A queue of `capacity` events, numbering them as `sender`'s.
+    pub fn new(capacity: usize, sender: String) -> AuditQueue {
         AuditQueue {
             capacity,
+            sender,
+            produced: 0,
             queued: VecDeque::new(),
             in_flight: None,
             failed_at: None,
@@ -37,25 +48,39 @@ impl AuditQueue {
         }
     }
 
-    pub fn push(&mut self, event: &AuditEvent, metrics: &Metrics) {
+    pub fn push(&mut self, mut event: AuditEvent, metrics: &Metrics) {
+        self.produced += 1;
+        metrics.add_counter(metrics::AUDIT_PRODUCED, 1);
+        let id = format!("{}-{}", self.sender, self.produced);
         let in_flight = self.in_flight.as_ref().map_or(0, |(_, batch)| batch.len());
         // A full queue drops the event unserialized: under overload the
         // drop is the cheap path.
         if self.queued.len() + in_flight >= self.capacity {
-            return self.drop_events(1, "the queue is full", metrics);
+            return self.drop_events(&[id], "the queue is full", metrics);
         }
+        event.id = Some(id);
         match event.to_line() {
-            Ok(line) => self.queued.push_back(line),
-            Err(e) => self.drop_events(1, &format!("it cannot be serialized: {e}"), metrics),
+            Ok(line) => {
+                self.queued.push_back(line);
+                metrics.audit_pending(1);
+            }
+            Err(e) => {
+                let id = event.id.take().unwrap_or_default();
+                self.drop_events(&[id], &format!("it cannot be serialized: {e}"), metrics);
+            }
         }
     }
 
-    fn drop_events(&mut self, count: u64, why: &str, metrics: &Metrics) {
+    /// Counts and logs dropped events, `ids` naming them (or, for a batch
+    /// refused whole, its lines).
+    fn drop_events(&mut self, ids: &[String], why: &str, metrics: &Metrics) {
+        let count = ids.len() as u64;
         metrics.add_counter(metrics::AUDIT_DROPPED, count);
         // Log the first drop of a run of them, then every thousandth.
         if self.dropped.is_multiple_of(1000) {
             log::error!(
-                "airlock: dropped {count} audit event(s) because {why} ({} dropped so far)",
+                "airlock: dropped {count} audit event(s) because {why}, the first {} ({} dropped so far)",
+                ids.first().map_or("", String::as_str),
                 self.dropped + count
             );
         }
@@ -109,8 +134,9 @@ impl AuditQueue {
         metrics: &Metrics,
     ) -> bool {
         match self.in_flight.take() {
-            Some((sent, _)) if sent == token && status == Some("202") => {
+            Some((sent, batch)) if sent == token && status == Some("202") => {
                 self.failed_at = None;
+                metrics.audit_pending(-(batch.len() as i64));
                 true
             }
             // Refused as malformed or unauthorized: sending it again cannot help.
@@ -121,7 +147,9 @@ impl AuditQueue {
                     "the approval service refused them (status {})",
                     status.unwrap_or_default()
                 );
-                self.drop_events(batch.len() as u64, &why, metrics);
+                let ids: Vec<String> = batch.iter().map(|line| id_of(line)).collect();
+                metrics.audit_pending(-(ids.len() as i64));
+                self.drop_events(&ids, &why, metrics);
                 true
             }
             Some((sent, batch)) if sent == token => {
@@ -146,4 +174,12 @@ impl AuditQueue {
             self.queued.push_front(line);
         }
     }
+}
+
+/// The id of a queued event's line (its first field).
+fn id_of(line: &str) -> String {
+    line.strip_prefix(r#"{"id":""#)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default()
+        .to_string()
 }

@@ -57,10 +57,11 @@ impl Drop for HoldPlace {
     }
 }
 
-/// A held call's name for its release (`RELEASE_KEY_HEADER`): 128 random
-/// bits in hex. Where the host gives no randomness (Envoy does: std's hash
-/// maps need it too), the time in nanoseconds.
-pub fn release_key(now: SystemTime) -> String {
+/// A name nothing else has: a held call's release key
+/// (`RELEASE_KEY_HEADER`), a VM's sender name in audit event ids. 128
+/// random bits in hex; where the host gives no randomness (Envoy does:
+/// std's hash maps need it too), the time in nanoseconds.
+pub fn unique_key(now: SystemTime) -> String {
     let mut bits = [0u8; 16];
     match getrandom::fill(&mut bits) {
         Ok(()) => bits.iter().map(|b| format!("{b:02x}")).collect(),

@@ -129,7 +129,10 @@ impl RootContext for AirlockRoot {
             tokens: RefCell::new(TokenCache::new(config.token_cache_entries)),
             keys: RefCell::new(keys::KeyState::new(&config)),
             policy: RefCell::new(policy_sync::PolicyState::new()),
-            audit: RefCell::new(audit::AuditQueue::new(config.audit_queue_events)),
+            audit: RefCell::new(audit::AuditQueue::new(
+                config.audit_queue_events,
+                holds::unique_key(self.get_current_time()),
+            )),
             key_waiters: std::cell::Cell::new(0),
             cancellations: RefCell::default(),
             config,

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 
 /// Audit events dropped: the queue was full, or the service refused them.
 pub const AUDIT_DROPPED: &str = "airlock.audit.dropped";
+/// Audit events made, each numbered: those written plus those dropped.
+pub const AUDIT_PRODUCED: &str = "airlock.audit.produced";
 
 #[derive(Default)]
 pub struct Metrics {
@@ -100,6 +102,12 @@ impl Metrics {
     /// `airlock.key_waiters`: calls waiting for refetched signing keys right now.
     pub fn key_waiters(&self, delta: i64) {
         self.add(MetricType::Gauge, "airlock.key_waiters", delta);
+    }
+
+    /// `airlock.audit.pending`: audit events queued or in flight, not yet
+    /// taken by the approval service (a sum over the sidecar's VMs).
+    pub fn audit_pending(&self, delta: i64) {
+        self.add(MetricType::Gauge, "airlock.audit.pending", delta);
     }
 
     /// `airlock.holds_in_progress`: calls held for approval right now.

@@ -1,6 +1,6 @@
 //! One HTTP stream through the gateway.
 
-use crate::holds::{HoldPlace, release_key};
+use crate::holds::{HoldPlace, unique_key};
 use crate::{FILTER_HEADER, Gateway, keys, now_millis, now_seconds, service, sessions};
 use airlock_policy::audit::{AuditEvent, rfc3339};
 use airlock_policy::entra::Principal;
@@ -697,7 +697,7 @@ impl AirlockStream {
                     answering,
                     rule,
                     call: call.to_string().into_bytes(),
-                    release_key: release_key(self.get_current_time()),
+                    release_key: unique_key(self.get_current_time()),
                     envelope,
                 };
                 self.record.held_index = Some(index);
@@ -804,7 +804,7 @@ impl AirlockStream {
             if event.reason.is_none() {
                 event.reason = reason.clone();
             }
-            queue.push(&event, &gateway.metrics);
+            queue.push(event, &gateway.metrics);
         }
     }
 

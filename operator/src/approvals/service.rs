@@ -766,12 +766,15 @@ impl<S: Store> ApprovalService<S> {
         self.record_all(std::slice::from_ref(&event))
     }
 
-    /// Appends events to the audit log, all or none, counting either way.
+    /// Appends events to the audit log, all or none, counting either way
+    /// (a gateway's event written before, sent again, is not written twice).
     fn record_all(&self, events: &[AuditEvent]) -> Result<(), ApiError> {
         let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
         match self.audit.append_all(events) {
-            Ok(()) => {
-                self.metrics.audit_written.inc_by(count);
+            Ok(written) => {
+                self.metrics
+                    .audit_written
+                    .inc_by(u64::try_from(written).unwrap_or(u64::MAX));
                 Ok(())
             }
             Err(e) => {

@@ -2,9 +2,12 @@
 //! its sinks — a file (synced before the batch counts as written) and, in a
 //! cluster, standard output, where the node's log collection picks it up.
 //! On open an existing file's chain is verified and continued; a broken
-//! file is refused rather than extended.
+//! file is refused rather than extended. An event whose id was written
+//! lately (a gateway's batch sent again after its answer was lost) is not
+//! written twice.
 
 use airlock_policy::audit::{AuditEvent, Chain, ChainError, Checkpoint};
+use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -43,6 +46,34 @@ pub struct Sinks {
 struct State {
     file: Option<(PathBuf, File)>,
     chain: Chain,
+    written: RecentIds,
+}
+
+/// Ids of events written lately: enough to cover any batch a gateway may
+/// send again (a batch is at most 512 KiB, its queue 10,000 events).
+const RECENT_IDS: usize = 100_000;
+
+/// The last [`RECENT_IDS`] event ids written, oldest first out.
+#[derive(Default)]
+struct RecentIds {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl RecentIds {
+    /// Records `id`; false when it was already recorded.
+    fn add(&mut self, id: &str) -> bool {
+        if !self.set.insert(id.to_string()) {
+            return false;
+        }
+        self.order.push_back(id.to_string());
+        if self.order.len() > RECENT_IDS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.set.remove(&oldest);
+        }
+        true
+    }
 }
 
 pub struct AuditLog {
@@ -70,9 +101,10 @@ impl AuditLog {
             return Err(AuditError::NoSink);
         }
         let mut chain = fresh;
+        let mut written = RecentIds::default();
         let file = match sinks.file {
             Some(path) => {
-                let (resumed, file) = open_file(&path, chain)?;
+                let (resumed, file) = open_file(&path, chain, &mut written)?;
                 chain = resumed;
                 Some((path, file))
             }
@@ -80,7 +112,11 @@ impl AuditLog {
         };
         Ok(AuditLog {
             head: watch::Sender::new(head(&chain)),
-            state: Mutex::new(State { file, chain }),
+            state: Mutex::new(State {
+                file,
+                chain,
+                written,
+            }),
             stdout: sinks.stdout,
         })
     }
@@ -95,14 +131,26 @@ impl AuditLog {
     /// returning: a batch costs one sync, not one per event. The chain
     /// advances once any sink took the lines, so no sink ever holds two
     /// records with one `seq`; a failure of any sink is still the batch's
-    /// error (counted and refused to its sender).
-    pub fn append_all(&self, events: &[AuditEvent]) -> Result<(), AuditError> {
+    /// error (counted and refused to its sender). An event whose id was
+    /// written lately is skipped; returns how many were written.
+    pub fn append_all(&self, events: &[AuditEvent]) -> Result<usize, AuditError> {
         let mut state = self.state.lock().map_err(|_| AuditError::Poisoned)?;
         let mut next = state.chain.clone();
         let mut lines = String::new();
+        let mut ids = Vec::new();
         for event in events {
+            if let Some(id) = &event.id {
+                if state.written.set.contains(id) || ids.contains(&id) {
+                    continue;
+                }
+                ids.push(id);
+            }
             lines.push_str(&next.append(event).map_err(AuditError::Record)?);
             lines.push('\n');
+        }
+        let count = usize::try_from(next.next_seq - state.chain.next_seq).unwrap_or(usize::MAX);
+        if count == 0 {
+            return Ok(0);
         }
         let mut outcomes = Vec::new();
         if let Some((path, file)) = &mut state.file {
@@ -127,8 +175,12 @@ impl AuditLog {
         if outcomes.iter().any(Result::is_ok) {
             self.head.send_replace(head(&next));
             state.chain = next;
+            for id in ids {
+                state.written.add(id);
+            }
         }
-        outcomes.into_iter().collect()
+        outcomes.into_iter().collect::<Result<(), _>>()?;
+        Ok(count)
     }
 }
 
@@ -140,7 +192,13 @@ fn head(chain: &Chain) -> Option<Checkpoint> {
     })
 }
 
-fn open_file(path: &Path, fresh: Chain) -> Result<(Chain, File), AuditError> {
+/// Opens the trail at `path`, resuming its chain (`fresh` if there is
+/// none), and records the ids its records carry in `written`.
+fn open_file(
+    path: &Path,
+    fresh: Chain,
+    written: &mut RecentIds,
+) -> Result<(Chain, File), AuditError> {
     let io = |source| AuditError::Io {
         path: path.to_path_buf(),
         source,
@@ -156,6 +214,12 @@ fn open_file(path: &Path, fresh: Chain) -> Result<(Chain, File), AuditError> {
             source,
         },
     )?;
+    for line in existing.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        if let Some(id) = record.get("id").and_then(serde_json::Value::as_str) {
+            written.add(id);
+        }
+    }
     let file = OpenOptions::new()
         .create(true)
         .append(true)
@@ -175,6 +239,36 @@ mod tests {
             kind: kind.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn an_event_sent_again_is_written_once_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let numbered = |id: &str| AuditEvent {
+            id: Some(id.into()),
+            ..event("message")
+        };
+        let log = AuditLog::open(&path).unwrap();
+        let batch = [numbered("g-1"), numbered("g-2"), numbered("g-2")];
+        assert_eq!(
+            log.append_all(&batch).unwrap(),
+            2,
+            "a repeat within a batch"
+        );
+        // Events without an id (the service's own) are never taken for repeats.
+        assert_eq!(log.append_all(&[event("a"), event("a")]).unwrap(), 2);
+        drop(log);
+        let again = AuditLog::open(&path).unwrap();
+        assert_eq!(
+            again
+                .append_all(&[numbered("g-2"), numbered("g-3")])
+                .unwrap(),
+            1,
+            "the batch sent again after a restart"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(airlock_policy::audit::verify(&text).unwrap(), 5);
     }
 
     #[test]
