@@ -1,10 +1,12 @@
 //! Signing keys that roll: a token signed with a key the issuer published a
-//! moment ago waits for the refetched keys instead of being refused, and
-//! made-up kids cost at most one refetch per interval.
+//! moment ago waits for the refetched keys instead of being refused,
+//! made-up kids cost at most one refetch per interval, and a key endpoint
+//! that is down, answers garbage or never answers costs no held key.
 
 use crate::filter::forge;
 use airlock_tests::gateway::{ENGINEERS, Gateway, call, ping};
 use airlock_tests::recorder::Recorder;
+use airlock_tests::wait_for;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -164,5 +166,76 @@ async fn with_the_key_endpoint_down_held_keys_work_and_a_new_kid_is_refused_as_u
     assert!(retry_after.is_some(), "a refusal to retry says when");
     assert_eq!(answer(gateway.post(&http, &old, &ping(2))).await?.0, 200);
     assert_eq!(upstream.requests().len(), 1);
+    Ok(())
+}
+
+/// The key endpoint answers garbage, then nothing at all (a slow endpoint
+/// past every timeout): the keys the gateway holds keep working, a token
+/// signed with a new key is refused with a reason each time, and the
+/// gateway serves on.
+#[tokio::test]
+async fn a_key_endpoint_serving_garbage_or_nothing_leaves_held_keys_working() -> anyhow::Result<()>
+{
+    let upstream = Recorder::start().await?;
+    // Refetches every second at most, so each misbehaviour is asked for.
+    let gateway = Gateway::start_with(upstream.port, json!({"jwksMinRefreshSeconds": 1})).await?;
+    let issuer = &gateway.issuer.issuer;
+    let http = reqwest::Client::new();
+    let old = gateway.token(&[ENGINEERS])?;
+    assert_eq!(answer(gateway.post(&http, &old, &ping(1))).await?.0, 200);
+    issuer.rotate()?;
+    let new = gateway.token(&[ENGINEERS])?;
+
+    // In the real endpoint's place, on its port: garbage, then silence.
+    gateway.issuer.stop_serving();
+    let path = gateway.issuer.jwks_path.clone();
+    for (n, (what, misbehaviour)) in [
+        (
+            "garbage",
+            axum::routing::get(|| async { r#"{"keys": "not a key set"}"# }),
+        ),
+        (
+            "nothing",
+            axum::routing::get(std::future::pending::<&'static str>),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // The aborted server lets go of its port a moment later.
+        let port = gateway.issuer.port;
+        let listener = wait_for(
+            "the key endpoint's port",
+            Duration::from_secs(10),
+            || async move {
+                Ok(tokio::net::TcpListener::bind(("127.0.0.1", port))
+                    .await
+                    .ok())
+            },
+        )
+        .await?;
+        let app = axum::Router::new().route(&path, misbehaviour);
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let id = 10 * (n as u32 + 1);
+        let (status, body) = answer(gateway.post(&http, &new, &ping(id))).await?;
+        assert!(
+            status == 503 && message(&body).contains("refetching them"),
+            "{what}: {status} {body}\n{}",
+            gateway.envoy.log()
+        );
+        eprintln!(
+            "key endpoint serving {what}: a new kid got {status}: {}",
+            message(&body)
+        );
+        let (held, _) = answer(gateway.post(&http, &old, &ping(id + 1))).await?;
+        assert_eq!(held, 200, "{what}: the held keys stopped working");
+        server.abort();
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        3,
+        "only the old token's pings went up"
+    );
     Ok(())
 }
