@@ -343,3 +343,113 @@ async fn every_event_is_written_once_or_counted_dropped_through_lost_answers_and
     verify(&std::fs::read_to_string(&gateway.approvals.audit_log)?)?;
     Ok(())
 }
+
+/// An upstream MCP server for faults: `echo` answers one SSE event and then
+/// breaks off, `get_status` answers after two seconds.
+async fn faulty_upstream() -> anyhow::Result<(u16, tokio::task::JoinHandle<()>)> {
+    use axum::body::{Body, Bytes};
+    use axum::response::Response;
+    use futures::StreamExt;
+    let answer = async |body: Bytes| -> Response {
+        let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let id = request["id"].clone();
+        let result = json!({"jsonrpc": "2.0", "id": id,
+            "result": {"content": [{"type": "text", "text": "done"}], "isError": false}});
+        if request["params"]["name"] == "get_status" {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            return Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from(result.to_string()))
+                .unwrap_or_default();
+        }
+        let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+            "params": {"progressToken": 1, "progress": 1}});
+        let first = Bytes::from(format!("event: message\ndata: {progress}\n\n"));
+        // The event goes out first; a moment later the server dies.
+        let events =
+            futures::stream::once(async { Ok(first) }).chain(futures::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Err(std::io::Error::other("the server died mid-answer"))
+            }));
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Body::from_stream(events))
+            .unwrap_or_default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let app = axum::Router::new().route("/mcp", axum::routing::post(answer));
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((port, task))
+}
+
+/// The MCP server dies in the middle of an SSE answer: the client's stream
+/// ends there (what it got, then the break), and the call's audit event
+/// says the answer did not reach its end. A slow server's answer arrives
+/// whole, however long it takes.
+#[tokio::test]
+async fn an_answer_cut_off_mid_stream_ends_the_clients_stream_and_is_recorded() -> anyhow::Result<()>
+{
+    let (port, upstream) = faulty_upstream().await?;
+    let gateway = Gateway::start(port).await?;
+    let http = reqwest::Client::new();
+    let ada = gateway.token(&[ENGINEERS])?;
+    let mut cut = gateway
+        .post(&http, &ada, &call(41, "echo", json!({"message": "hi"})))
+        .send()
+        .await?;
+    assert_eq!(cut.status(), 200);
+    let mut received = Vec::new();
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(30), cut.chunk()).await? {
+            Ok(Some(chunk)) => received.extend_from_slice(&chunk),
+            Ok(None) => break "a clean end",
+            Err(_) => break "a broken stream",
+        }
+    };
+    assert_eq!(ended, "a broken stream", "the client must see the break");
+    assert!(
+        String::from_utf8_lossy(&received).contains("notifications/progress"),
+        "what was sent before the break arrives"
+    );
+    let slow = gateway
+        .post(&http, &ada, &call(42, "get_status", json!({})))
+        .send()
+        .await?;
+    assert_eq!(slow.status(), 200);
+    assert_eq!(
+        slow.json::<Value>().await?["result"]["content"][0]["text"],
+        "done"
+    );
+
+    let recorded = |target: &'static str| {
+        let log = gateway.approvals.audit_log.clone();
+        async move {
+            Ok(events(&log)
+                .into_iter()
+                .find(|e| e["kind"] == "message" && e["target"] == target))
+        }
+    };
+    let broken = wait_for("the cut answer's event", Duration::from_secs(30), || {
+        recorded("echo")
+    })
+    .await?;
+    assert_eq!(broken["upstreamStatus"], 200, "{broken}");
+    assert!(
+        broken["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("did not reach its end")),
+        "{broken}"
+    );
+    let whole = wait_for("the slow answer's event", Duration::from_secs(30), || {
+        recorded("get_status")
+    })
+    .await?;
+    assert_eq!(whole["upstreamStatus"], 200, "{whole}");
+    assert!(whole.get("reason").is_none(), "{whole}");
+    verify(&std::fs::read_to_string(&gateway.approvals.audit_log)?)?;
+    upstream.abort();
+    Ok(())
+}

@@ -72,6 +72,10 @@ struct Held {
     _place: HoldPlace,
 }
 
+/// The audit reason of a call whose answer stopped before its end.
+const BROKEN_ANSWER: &str =
+    "the answer did not reach its end: the MCP server or the connection broke off";
+
 /// How long a call waiting for refetched keys sleeps between looks.
 const KEY_WAIT_POLL_MS: &str = "100";
 
@@ -165,6 +169,8 @@ struct Record {
     approval: Option<String>,
     refusal: Option<Reply>,
     upstream_status: Option<u16>,
+    /// The upstream's answer reached its end (not cut off mid-stream).
+    response_complete: bool,
 }
 
 impl Context for AirlockStream {
@@ -786,7 +792,14 @@ impl AirlockStream {
             .and_then(|at| at.duration_since(started).ok())
             .unwrap_or_default()
             .saturating_sub(record.held_for);
-        let reason = record.refusal.as_ref().and_then(refusal_reason);
+        let reason = record
+            .refusal
+            .as_ref()
+            .and_then(refusal_reason)
+            .or_else(|| {
+                (record.upstream_status.is_some() && !record.response_complete)
+                    .then(|| BROKEN_ANSWER.to_string())
+            });
         if let Some(capture) = self.capture.take()
             && let Some(event) = events.iter_mut().find(|e| e.request.is_some())
         {
@@ -925,10 +938,11 @@ impl HttpContext for AirlockStream {
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Flow {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Flow {
         if self.replied {
             return Flow::Continue;
         }
+        self.record.response_complete = end_of_stream;
         let headers = self.get_http_response_headers();
         let status = first(&headers, ":status");
         self.record.upstream_status = status.as_deref().and_then(|s| s.parse().ok());
@@ -975,6 +989,7 @@ impl HttpContext for AirlockStream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
+        self.record.response_complete |= end_of_stream;
         if let Some(mut capture) = self.capture.take() {
             capture.push(
                 &self
@@ -1030,6 +1045,11 @@ impl HttpContext for AirlockStream {
             }
             other => self.response = other,
         }
+        Flow::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Flow {
+        self.record.response_complete = true;
         Flow::Continue
     }
 
