@@ -113,11 +113,17 @@ async fn split_post(port: u16, token: &str, body: &[u8], at: usize) -> anyhow::R
     read_answer(&mut stream, &mut Vec::new()).await
 }
 
-#[tokio::test]
-async fn bodies_split_at_every_byte_are_judged_whole() -> anyhow::Result<()> {
+/// A fresh gateway in front of a recording upstream, and an engineer's token.
+async fn engineer_at_a_gateway() -> anyhow::Result<(Recorder, Gateway, String)> {
     let upstream = Recorder::start().await?;
     let gateway = Gateway::start(upstream.port).await?;
     let token = gateway.token(&[ENGINEERS])?;
+    Ok((upstream, gateway, token))
+}
+
+#[tokio::test]
+async fn bodies_split_at_every_byte_are_judged_whole() -> anyhow::Result<()> {
+    let (upstream, gateway, token) = engineer_at_a_gateway().await?;
     // An escaped method and a denied tool: every split must still be refused.
     let denied = br#"{"jsonrpc":"2.0","id":1,"method":"\u0074ools/call","params":{"name":"read_secret","arguments":{}}}"#;
     for at in 1..denied.len() {
@@ -147,9 +153,7 @@ async fn bodies_split_at_every_byte_are_judged_whole() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn pipelined_requests_are_judged_one_by_one_and_none_runs_unanswered() -> anyhow::Result<()> {
-    let upstream = Recorder::start().await?;
-    let gateway = Gateway::start(upstream.port).await?;
-    let token = gateway.token(&[ENGINEERS])?;
+    let (upstream, gateway, token) = engineer_at_a_gateway().await?;
     let bodies = [
         call(1, "get_status", json!({})),
         call(2, "read_secret", json!({"name": "db"})),
@@ -209,9 +213,7 @@ async fn pipelined_requests_are_judged_one_by_one_and_none_runs_unanswered() -> 
 
 #[tokio::test]
 async fn http2_clients_are_judged_as_http1_clients_are() -> anyhow::Result<()> {
-    let upstream = Recorder::start().await?;
-    let gateway = Gateway::start(upstream.port).await?;
-    let token = gateway.token(&[ENGINEERS])?;
+    let (upstream, gateway, token) = engineer_at_a_gateway().await?;
     // h2c with prior knowledge: HTTP/2 from the first byte, no upgrade.
     let h2 = reqwest::Client::builder().http2_prior_knowledge().build()?;
     let allowed = gateway
@@ -243,9 +245,7 @@ async fn http2_clients_are_judged_as_http1_clients_are() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_body_not_declared_as_json_in_utf8_is_refused() -> anyhow::Result<()> {
-    let upstream = Recorder::start().await?;
-    let gateway = Gateway::start(upstream.port).await?;
-    let token = gateway.token(&[ENGINEERS])?;
+    let (upstream, gateway, token) = engineer_at_a_gateway().await?;
     let http = reqwest::Client::new();
     let body = call(1, "get_status", json!({})).to_string();
     let post = || {
@@ -284,9 +284,7 @@ async fn a_body_not_declared_as_json_in_utf8_is_refused() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn deep_wide_and_look_alike_bodies_reach_the_server_only_as_judged() -> anyhow::Result<()> {
-    let upstream = Recorder::start().await?;
-    let gateway = Gateway::start(upstream.port).await?;
-    let token = gateway.token(&[ENGINEERS])?;
+    let (upstream, gateway, token) = engineer_at_a_gateway().await?;
     let http = reqwest::Client::new();
     let send = async |body: String| -> anyhow::Result<(u16, Value)> {
         let answer = http

@@ -36,6 +36,11 @@ impl HeldDeploy {
     async fn start() -> anyhow::Result<HeldDeploy> {
         let upstream = Recorder::start().await?;
         let gateway = Gateway::start(upstream.port).await?;
+        HeldDeploy::at(upstream, gateway).await
+    }
+
+    /// The deploy held at `gateway`, ready, in front of `upstream`.
+    async fn at(upstream: Recorder, gateway: Gateway) -> anyhow::Result<HeldDeploy> {
         let http = reqwest::Client::new();
         let ada = gateway.person("oid-ada", &[ENGINEERS])?;
         let lea = gateway.person("oid-lea", &[LEADS])?;
@@ -258,12 +263,15 @@ async fn a_release_whose_answer_was_lost_is_asked_again_and_runs_once() -> anyho
     let gateway = Gateway::launch_on(sidecar, upstream.port, Some(policies()), json!({})).await?;
     proxy.forward_to(gateway.approvals.port);
     gateway.wait_until_ready().await?;
-    let http = reqwest::Client::new();
-    let ada = gateway.person("oid-ada", &[ENGINEERS])?;
-    let lea = gateway.person("oid-lea", &[LEADS])?;
-    let held = tokio::spawn(gateway.post(&http, &ada, &deploy(1)).send());
-    let request = gateway.pending(&lea, 1).await?;
-    let id = request["id"].as_str().unwrap_or_default().to_string();
+    let HeldDeploy {
+        upstream,
+        gateway,
+        http,
+        lea,
+        held,
+        id,
+        ..
+    } = HeldDeploy::at(upstream, gateway).await?;
     let approved = gateway.decide(&lea, &id, "approve", "go").await?;
     assert_eq!(approved.status(), 200, "{}", approved.text().await?);
 
@@ -521,12 +529,15 @@ async fn under_memory_pressure_envoy_refuses_new_calls_and_a_held_one_still_comp
     };
     let gateway = Gateway::launch_on(sidecar, upstream.port, Some(policies()), json!({})).await?;
     gateway.wait_until_ready().await?;
-    let http = reqwest::Client::new();
-    let ada = gateway.person("oid-ada", &[ENGINEERS])?;
-    let lea = gateway.person("oid-lea", &[LEADS])?;
-    let held = tokio::spawn(gateway.post(&http, &ada, &deploy(1)).send());
-    let request = gateway.pending(&lea, 1).await?;
-    let id = request["id"].as_str().unwrap_or_default().to_string();
+    let HeldDeploy {
+        upstream,
+        gateway,
+        http,
+        ada,
+        lea,
+        held,
+        id,
+    } = HeldDeploy::at(upstream, gateway).await?;
 
     press("0.99")?;
     let status = |id: u32| {

@@ -74,63 +74,65 @@ pub fn unique_key(now: SystemTime) -> String {
     }
 }
 
-/// Approval requests whose caller went away while its call was held, to be
-/// cancelled from the root context: a stream that is ending gets no answer
-/// to a callout of its own.
+/// Held calls whose caller went away, to be cancelled from the root
+/// context: a stream that is ending gets no answer to a callout of its own.
 #[derive(Default)]
 pub struct Cancellations {
-    queued: Vec<String>,
+    /// What the approval service was told about each call, and the token
+    /// of its caller, in whose name the request is cancelled.
+    queued: Vec<(Vec<u8>, String)>,
+    /// The call's target, by callout token, for the log.
     in_flight: HashMap<u32, String>,
 }
 
 impl Cancellations {
-    pub fn add(&mut self, approval: String) {
-        self.queued.push(approval);
+    pub fn add(&mut self, call: Vec<u8>, token: String) {
+        self.queued.push((call, token));
     }
 
-    /// Asks the approval service to cancel each queued request.
+    /// Asks the approval service to cancel each queued call's request.
     pub fn send(&mut self, config: &FilterConfig) {
-        let body = serde_json::json!({
-            "server": config.server,
-            "reason": "the caller went away while the call was held",
-        })
-        .to_string();
-        for id in std::mem::take(&mut self.queued) {
-            let path = format!("/v1/approvals/{id}/cancel");
+        for (call, token) in std::mem::take(&mut self.queued) {
             let request = service::Request {
                 method: "POST",
-                path: &path,
-                bearer: None,
+                path: "/v1/approvals/cancel",
+                bearer: Some(&token),
                 release_key: None,
-                body: Some(body.as_bytes()),
+                body: Some(&call),
                 timeout: Duration::from_secs(10),
             };
+            let target = serde_json::from_slice::<serde_json::Value>(&call)
+                .ok()
+                .and_then(|c| c.pointer("/params/name")?.as_str().map(str::to_string))
+                .unwrap_or_default();
             match service::call(&config.approvals, &config.approvals.cluster, request) {
-                Ok(token) => {
-                    self.in_flight.insert(token, id);
+                Ok(callout) => {
+                    self.in_flight.insert(callout, target);
                 }
-                Err(status) => {
-                    log::warn!(
-                        "airlock: cannot cancel approval {id}: {status:?}; it expires in time"
-                    )
-                }
+                Err(status) => log::warn!(
+                    "airlock: cannot cancel the held call {target}: {status:?}; its request expires in time"
+                ),
             }
         }
     }
 
-    /// The service's answer to a cancellation; false when `token` is not one.
-    pub fn on_answered(&mut self, token: u32, status: Option<&str>) -> bool {
-        let Some(id) = self.in_flight.remove(&token) else {
+    /// The service's answer to a cancellation; false when `callout` is not one.
+    pub fn on_answered(&mut self, callout: u32, status: Option<&str>) -> bool {
+        let Some(target) = self.in_flight.remove(&callout) else {
             return false;
         };
         match status {
-            Some("200") => log::info!("airlock: cancelled approval {id}: its caller went away"),
+            Some("200") => {
+                log::info!("airlock: cancelled the request for {target}: its caller went away")
+            }
             // Decided (or expired) before the caller went: nothing to cancel.
-            Some("409") => {
-                log::info!("airlock: approval {id} was settled before its caller went away")
+            Some("404" | "409") => {
+                log::info!(
+                    "airlock: the request for {target} was settled before its caller went away"
+                )
             }
             other => log::warn!(
-                "airlock: approval {id} stays open after its caller went away (the service answered {other:?}); it expires in time"
+                "airlock: the request for {target} stays open after its caller went away (the service answered {other:?}); it expires in time"
             ),
         }
         true

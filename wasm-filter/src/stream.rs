@@ -1054,17 +1054,13 @@ impl HttpContext for AirlockStream {
     }
 
     fn on_log(&mut self) {
-        // Still waiting on the service as the stream ends: the caller went
-        // away mid-hold, and its request must not be approved into nothing.
-        if let (
-            Some(Held {
-                stage: Stage::Waiting { id, .. },
-                ..
-            }),
-            Some(gateway),
-        ) = (self.held.take(), &self.gateway)
+        // Still asking or waiting as the stream ends: the caller went away
+        // mid-hold, and its request must not be approved into nothing.
+        if let (Some(held), Some(gateway), Some(token)) =
+            (self.held.take(), &self.gateway, self.token.take())
+            && !matches!(held.stage, Stage::Releasing { .. })
         {
-            gateway.cancellations.borrow_mut().add(id);
+            gateway.cancellations.borrow_mut().add(held.call, token);
         }
         self.end_hold();
         self.write_audit();

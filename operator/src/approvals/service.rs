@@ -364,15 +364,7 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()))
 }
 
-/// A gateway's word that a held call's caller went away.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CancelBody {
-    server: String,
-    reason: String,
-}
-
-/// A gateway's ask, consume or audit: which call, on which server.
+/// A gateway's ask, consume, cancel or audit: which call, on which server.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CallBody {
@@ -600,7 +592,7 @@ impl<S: Store> ApprovalService<S> {
         if gateways {
             router = router
                 .route("/v1/approvals/{id}/consume", post(consume::<S>))
-                .route("/v1/approvals/{id}/cancel", post(cancel::<S>))
+                .route("/v1/approvals/cancel", post(cancel::<S>))
                 .route("/v1/audit", post(audit::<S>))
                 .route("/v1/config/{namespace}/{server}", get(config::<S>));
         }
@@ -1337,29 +1329,40 @@ async fn consume<S: Store>(
     ok(StatusCode::OK, view(&approval, now))
 }
 
-/// A gateway cancels a request of its own server whose caller went away
-/// while the call was held.
+/// A gateway cancels the waiting request for a call whose caller went away
+/// while it was held: found by the call, as an identical ask finds it, so
+/// that a caller gone before the ask was answered leaves nothing behind.
 async fn cancel<S: Store>(
     AppState(service): AppState<Arc<ApprovalService<S>>>,
-    UrlPath(id): UrlPath<String>,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult {
     let gateway = service.check_gateway(&headers).await?;
-    let cancel: CancelBody = body(&bytes)?;
-    gateway.may_act_for(&cancel.server)?;
-    if service.load(&id).await?.binding.server != cancel.server {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_approval",
-            format!("no approval {id:?} for {}", cancel.server),
-        ));
-    }
+    let principal = service.principal(&headers, Side::Callers).await?;
+    let call: CallBody = body(&bytes)?;
+    gateway.may_act_for(&call.server)?;
+    let binding = derive(&call)?.binding(&principal, &call.server);
     let now = now_seconds();
+    let waiting = service
+        .store
+        .latest_for(&binding)
+        .await?
+        .filter(|a| a.state_at(now).waiting())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "nothing_waiting",
+                "no request waits for this call",
+            )
+        })?;
     let approval = service
-        .change_and_record(&id, "approval.cancelled", None, Some(cancel.reason), |a| {
-            a.cancel(now)
-        })
+        .change_and_record(
+            &waiting.id,
+            "approval.cancelled",
+            None,
+            Some("the caller went away while the call was held".into()),
+            |a| a.cancel(now),
+        )
         .await?;
     ok(StatusCode::OK, view(&approval, now))
 }
