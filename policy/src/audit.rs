@@ -258,6 +258,11 @@ impl AuditEvent {
         serde_json::to_writer(&mut line, self)?;
         String::from_utf8(line).map_err(serde::ser::Error::custom)
     }
+
+    /// The `id` of a line [`AuditEvent::to_line`] wrote: it comes first.
+    pub fn id_of_line(line: &str) -> Option<&str> {
+        line.strip_prefix(r#"{"id":""#)?.split('"').next()
+    }
 }
 
 /// Who an event is about: always tenant and object id, the rest for people reading.
@@ -580,6 +585,20 @@ mod tests {
         );
         // A pointer that resolves nowhere changes nothing.
         assert_eq!(redacted(&message, &["/nothing/here".into()]), message);
+    }
+
+    #[test]
+    fn a_queued_line_names_its_event_first() {
+        let event = AuditEvent {
+            id: Some("sender-7".into()),
+            time: "2026-12-07T00:00:00Z".into(),
+            kind: "message".into(),
+            ..AuditEvent::default()
+        };
+        let line = event.to_line().unwrap();
+        assert_eq!(AuditEvent::id_of_line(&line), Some("sender-7"));
+        let unnamed = AuditEvent { id: None, ..event };
+        assert_eq!(AuditEvent::id_of_line(&unnamed.to_line().unwrap()), None);
     }
 
     #[test]

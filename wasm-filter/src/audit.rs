@@ -147,7 +147,10 @@ impl AuditQueue {
                     "the approval service refused them (status {})",
                     status.unwrap_or_default()
                 );
-                let ids: Vec<String> = batch.iter().map(|line| id_of(line)).collect();
+                let ids: Vec<String> = batch
+                    .iter()
+                    .map(|line| AuditEvent::id_of_line(line).unwrap_or_default().to_string())
+                    .collect();
                 metrics.audit_pending(-(ids.len() as i64));
                 self.drop_events(&ids, &why, metrics);
                 true
@@ -174,12 +177,4 @@ impl AuditQueue {
             self.queued.push_front(line);
         }
     }
-}
-
-/// The id of a queued event's line (its first field).
-fn id_of(line: &str) -> String {
-    line.strip_prefix(r#"{"id":""#)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap_or_default()
-        .to_string()
 }
