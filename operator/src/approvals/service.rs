@@ -683,6 +683,21 @@ impl<S: Store> ApprovalService<S> {
         })
     }
 
+    /// A gateway's request about one call in its caller's name (ask,
+    /// consume, cancel): the verified caller and the call, once the gateway
+    /// may speak for the call's server.
+    async fn call_from_gateway(
+        &self,
+        headers: &HeaderMap,
+        bytes: &[u8],
+    ) -> Result<(Principal, CallBody), ApiError> {
+        let gateway = self.check_gateway(headers).await?;
+        let principal = self.principal(headers, Side::Callers).await?;
+        let call: CallBody = body(bytes)?;
+        gateway.may_act_for(&call.server)?;
+        Ok((principal, call))
+    }
+
     async fn check_gateway(&self, headers: &HeaderMap) -> Result<GatewayIdentity, ApiError> {
         let presented = headers
             .get(GATEWAY_CREDENTIAL_HEADER)
@@ -1134,10 +1149,7 @@ async fn ask<S: Store>(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult {
-    let gateway = service.check_gateway(&headers).await?;
-    let principal = service.principal(&headers, Side::Callers).await?;
-    let call: CallBody = body(&bytes)?;
-    gateway.may_act_for(&call.server)?;
+    let (principal, call) = service.call_from_gateway(&headers, &bytes).await?;
     service.refuse_revoked(&call.server, &principal, call.session_id.as_deref(), None)?;
     let derived = derive(&call)?;
     let policies = service.server_policies(&call.server)?;
@@ -1306,11 +1318,8 @@ async fn consume<S: Store>(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult {
-    let gateway = service.check_gateway(&headers).await?;
-    let principal = service.principal(&headers, Side::Callers).await?;
+    let (principal, call) = service.call_from_gateway(&headers, &bytes).await?;
     let key = release_key(&headers)?;
-    let call: CallBody = body(&bytes)?;
-    gateway.may_act_for(&call.server)?;
     let derived = derive(&call)?;
     let binding = derived.binding(&principal, &call.server);
     let now = now_seconds();
@@ -1337,10 +1346,7 @@ async fn cancel<S: Store>(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult {
-    let gateway = service.check_gateway(&headers).await?;
-    let principal = service.principal(&headers, Side::Callers).await?;
-    let call: CallBody = body(&bytes)?;
-    gateway.may_act_for(&call.server)?;
+    let (principal, call) = service.call_from_gateway(&headers, &bytes).await?;
     let binding = derive(&call)?.binding(&principal, &call.server);
     let now = now_seconds();
     let waiting = service
