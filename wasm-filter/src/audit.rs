@@ -26,6 +26,9 @@ pub struct AuditQueue {
     /// This VM's name in event ids, random; and the last number given.
     sender: String,
     produced: u64,
+    /// Events made and events pending as last added to the gauges: they
+    /// are reported from the root's flush, off the request path.
+    reported: (u64, usize),
     /// Serialized events, oldest first.
     queued: VecDeque<String>,
     /// The batch in flight and its callout token; put back if it fails.
@@ -41,6 +44,7 @@ impl AuditQueue {
             capacity,
             sender,
             produced: 0,
+            reported: (0, 0),
             queued: VecDeque::new(),
             in_flight: None,
             failed_at: None,
@@ -50,20 +54,15 @@ impl AuditQueue {
 
     pub fn push(&mut self, mut event: AuditEvent, metrics: &Metrics) {
         self.produced += 1;
-        metrics.add_counter(metrics::AUDIT_PRODUCED, 1);
         let id = format!("{}-{}", self.sender, self.produced);
-        let in_flight = self.in_flight.as_ref().map_or(0, |(_, batch)| batch.len());
         // A full queue drops the event unserialized: under overload the
         // drop is the cheap path.
-        if self.queued.len() + in_flight >= self.capacity {
+        if self.pending() >= self.capacity {
             return self.drop_events(&[id], "the queue is full", metrics);
         }
         event.id = Some(id);
         match event.to_line() {
-            Ok(line) => {
-                self.queued.push_back(line);
-                metrics.audit_pending(1);
-            }
+            Ok(line) => self.queued.push_back(line),
             Err(e) => {
                 let id = event.id.take().unwrap_or_default();
                 self.drop_events(&[id], &format!("it cannot be serialized: {e}"), metrics);
@@ -87,9 +86,25 @@ impl AuditQueue {
         self.dropped += count;
     }
 
+    /// Adds to `airlock.audit.produced` and `airlock.audit.pending` what
+    /// changed since they were last reported.
+    fn report(&mut self, metrics: &Metrics) {
+        let pending = self.pending();
+        let (produced_before, pending_before) =
+            std::mem::replace(&mut self.reported, (self.produced, pending));
+        metrics.add_counter(metrics::AUDIT_PRODUCED, self.produced - produced_before);
+        metrics.audit_pending(metrics::change(pending, pending_before));
+    }
+
+    /// Events queued or in flight.
+    fn pending(&self) -> usize {
+        self.queued.len() + self.in_flight.as_ref().map_or(0, |(_, batch)| batch.len())
+    }
+
     /// Sends the oldest events when nothing is in flight and no failure is
     /// being waited out: on the root's timer and after every callout answer.
-    pub fn flush(&mut self, config: &FilterConfig, now: u64) {
+    pub fn flush(&mut self, config: &FilterConfig, now: u64, metrics: &Metrics) {
+        self.report(metrics);
         if self.in_flight.is_some()
             || self.queued.is_empty()
             || self
@@ -134,9 +149,8 @@ impl AuditQueue {
         metrics: &Metrics,
     ) -> bool {
         match self.in_flight.take() {
-            Some((sent, batch)) if sent == token && status == Some("202") => {
+            Some((sent, _)) if sent == token && status == Some("202") => {
                 self.failed_at = None;
-                metrics.audit_pending(-(batch.len() as i64));
                 true
             }
             // Refused as malformed or unauthorized: sending it again cannot help.
@@ -151,7 +165,6 @@ impl AuditQueue {
                     .iter()
                     .map(|line| AuditEvent::id_of_line(line).unwrap_or_default().to_string())
                     .collect();
-                metrics.audit_pending(-(ids.len() as i64));
                 self.drop_events(&ids, &why, metrics);
                 true
             }

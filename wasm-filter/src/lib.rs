@@ -97,7 +97,10 @@ impl Context for AirlockRoot {
                     .borrow_mut()
                     .on_answered(token, status);
             // A backlog of audit events goes out batch after batch, not one batch a tick.
-            gateway.audit.borrow_mut().flush(&gateway.config, now);
+            gateway
+                .audit
+                .borrow_mut()
+                .flush(&gateway.config, now, &gateway.metrics);
         }
     }
 }
@@ -152,7 +155,10 @@ impl RootContext for AirlockRoot {
             }
             gateway.keys.borrow_mut().sync();
             gateway.policy.borrow_mut().sync(&gateway.config);
-            gateway.audit.borrow_mut().flush(&gateway.config, now);
+            gateway
+                .audit
+                .borrow_mut()
+                .flush(&gateway.config, now, &gateway.metrics);
             gateway.cancellations.borrow_mut().send(&gateway.config);
             gateway
                 .metrics

@@ -48,9 +48,6 @@ impl Metrics {
         let (memory_before, entries_before) = self
             .memory_reported
             .replace((vm_memory_bytes, token_cache_entries));
-        let change = |now: usize, before: usize| {
-            i64::try_from(now).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX)
-        };
         self.add(
             MetricType::Gauge,
             "airlock.vm_memory_bytes",
@@ -118,4 +115,9 @@ impl Metrics {
     pub fn hold_ended(&self) {
         self.add(MetricType::Gauge, "airlock.holds_in_progress", -1);
     }
+}
+
+/// What a gauge reported as `before` must add to read `now`.
+pub fn change(now: usize, before: usize) -> i64 {
+    i64::try_from(now).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX)
 }
