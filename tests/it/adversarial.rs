@@ -10,9 +10,10 @@
 //! (`filter::a_session_belongs_to_the_principal_that_opened_it`), two calls
 //! racing for one grant (`hold::two_racing_calls_spend_one_single_use_grant`).
 
+use crate::hold::{HeldDeploy, deploy};
 use airlock_policy::gateway::GATEWAY_CREDENTIAL_HEADER;
 use airlock_tests::approvals::CREDENTIAL;
-use airlock_tests::gateway::{ENGINEERS, Gateway, LEADS, call};
+use airlock_tests::gateway::{ENGINEERS, Gateway, call};
 use airlock_tests::recorder::Recorder;
 use airlock_tests::wait_for;
 use anyhow::Context;
@@ -340,29 +341,21 @@ async fn deep_wide_and_look_alike_bodies_reach_the_server_only_as_judged() -> an
     Ok(())
 }
 
-/// ada's production deploy of `model`.
-fn deploy(id: u32, model: &str) -> Value {
-    call(
-        id,
-        "deploy_model",
-        json!({"model": model, "environment": "prod"}),
-    )
-}
-
 #[tokio::test]
 async fn an_approval_releases_only_its_own_call_once_on_its_own_server() -> anyhow::Result<()> {
     let upstream = Recorder::start().await?;
     // Holds end after 4 s, so that a call nobody approved is answered soon.
     let gateway = Gateway::start_with(upstream.port, json!({"maxHoldSeconds": 4})).await?;
-    let http = reqwest::Client::new();
-    let ada = gateway.person("oid-ada", &[ENGINEERS])?;
-    let lea = gateway.person("oid-lea", &[LEADS])?;
-    let held = tokio::spawn(gateway.post(&http, &ada, &deploy(1, "m-1")).send());
-    let id = gateway.pending(&lea, 1).await?["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let approved = gateway.decide(&lea, &id, "approve", "m-1 only").await?;
+    let HeldDeploy {
+        upstream,
+        gateway,
+        http,
+        ada,
+        lea,
+        held,
+        id,
+    } = HeldDeploy::at(upstream, gateway).await?;
+    let approved = gateway.decide(&lea, &id, "approve", "model m only").await?;
     assert_eq!(approved.status(), 200);
     let released: Value = held.await??.json().await?;
     assert_eq!(released["result"]["isError"], false, "{released}");
@@ -378,7 +371,7 @@ async fn an_approval_releases_only_its_own_call_once_on_its_own_server() -> anyh
         .bearer_auth(&ada)
         .header(GATEWAY_CREDENTIAL_HEADER, CREDENTIAL)
         .json(&json!({"server": "test/other", "method": "tools/call",
-            "params": {"name": "deploy_model", "arguments": {"model": "m-1", "environment": "prod"}}}))
+            "params": {"name": "deploy_model", "arguments": {"model": "m", "environment": "prod"}}}))
         .send()
         .await?;
     assert!(
@@ -390,7 +383,12 @@ async fn an_approval_releases_only_its_own_call_once_on_its_own_server() -> anyh
     // The approved call replayed with other arguments, and replayed as it
     // was once its single-use grant is spent: each waits for an approval
     // of its own, and nothing more goes up.
-    for (n, replay) in [(2, deploy(2, "m-2")), (3, deploy(3, "m-1"))] {
+    let other_arguments = call(
+        2,
+        "deploy_model",
+        json!({"model": "m-2", "environment": "prod"}),
+    );
+    for (n, replay) in [(2, other_arguments), (3, deploy(3))] {
         let answer: Value = gateway
             .post(&http, &ada, &replay)
             .send()
@@ -412,16 +410,15 @@ async fn an_approval_releases_only_its_own_call_once_on_its_own_server() -> anyh
 
 #[tokio::test]
 async fn a_held_call_whose_client_goes_away_is_cancelled_and_never_runs() -> anyhow::Result<()> {
-    let upstream = Recorder::start().await?;
-    let gateway = Gateway::start(upstream.port).await?;
-    let http = reqwest::Client::new();
-    let ada = gateway.person("oid-ada", &[ENGINEERS])?;
-    let lea = gateway.person("oid-lea", &[LEADS])?;
-    let held = tokio::spawn(gateway.post(&http, &ada, &deploy(1, "m-1")).send());
-    let id = gateway.pending(&lea, 1).await?["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let HeldDeploy {
+        upstream,
+        gateway,
+        http,
+        lea,
+        held,
+        id,
+        ..
+    } = HeldDeploy::start().await?;
     // The client goes away: its connection closes mid-hold.
     held.abort();
     let shown = || {

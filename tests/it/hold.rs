@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
-fn deploy(id: u32) -> Value {
+pub(crate) fn deploy(id: u32) -> Value {
     call(
         id,
         "deploy_model",
@@ -22,25 +22,25 @@ fn deploy(id: u32) -> Value {
 
 /// Ada's deploy to production, held at a fresh gateway in front of a
 /// recording upstream, and the id of the request Lea the lead sees for it.
-struct HeldDeploy {
-    upstream: Recorder,
-    gateway: Gateway,
-    http: reqwest::Client,
-    ada: String,
-    lea: String,
-    held: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
-    id: String,
+pub(crate) struct HeldDeploy {
+    pub(crate) upstream: Recorder,
+    pub(crate) gateway: Gateway,
+    pub(crate) http: reqwest::Client,
+    pub(crate) ada: String,
+    pub(crate) lea: String,
+    pub(crate) held: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    pub(crate) id: String,
 }
 
 impl HeldDeploy {
-    async fn start() -> anyhow::Result<HeldDeploy> {
+    pub(crate) async fn start() -> anyhow::Result<HeldDeploy> {
         let upstream = Recorder::start().await?;
         let gateway = Gateway::start(upstream.port).await?;
         HeldDeploy::at(upstream, gateway).await
     }
 
     /// The deploy held at `gateway`, ready, in front of `upstream`.
-    async fn at(upstream: Recorder, gateway: Gateway) -> anyhow::Result<HeldDeploy> {
+    pub(crate) async fn at(upstream: Recorder, gateway: Gateway) -> anyhow::Result<HeldDeploy> {
         let http = reqwest::Client::new();
         let ada = gateway.person("oid-ada", &[ENGINEERS])?;
         let lea = gateway.person("oid-lea", &[LEADS])?;
